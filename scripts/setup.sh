@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command that installs everything protgo needs on a fresh Debian machine:
+# a venv with torch 2.13.0 (CPU) pinned first, the project and its pinned dependencies,
+# the Debian tools (mmseqs2, DIAMOND), and the Debian data (GO.db, org.Hs.eg.db, metastudent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch first and pinned: a bare or newer requirement would pull a multi-GB CUDA build.
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[dev]"
+
+# Sequence search tools used for similarity-aware splits and the DIAMOND baseline.
+if ! command -v mmseqs >/dev/null || ! command -v diamond >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq mmseqs2 diamond-aligner >/dev/null
+fi
+
+# Real data (downloaded with apt-get download + dpkg-deb -x, never installed) and the
+# default datasets built from it.
+.venv/bin/protgo data fetch
+.venv/bin/protgo data build --name human-exp
+.venv/bin/protgo data build --name swissprot-2014
+echo "protgo is set up: activate with 'source .venv/bin/activate'"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, offline, as CI runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/pytest "$@"

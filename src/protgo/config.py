@@ -1,0 +1,229 @@
+"""Experiment configuration: one YAML file, typed sections, loud errors.
+
+Each component takes its own section (``cfg.mining``, ``cfg.model``, ...), never the whole
+config. Unknown keys and wrong types fail with a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protgo.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used; the message names the key and file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def default_data_dir() -> Path:
+    """Where fetched data, datasets and stores live: ``$PROTGO_DATA`` or ``~/.cache/protgo``."""
+    env = os.environ.get("PROTGO_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "protgo"
+
+
+Aspect = Literal["BP", "MF", "CC"]
+
+
+class DataConfig(Section):
+    dataset: str = "human-exp"
+    data_dir: Path | None = None  # None: $PROTGO_DATA or ~/.cache/protgo
+    aspects: list[Aspect] = ["BP", "MF", "CC"]
+    max_proteins: int | None = None
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser() if self.data_dir else default_data_dir()
+
+
+class ResiduesConfig(Section):
+    model: str = "models/protgo-esm-small"  # hub id or local directory of an ESM checkpoint
+    layer: int = -1  # hidden layer to store; -1 is the last
+    win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
+    win_stride: int | None = None  # None: three quarters of the window
+    batch_tokens: int = 8192
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    device: str = "cpu"
+    threads: int | None = None
+
+
+class GoTextConfig(Section):
+    encoder: str = "all-MiniLM-L6-v2"  # the packaged encoder, or a path / hub id
+    max_length: int = 128
+    batch_size: int = 64
+    quantize_int8: bool = False  # dynamic int8 on CPU; checked for agreement in tests
+    # Relation tokens that each text phase adds (phase 0 is always `name: definition`).
+    phase_relations: list[list[Literal["is_a", "part_of", "regulates"]]] = [
+        [],
+        ["is_a"],
+        ["is_a", "part_of", "regulates"],
+    ]
+
+
+class MiningConfig(Section):
+    n_candidates: int = 64  # fixed candidate count per protein, so batches stack
+    max_ancestors: int = 0  # DAG expansion of positives (0: off)
+    gamma: float = 0.5  # weight decay per level of expansion
+    stoplist_share: float = 0.5  # ancestors annotated to more than this share are not expanded to
+    few_shot_share: float = 0.2  # target share of batches' proteins carrying a few-shot term
+    backend: Literal["cache", "bank"] = "cache"
+    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    faiss_threads: int = 2
+    sibling_queue_size: int = 256
+
+
+class CurriculumConfig(Section):
+    schedule: Literal["cosine", "linear"] = "cosine"
+    warmup_epochs: float = 1.0
+    hard_frac: tuple[float, float] = (0.2, 0.8)
+    shortlist_M: tuple[int, int] = (64, 256)
+    k_hard: tuple[int, int] = (16, 64)
+    random_k: tuple[int, int] = (32, 8)
+    inbatch_easy: tuple[bool, bool] = (True, False)
+    inbatch_until: float = 0.5  # share of training after which in-batch easy negatives stop
+    hier_up: tuple[int, int] = (3, 1)  # ancestor mask radius: strict -> relaxed
+    hier_down: tuple[int, int] = (3, 1)
+    siblings_from: float = 0.6  # share of training after which siblings are mined
+
+
+class ModelConfig(Section):
+    align_dim: int = 768
+    n_queries: int = 4
+    n_heads: int = 4
+    dropout: float = 0.1
+    init_logit_scale: float = 14.3  # exp(scale) caps at 100 as in CLIP; 1/0.07 at start
+    residue_chunk: int = 4096  # pooling chunk over residues, bounds memory for long proteins
+
+
+class LossConfig(Section):
+    lambda_con: float = 1.0
+    lambda_distill: float = 0.0
+    tau: float = 1.5
+    teacher: Literal["homology", "ema"] = "ema"
+    ema_decay: float = 0.999
+    lambda_attr: float = 0.1
+    attr_top_frac: float = 0.1
+    attr_margin: float = 0.05
+    lambda_ent: float = 0.01
+    lambda_dag: float = 0.1
+    lambda_vtrue: float = 0.2
+
+
+class StagesConfig(Section):
+    # Stage boundaries as shares of training; λ_attr ramps start->max over A-B, holds in C,
+    # is off in D.
+    boundaries: tuple[float, float, float] = (0.1, 0.3, 0.5)
+    lambda_attr_start: float = 0.0
+    lambda_attr_max: float = 0.1
+
+
+class PhasesConfig(Section):
+    # Epoch at which each text phase starts; phase i starts at start_epochs[i].
+    start_epochs: list[int] = [0, 2, 4]
+    bank_momentum: float = 0.9
+    partial_refresh: bool = True
+
+
+class TrainConfig(Section):
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    num_workers: int = 0
+    out_dir: Path = Path("runs/default")
+    keep_last: int = 3
+    checkpoint_every_steps: int | None = None
+
+
+class TrackingConfig(Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "protgo"
+    run_name: str | None = None
+
+
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    residues: ResiduesConfig = Field(default_factory=ResiduesConfig)
+    go_text: GoTextConfig = Field(default_factory=GoTextConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}' (check the spelling against configs/default.yaml)")
+        else:
+            lines.append(f"  '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"override '{text}' must name a section and a key, e.g. train.lr=1e-4")
+    return path, yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = ()) -> BaseModel:
+    """Load ``path`` (YAML) into ``cls`` with ``--set`` overrides; errors name key and file."""
+    raw: dict = {}
+    source = "(defaults)"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (see configs/ for examples)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
+    return load_model(Config, path, overrides)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

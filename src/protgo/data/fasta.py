@@ -1,0 +1,63 @@
+"""FASTA reading and writing with errors that name the file, line and record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from protgo.data.ontology import atomic_write_text
+from protgo.errors import UserError
+
+
+def iter_fasta(path: Path) -> Iterator[tuple[str, str]]:
+    """Yield (id, sequence); the id is the header's first word. Sequences are not validated
+    here (the residue store checks residues against what ESM accepts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"FASTA file {path} not found")
+    pid: str | None = None
+    chunks: list[str] = []
+    start = 0
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.rstrip("\r\n")
+            if line.startswith(">"):
+                if pid is not None:
+                    yield _record(path, start, pid, chunks)
+                header = line[1:].strip()
+                if not header:
+                    raise UserError(f"{path}:{lineno}: empty FASTA header")
+                pid, chunks, start = header.split()[0], [], lineno
+            elif line.strip():
+                if pid is None:
+                    raise UserError(f"{path}:{lineno}: sequence line before any '>' header")
+                chunks.append(line.strip())
+    if pid is not None:
+        yield _record(path, start, pid, chunks)
+
+
+def _record(path: Path, lineno: int, pid: str, chunks: list[str]) -> tuple[str, str]:
+    seq = "".join(chunks)
+    if not seq:
+        raise UserError(f"{path}:{lineno}: record '{pid}' has an empty sequence")
+    return pid, seq
+
+
+def read_fasta(path: Path) -> dict[str, str]:
+    """All records as {id: sequence}; duplicate ids are an error, and so is an empty file."""
+    out: dict[str, str] = {}
+    for pid, seq in iter_fasta(path):
+        if pid in out:
+            raise UserError(f"{path}: duplicate record id '{pid}'; ids must be unique")
+        out[pid] = seq
+    if not out:
+        raise UserError(f"FASTA file {path} holds no records")
+    return out
+
+
+def write_fasta(records: Iterable[tuple[str, str]], path: Path, width: int = 60) -> None:
+    lines = []
+    for pid, seq in records:
+        lines.append(f">{pid}")
+        lines += [seq[i : i + width] for i in range(0, len(seq), width)]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")

@@ -1,0 +1,358 @@
+"""The Gene Ontology as a DAG: OBO parsing, ancestors/descendants, propagation, IA.
+
+Relations are named as in OBO: ``is_a``, ``part_of``, ``regulates``,
+``positively_regulates``, ``negatively_regulates``. Propagation of labels and scores for CAFA
+metrics uses ``is_a`` and ``part_of`` only (as cafaeval does); the closure over every relation
+equals GO.db's ``go_*_offspring`` tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from protgo.errors import UserError
+
+PROPAGATION = ("is_a", "part_of")
+REGULATES = ("regulates", "positively_regulates", "negatively_regulates")
+ALL_RELATIONS = PROPAGATION + REGULATES
+NAMESPACES = {"biological_process": "BP", "molecular_function": "MF", "cellular_component": "CC"}
+ASPECT_NAMESPACE = {v: k for k, v in NAMESPACES.items()}
+ROOTS = {"BP": "GO:0008150", "MF": "GO:0003674", "CC": "GO:0005575"}
+
+
+@dataclass
+class Term:
+    id: str
+    name: str = ""
+    namespace: str = ""
+    definition: str = ""
+    synonyms: list[str] = field(default_factory=list)
+    alt_ids: list[str] = field(default_factory=list)
+    is_obsolete: bool = False
+    # relation -> parent ids, e.g. {"is_a": ["GO:..."], "part_of": [...]}
+    parents: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def aspect(self) -> str:
+        return NAMESPACES.get(self.namespace, "")
+
+
+def _unquote(value: str) -> str:
+    """`"text" [refs]` -> text (OBO def and synonym values)."""
+    if value.startswith('"'):
+        end = value.find('"', 1)
+        while end > 0 and value[end - 1] == "\\":
+            end = value.find('"', end + 1)
+        if end > 0:
+            return value[1:end].replace('\\"', '"')
+    return value
+
+
+def parse_obo(path: Path) -> list[Term]:
+    """Parse ``[Term]`` stanzas; other stanza types are skipped. Errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ontology file {path} not found (run `protgo data fetch`)")
+    terms: list[Term] = []
+    cur: Term | None = None
+    in_term = False
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.strip()
+            if not line or line.startswith("!"):
+                continue
+            if line.startswith("["):
+                if not line.endswith("]"):
+                    raise UserError(f"{path}:{lineno}: malformed stanza header {line!r}")
+                in_term = line == "[Term]"
+                cur = None
+                continue
+            if not in_term:
+                continue
+            if ":" not in line:
+                raise UserError(f"{path}:{lineno}: expected 'tag: value', got {line!r}")
+            tag, value = line.split(":", 1)
+            value = value.split(" ! ", 1)[0].strip()
+            if tag == "id":
+                cur = Term(id=value)
+                terms.append(cur)
+                continue
+            if cur is None:
+                raise UserError(f"{path}:{lineno}: '{tag}' comes before the stanza's id")
+            _apply_tag(cur, tag, value, path, lineno)
+    return terms
+
+
+def _apply_tag(term: Term, tag: str, value: str, path: Path, lineno: int) -> None:
+    if tag == "name":
+        term.name = value
+    elif tag == "namespace":
+        term.namespace = value
+    elif tag == "def":
+        term.definition = _unquote(value)
+    elif tag == "synonym":
+        term.synonyms.append(_unquote(value))
+    elif tag == "alt_id":
+        term.alt_ids.append(value)
+    elif tag == "is_obsolete":
+        term.is_obsolete = value == "true"
+    elif tag == "is_a":
+        term.parents.setdefault("is_a", []).append(value.split()[0])
+    elif tag == "relationship":
+        parts = value.split()
+        if len(parts) < 2:
+            raise UserError(f"{path}:{lineno}: relationship needs a type and a target: {value!r}")
+        term.parents.setdefault(parts[0], []).append(parts[1])
+
+
+def write_obo(terms: Iterable[Term], path: Path, header: Mapping[str, str] = ()) -> None:
+    """Write terms as OBO 1.2 (atomically); parseable by cafaeval and :func:`parse_obo`."""
+    lines = ["format-version: 1.2"]
+    lines += [f"{k}: {v}" for k, v in dict(header).items()]
+    for t in terms:
+        lines += ["", "[Term]", f"id: {t.id}", f"name: {t.name}", f"namespace: {t.namespace}"]
+        lines += [f"alt_id: {a}" for a in t.alt_ids]
+        if t.definition:
+            d = t.definition.replace('"', '\\"')
+            lines.append(f'def: "{d}" []')
+        for s in t.synonyms:
+            s = s.replace('"', '\\"')
+            lines.append(f'synonym: "{s}" EXACT []')
+        if t.is_obsolete:
+            lines.append("is_obsolete: true")
+        for p in t.parents.get("is_a", []):
+            lines.append(f"is_a: {p}")
+        for rel, ps in t.parents.items():
+            if rel != "is_a":
+                lines += [f"relationship: {rel} {p}" for p in ps]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file beside ``path`` then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Ontology:
+    """GO terms and relations with memoised closures.
+
+    Obsolete terms are kept in ``obsolete`` (for counting dropped annotations) but not in the
+    graph; alt ids map to their primary id through :meth:`canonical`.
+    """
+
+    def __init__(self, terms: Iterable[Term]):
+        self.terms: dict[str, Term] = {}
+        self.obsolete: set[str] = set()
+        self.alt_map: dict[str, str] = {}
+        for t in terms:
+            if t.is_obsolete:
+                self.obsolete.add(t.id)
+                continue
+            self.terms[t.id] = t
+            for a in t.alt_ids:
+                self.alt_map[a] = t.id
+        self._children: dict[str, dict[str, list[str]]] = {}
+        for t in self.terms.values():
+            for rel, ps in t.parents.items():
+                for p in ps:
+                    if p in self.terms:
+                        self._children.setdefault(p, {}).setdefault(rel, []).append(t.id)
+        self._anc_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+
+    @classmethod
+    def from_obo(cls, path: Path) -> Ontology:
+        return cls(parse_obo(path))
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def __contains__(self, go_id: str) -> bool:
+        return go_id in self.terms
+
+    def canonical(self, go_id: str) -> str | None:
+        """The primary id for ``go_id`` (itself or via alt id); None if obsolete or unknown."""
+        if go_id in self.terms:
+            return go_id
+        return self.alt_map.get(go_id)
+
+    def aspect(self, go_id: str) -> str:
+        return self.terms[go_id].aspect
+
+    def ids(self, aspect: str | None = None) -> list[str]:
+        return [t for t, term in self.terms.items() if aspect is None or term.aspect == aspect]
+
+    def parents(self, go_id: str, relations: Iterable[str] = PROPAGATION) -> list[str]:
+        t = self.terms[go_id]
+        return [p for r in relations for p in t.parents.get(r, ()) if p in self.terms]
+
+    def children(self, go_id: str, relations: Iterable[str] = PROPAGATION) -> list[str]:
+        ch = self._children.get(go_id, {})
+        return [c for r in relations for c in ch.get(r, ())]
+
+    @property
+    def roots(self) -> list[str]:
+        return [t for t in self.terms if not self.parents(t, ALL_RELATIONS)]
+
+    def ancestors(
+        self, go_id: str, relations: Iterable[str] = PROPAGATION, radius: int | None = None
+    ) -> frozenset[str]:
+        """Proper ancestors of ``go_id`` (all, or within ``radius`` edges)."""
+        rels = tuple(relations)
+        if radius is not None:
+            return self._within(go_id, radius, lambda t: self.parents(t, rels))
+        key = (go_id, rels)
+        hit = self._anc_cache.get(key)
+        if hit is not None:
+            return hit
+        # Iterative post-order so deep chains never hit Python's recursion limit.
+        stack = [go_id]
+        while stack:
+            t = stack[-1]
+            pending = [p for p in self.parents(t, rels) if (p, rels) not in self._anc_cache]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if (t, rels) in self._anc_cache:
+                continue
+            acc: set[str] = set()
+            for p in self.parents(t, rels):
+                acc.add(p)
+                acc |= self._anc_cache[(p, rels)]
+            self._anc_cache[(t, rels)] = frozenset(acc)
+        return self._anc_cache[key]
+
+    def descendants(
+        self, go_id: str, relations: Iterable[str] = PROPAGATION, radius: int | None = None
+    ) -> frozenset[str]:
+        rels = tuple(relations)
+        return self._within(go_id, radius, lambda t: self.children(t, rels))
+
+    @staticmethod
+    def _within(start: str, radius: int | None, step) -> frozenset[str]:
+        seen: set[str] = set()
+        frontier = deque([(start, 0)])
+        while frontier:
+            t, d = frontier.popleft()
+            if radius is not None and d >= radius:
+                continue
+            for n in step(t):
+                if n not in seen:
+                    seen.add(n)
+                    frontier.append((n, d + 1))
+        seen.discard(start)
+        return frozenset(seen)
+
+    def siblings(self, go_id: str, relations: Iterable[str] = ("is_a",)) -> frozenset[str]:
+        """Terms sharing a direct parent with ``go_id`` (excluding itself and its relatives)."""
+        rels = tuple(relations)
+        sib = {c for p in self.parents(go_id, rels) for c in self.children(p, rels)}
+        sib -= self.ancestors(go_id, rels) | self.descendants(go_id, rels) | {go_id}
+        return frozenset(sib)
+
+    @cached_property
+    def _depths(self) -> dict[str, int]:
+        """Shortest is_a/part_of path length to a root."""
+        depth: dict[str, int] = {}
+        frontier = deque((r, 0) for r in self.terms if not self.parents(r))
+        while frontier:
+            t, d = frontier.popleft()
+            if t in depth:
+                continue
+            depth[t] = d
+            frontier.extend((c, d + 1) for c in self.children(t))
+        return depth
+
+    def depth(self, go_id: str) -> int:
+        return self._depths[go_id]
+
+    def propagate(self, go_ids: Iterable[str]) -> set[str]:
+        """The annotation set closed upward over is_a and part_of."""
+        out: set[str] = set()
+        for g in go_ids:
+            out.add(g)
+            out |= self.ancestors(g)
+        return out
+
+    def propagate_scores(self, scores: Mapping[str, float]) -> dict[str, float]:
+        """Make scores DAG-consistent: a parent gets at least the max of its descendants."""
+        out: dict[str, float] = {}
+        for g, s in scores.items():
+            for t in (g, *self.ancestors(g)):
+                if s > out.get(t, -math.inf):
+                    out[t] = s
+        return out
+
+    def propagate_matrix(self, scores: np.ndarray, ids: list[str]) -> np.ndarray:
+        """Vectorised :meth:`propagate_scores` for a (N, T) score matrix over terms ``ids``.
+
+        Only edges among ``ids`` are used, so ``ids`` should be closed upward (as the terms of
+        a dataset are). Edges are applied children-first by height, so one pass suffices.
+        """
+        col = {g: i for i, g in enumerate(ids)}
+        height = self._heights(ids)
+        edges = [(height[c], col[c], col[p]) for c in ids for p in self.parents(c) if p in col]
+        edges.sort()
+        st = np.ascontiguousarray(scores.T.copy())  # (T, N): rows are terms
+        i = 0
+        while i < len(edges):
+            j = i
+            while j < len(edges) and edges[j][0] == edges[i][0]:
+                j += 1
+            child = np.array([e[1] for e in edges[i:j]])
+            parent = np.array([e[2] for e in edges[i:j]])
+            np.maximum.at(st, parent, st[child])
+            i = j
+        return st.T
+
+    def _heights(self, ids: list[str]) -> dict[str, int]:
+        """Longest path down to a leaf within ``ids``."""
+        keep = set(ids)
+        height: dict[str, int] = {}
+        for g in ids:
+            stack = [g]
+            while stack:
+                t = stack[-1]
+                kids = [c for c in self.children(t) if c in keep and c not in height]
+                if kids:
+                    stack.extend(kids)
+                    continue
+                stack.pop()
+                height[t] = 1 + max((height[c] for c in self.children(t) if c in keep), default=-1)
+        return height
+
+    def information_accretion(self, annotations: Mapping[str, Iterable[str]]) -> dict[str, float]:
+        """IA(t) = -log2 P(t | all is_a/part_of parents of t), from propagated annotations.
+
+        As CAFA defines it. Terms never annotated get 0.
+        """
+        members: dict[str, set[int]] = {}
+        for i, terms in enumerate(annotations.values()):
+            for t in self.propagate(terms):
+                members.setdefault(t, set()).add(i)
+        ia: dict[str, float] = dict.fromkeys(self.terms, 0.0)
+        for t, with_t in members.items():
+            parents = sorted((members[p] for p in self.parents(t)), key=len)
+            if not parents:
+                continue
+            # Proteins carrying every parent; propagation guarantees each parent has members.
+            with_parents = set.intersection(*parents) if len(parents) > 1 else parents[0]
+            ia[t] = -math.log2(len(with_t) / len(with_parents))
+        return ia
