@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests never touch the network (HF_HUB_OFFLINE is set here too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def tiny_obo() -> Path:
+    return FIXTURES / "tiny.obo"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The data directory that `scripts/setup.sh` fills. Missing data fails, never skips:
+    CI runs the set-up first, so a missing directory is a real fault."""
+    from protgo.config import default_data_dir
+
+    root = default_data_dir()
+    if not (root / "raw" / "debian" / "fetch.json").is_file():
+        pytest.fail(f"real data missing in {root}: run `bash scripts/setup.sh` first")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_esm(tmp_path_factory) -> Path:
+    """A tiny random ESM-2-architecture model saved like a real checkpoint (same load path)."""
+    import torch
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_esm")
+    tok = make_esm2_tokenizer(d)
+    cfg = EsmConfig(
+        vocab_size=len(ESM2_VOCAB), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=1026,
+        position_embedding_type="rotary", pad_token_id=tok.pad_token_id,
+        mask_token_id=tok.mask_token_id, token_dropout=True, emb_layer_norm_before=False,
+    )  # fmt: skip
+    EsmForMaskedLM(cfg).eval().save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
