@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -55,6 +56,77 @@ def data_fetch(
     else:
         raise UserError(f"--source must be 'debian' or 'web', got '{source}'")
     typer.echo(f"data ready in {paths.root}")
+
+
+@data_app.command("build")
+def data_build(
+    name: Annotated[
+        str, typer.Option(help="human-exp, swissprot-2014, or a name for your data.")
+    ] = "human-exp",
+    aspects: Annotated[str, typer.Option(help="Comma-separated aspects to keep.")] = "BP,MF,CC",
+    max_proteins: Annotated[int | None, typer.Option(help="Random subset of this size.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="cluster (mmseqs2) or random; default cluster, random for swissprot-2014."
+        ),
+    ] = None,
+    min_seq_id: Annotated[float, typer.Option(help="Identity threshold of the clusters.")] = 0.3,
+    exclude_ids: Annotated[
+        Path | None, typer.Option(help="File of protein ids removed from every split.")
+    ] = None,
+    zero_shot_frac: Annotated[
+        float, typer.Option(help="Share of terms (>=5 proteins) held out as zero-shot.")
+    ] = 0.1,
+    keep_protein_binding_only: Annotated[
+        bool, typer.Option(help="Keep MF targets whose only MF term is protein binding.")
+    ] = False,
+    fasta: Annotated[
+        Path | None, typer.Option(help="Your own sequences (with --annotations, --obo).")
+    ] = None,
+    annotations: Annotated[
+        Path | None, typer.Option(help="Your own TSV: protein, GO id, optional evidence.")
+    ] = None,
+    obo: Annotated[Path | None, typer.Option(help="The ontology for your own data.")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build a dataset folder (go.obo, proteins.fasta, annotations, splits, terms, IA)."""
+    from protgo.data import build, sources
+
+    root = _data_dir(data_dir)
+    excluded = frozenset()
+    if exclude_ids is not None:
+        if not exclude_ids.is_file():
+            raise UserError(f"--exclude-ids file {exclude_ids} not found")
+        excluded = frozenset(exclude_ids.read_text().split())
+    own = [fasta, annotations, obo]
+    if any(own):
+        if not all(own):
+            raise UserError("your own data needs all three of --fasta, --annotations and --obo")
+        src = build.user_sources(fasta, annotations, obo)
+    elif name == "human-exp":
+        p = sources.debian_paths(root)
+        src = build.human_exp_sources(p.go_sqlite, p.orghs_sqlite, p.metastudent_dir)
+    elif name == "swissprot-2014":
+        p = sources.debian_paths(root)
+        src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
+        split = split or "random"
+    else:
+        raise UserError(
+            f"no source for dataset '{name}': use human-exp, swissprot-2014, "
+            "or give --fasta, --annotations and --obo"
+        )
+    opts = build.BuildOptions(
+        aspects=tuple(a.strip().upper() for a in aspects.split(",")),
+        max_proteins=max_proteins, seed=seed, split=split or "cluster",
+        min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
+        drop_protein_binding_only=not keep_protein_binding_only,
+    )  # fmt: skip
+    out = root / "datasets" / name
+    summary = build.build_dataset(out, src, opts, name)
+    typer.echo(f"dataset '{name}' written to {out}")
+    typer.echo(json.dumps({k: summary[k] for k in ("proteins", "terms")}, indent=1))
 
 
 def main() -> None:

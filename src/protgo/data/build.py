@@ -1,0 +1,343 @@
+"""Build a dataset folder from raw sources.
+
+A dataset folder holds ``go.obo``, ``proteins.fasta``, ``annotations.tsv`` (protein, term,
+aspect, evidence), ``splits.tsv`` (protein, split), ``terms.tsv`` (term, aspect, n_train,
+class, held_out), ``ia.tsv`` (term, IA; cafaeval's format) and ``dataset.json`` (provenance and
+counts), written last so that a folder with ``dataset.json`` is complete.
+
+Sources: ``human-exp`` (human proteins with experimental GO from org.Hs.eg.db, sequences from
+Swiss-Prot 2014), ``swissprot-2014`` (all metastudent proteins, weak labels including IEA),
+or the user's own FASTA + annotation TSV + OBO.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from protgo.data import godb
+from protgo.data.blastdb import BlastDb
+from protgo.data.fasta import read_fasta, write_fasta
+from protgo.data.ontology import Ontology, Term, atomic_write_text, parse_obo, write_obo
+from protgo.errors import UserError
+
+EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
+HIGH_THROUGHPUT = ("HTP", "HDA", "HMP", "HGI", "HEP")
+PROTEIN_BINDING = "GO:0005515"
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class BuildOptions:
+    aspects: tuple[str, ...] = ("BP", "MF", "CC")
+    max_proteins: int | None = None
+    seed: int = 0
+    split: str = "cluster"  # cluster | random
+    min_seq_id: float = 0.3  # mmseqs2 identity threshold for similarity-aware splits
+    coverage: float = 0.5
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    exclude_ids: frozenset[str] = frozenset()
+    zero_shot_frac: float = 0.1
+    zero_shot_min: int = 5  # zero-shot terms are drawn from terms with this many proteins
+    few_max: int = 10  # terms with 1..few_max training proteins are few-shot
+    # CAFA rule: an MF annotation to protein binding alone does not make an MF target.
+    drop_protein_binding_only: bool = True
+
+
+@dataclass
+class Sources:
+    terms: list[Term]
+    sequences: dict[str, str]
+    rows: list[tuple[str, str, str]]  # (protein, GO id, evidence)
+    provenance: dict = field(default_factory=dict)
+
+
+def human_exp_sources(go_sqlite: Path, orghs_sqlite: Path, metastudent_dir: Path) -> Sources:
+    """Human proteins with experimental GO (org.Hs.eg.db) and their Swiss-Prot 2014 sequence."""
+    con = sqlite3.connect(f"file:{orghs_sqlite}?mode=ro", uri=True)
+    codes = EXPERIMENTAL + HIGH_THROUGHPUT
+    marks = ",".join("?" * len(codes))
+    rows = []
+    for aspect in ("bp", "mf", "cc"):
+        q = (
+            f"SELECT u.uniprot_id, g.go_id, g.evidence FROM go_{aspect} g "
+            f"JOIN uniprot u ON u._id = g._id WHERE g.evidence IN ({marks})"
+        )
+        rows += con.execute(q, codes).fetchall()
+    meta = dict(con.execute("SELECT name, value FROM metadata"))
+    con.close()
+    wanted = {r[0] for r in rows}
+    sequences = {p: s for p, s in metastudent_sequences(metastudent_dir).items() if p in wanted}
+    prov = {
+        "go_source_date": godb.source_date(go_sqlite),
+        "annotation_source": "org.Hs.eg.db (Entrez Gene) "
+        + meta.get("EGSOURCEDATE", meta.get("GOEGSOURCEDATE", "")),
+        "sequence_source": "Swiss-Prot 2014-01 (metastudent-data)",
+        "evidence_codes": list(codes),
+    }
+    return Sources(godb.read_terms(go_sqlite), sequences, rows, prov)
+
+
+def metastudent_sequences(metastudent_dir: Path) -> dict[str, str]:
+    seqs: dict[str, str] = {}
+    for aspect in ("BPO", "CCO", "MFO"):
+        db = BlastDb(Path(metastudent_dir) / aspect / "goasp.fasta")
+        for i in tqdm(range(db.n), desc=f"reading {aspect} sequences", unit="seq", leave=False):
+            acc = db.title(i).split("|", 1)[0]
+            if acc not in seqs:
+                seqs[acc] = db.sequence(i)
+    return seqs
+
+
+def swissprot_sources(go_sqlite: Path, metastudent_dir: Path) -> Sources:
+    """All Swiss-Prot 2014 proteins with metastudent's weak labels (electronic included)."""
+    rows = []
+    for aspect in ("BPO", "CCO", "MFO"):
+        with open(Path(metastudent_dir) / aspect / "goasp_annot.dat") as fh:
+            for line in fh:
+                acc, *gos = line.rstrip("\n").split("\t")
+                rows += [(acc, g, "NA") for g in set(gos)]
+    prov = {
+        "go_source_date": godb.source_date(go_sqlite),
+        "annotation_source": "metastudent-data goasp_annot.dat (Swiss-Prot 2014-01, weak labels)",
+        "sequence_source": "Swiss-Prot 2014-01 (metastudent-data)",
+    }
+    seqs = metastudent_sequences(metastudent_dir)
+    return Sources(godb.read_terms(go_sqlite), seqs, rows, prov)
+
+
+def user_sources(fasta: Path, annotations: Path, obo: Path) -> Sources:
+    """The user's own FASTA, annotation TSV (protein, GO id, optional evidence) and OBO."""
+    rows = []
+    path = Path(annotations)
+    if not path.is_file():
+        raise UserError(f"annotation file {path} not found")
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2 or not parts[1].startswith("GO:"):
+                if lineno == 1:
+                    continue  # a header line
+                raise UserError(
+                    f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]', "
+                    f"got {line.strip()!r}"
+                )
+            rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "NA"))
+    prov = {"sequence_source": str(fasta), "annotation_source": str(path), "go_source": str(obo)}
+    return Sources(parse_obo(obo), read_fasta(fasta), rows, prov)
+
+
+def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) -> dict:
+    """Write the dataset folder; returns the summary written to ``dataset.json``."""
+    onto = Ontology(src.terms)
+    labels, counts = _clean_annotations(onto, src, opts)
+    pids = sorted(labels)
+    if opts.max_proteins and len(pids) > opts.max_proteins:
+        pids = sorted(random.Random(opts.seed).sample(pids, opts.max_proteins))
+        labels = {p: labels[p] for p in pids}
+    if len(pids) < 10:
+        raise UserError(f"only {len(pids)} proteins have a sequence and usable GO annotations")
+    splits, split_info = _split(pids, src.sequences, opts)
+    train_labels = {p: set(labels[p]) for p in pids if splits[p] == "train"}
+    ia = onto.information_accretion(train_labels)
+    zero = _pick_zero_shot(onto, labels, splits, opts)
+    for p in train_labels:
+        for t in zero & set(labels[p]):
+            del labels[p][t]
+    cluster_of = split_info.pop("cluster_of")
+    summary = _write_folder(out_dir, onto, src, labels, (splits, cluster_of), zero, ia, opts)
+    summary.update(
+        name=name,
+        provenance=src.provenance,
+        options={
+            k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(opts).items()
+        },
+        split_method=split_info,
+        cleaning=counts,
+    )
+    atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _clean_annotations(onto: Ontology, src: Sources, opts: BuildOptions):
+    """Map alt ids, drop obsolete/unknown ids (counted), keep chosen aspects."""
+    counts = Counter()
+    labels: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for pid, go, ev in src.rows:
+        if pid in opts.exclude_ids:
+            counts["excluded_protein_rows"] += 1
+            continue
+        canon = onto.canonical(go)
+        if canon is None:
+            counts["dropped_obsolete" if go in onto.obsolete else "dropped_unknown"] += 1
+            continue
+        if canon != go:
+            counts["mapped_alt_id"] += 1
+        if onto.aspect(canon) not in opts.aspects:
+            continue
+        labels[pid][canon].add(ev)
+    out = {}
+    for pid, terms in labels.items():
+        if pid not in src.sequences:
+            counts["proteins_without_sequence"] += 1
+            continue
+        mf = [t for t in terms if onto.aspect(t) == "MF"]
+        if opts.drop_protein_binding_only and mf == [PROTEIN_BINDING]:
+            del terms[PROTEIN_BINDING]
+            counts["protein_binding_only_dropped"] += 1
+        if terms:
+            out[pid] = dict(terms)
+        else:
+            counts["proteins_left_without_annotation"] += 1
+    return out, dict(counts)
+
+
+def _split(pids: list[str], sequences: dict[str, str], opts: BuildOptions):
+    if opts.split == "random":
+        groups = [[p] for p in pids]
+        info = {"method": "random"}
+    elif opts.split == "cluster":
+        groups = cluster_sequences({p: sequences[p] for p in pids}, opts.min_seq_id, opts.coverage)
+        info = {
+            "method": "mmseqs2 easy-cluster",
+            "min_seq_id": opts.min_seq_id,
+            "coverage": opts.coverage,
+            "clusters": len(groups),
+        }
+    else:
+        raise UserError(f"--split must be 'cluster' or 'random', got '{opts.split}'")
+    rng = random.Random(opts.seed)
+    rng.shuffle(groups)
+    target = [f * len(pids) for f in opts.fractions]
+    size = [0, 0, 0]
+    splits, cluster_of = {}, {}
+    for ci, g in enumerate(groups):
+        # Give each cluster to the split furthest below its target share.
+        k = max(range(3), key=lambda i: (target[i] - size[i]) / max(target[i], 1))
+        size[k] += len(g)
+        splits.update(dict.fromkeys(g, SPLITS[k]))
+        cluster_of.update(dict.fromkeys(g, ci))
+    info["cluster_of"] = cluster_of
+    return splits, info
+
+
+def cluster_sequences(seqs: dict[str, str], min_seq_id: float, coverage: float) -> list[list[str]]:
+    """Cluster with mmseqs2 (Debian `mmseqs2`); each cluster later goes to one split."""
+    if shutil.which("mmseqs") is None:
+        raise UserError(
+            "mmseqs2 is needed for similarity-aware splits: run scripts/setup.sh "
+            "(or `apt-get install mmseqs2`), or pass --split random"
+        )
+    with tempfile.TemporaryDirectory(prefix="protgo-mmseqs-") as tmp:
+        fasta = Path(tmp) / "in.fasta"
+        write_fasta(seqs.items(), fasta)
+        cmd = [
+            "mmseqs", "easy-cluster", str(fasta), f"{tmp}/out", f"{tmp}/work",
+            "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--threads", "2", "-v", "1",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"mmseqs2 clustering failed: {proc.stderr.strip()[-500:]}")
+        clusters: dict[str, list[str]] = defaultdict(list)
+        with open(f"{tmp}/out_cluster.tsv") as fh:
+            for line in fh:
+                rep, member = line.split()
+                clusters[rep].append(member)
+    return [sorted(v) for _, v in sorted(clusters.items())]
+
+
+def _pick_zero_shot(onto: Ontology, labels, splits, opts: BuildOptions) -> set[str]:
+    """Per aspect, ``zero_shot_frac`` of the terms with >= ``zero_shot_min`` proteins.
+
+    Only terms with no annotated descendant are eligible, so that removing their training
+    annotations removes them from propagated training labels too; each must keep at least one
+    test protein so it stays evaluable.
+    """
+    n_prot: Counter = Counter()
+    n_test: Counter = Counter()
+    annotated: set[str] = set()
+    for p, terms in labels.items():
+        for t in terms:
+            n_prot[t] += 1
+            n_test[t] += splits[p] == "test"
+            annotated.add(t)
+    has_desc = {a for t in annotated for a in onto.ancestors(t)}
+    rng = random.Random(opts.seed + 1)
+    zero: set[str] = set()
+    for aspect in opts.aspects:
+        frequent = sorted(
+            t for t in annotated if onto.aspect(t) == aspect and n_prot[t] >= opts.zero_shot_min
+        )
+        eligible = [t for t in frequent if t not in has_desc and n_test[t] > 0]
+        want = min(len(eligible), round(opts.zero_shot_frac * len(frequent)))
+        zero |= set(rng.sample(eligible, want))
+    return zero
+
+
+def _write_folder(out_dir, onto, src, labels, split_and_cluster, zero, ia, opts) -> dict:
+    splits, cluster_of = split_and_cluster
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dataset.json").unlink(missing_ok=True)  # incomplete until rewritten last
+    write_obo(list(onto.terms.values()), out_dir / "go.obo", {"data-version": "protgo"})
+    pids = sorted(labels)
+    write_fasta(((p, src.sequences[p]) for p in pids), out_dir / "proteins.fasta")
+    lines = ["protein\tterm\taspect\tevidence"]
+    for p in pids:
+        lines += [
+            f"{p}\t{t}\t{onto.aspect(t)}\t{','.join(sorted(ev))}"
+            for t, ev in sorted(labels[p].items())
+        ]
+    atomic_write_text(out_dir / "annotations.tsv", "\n".join(lines) + "\n")
+    lines = ["protein\tsplit\tcluster"] + [f"{p}\t{splits[p]}\t{cluster_of[p]}" for p in pids]
+    atomic_write_text(out_dir / "splits.tsv", "\n".join(lines) + "\n")
+    prop = {p: onto.propagate(labels[p]) for p in pids}
+    n_train: Counter = Counter()
+    all_terms: set[str] = set()
+    for p in pids:
+        all_terms |= prop[p]
+        if splits[p] == "train":
+            n_train.update(prop[p])
+    classes = {}
+    lines = ["term\taspect\tn_train\tclass\theld_out"]
+    for t in sorted(all_terms):
+        n = n_train[t]
+        classes[t] = "zero" if n == 0 else ("few" if n <= opts.few_max else "common")
+        lines.append(f"{t}\t{onto.aspect(t)}\t{n}\t{classes[t]}\t{int(t in zero)}")
+    atomic_write_text(out_dir / "terms.tsv", "\n".join(lines) + "\n")
+    ia_lines = [f"{t}\t{v:.6f}" for t, v in sorted(ia.items())]
+    atomic_write_text(out_dir / "ia.tsv", "\n".join(ia_lines) + "\n")
+    return _counts(onto, labels, splits, classes, zero)
+
+
+def _counts(onto, labels, splits, classes, zero) -> dict:
+    proteins = Counter(splits[p] for p in labels)
+    annots: dict[str, Counter] = defaultdict(Counter)
+    targets: dict[str, Counter] = defaultdict(Counter)
+    for p, terms in labels.items():
+        aspects = {onto.aspect(t) for t in terms}
+        for t in terms:
+            annots[splits[p]][onto.aspect(t)] += 1
+        for a in aspects:
+            targets[splits[p]][a] += 1
+    term_classes: dict[str, Counter] = defaultdict(Counter)
+    for t, c in classes.items():
+        term_classes[onto.aspect(t)][c] += 1
+    return {
+        "proteins": {s: proteins[s] for s in SPLITS} | {"total": len(labels)},
+        "annotations": {s: dict(annots[s]) for s in SPLITS},
+        "proteins_per_aspect": {s: dict(targets[s]) for s in SPLITS},
+        "terms": {a: dict(c) for a, c in sorted(term_classes.items())},
+        "zero_shot_held_out": len(zero),
+        "go_terms_in_ontology": len(onto),
+    }
