@@ -22,6 +22,10 @@ data_app = typer.Typer(
     no_args_is_help=True, help="Fetch GO, sequences and annotations; build datasets."
 )
 app.add_typer(data_app, name="data")
+plm_app = typer.Typer(
+    no_args_is_help=True, help="Pretrain and evaluate protgo's own small ESM (masked LM)."
+)
+app.add_typer(plm_app, name="plm")
 
 DataDirOpt = Annotated[
     Path | None,
@@ -56,6 +60,8 @@ def data_fetch(
     else:
         raise UserError(f"--source must be 'debian' or 'web', got '{source}'")
     typer.echo(f"data ready in {paths.root}")
+    for name, path in paths.files().items():
+        typer.echo(f"  {path.stat().st_size / 1e6:9.1f} MB  {name}")
 
 
 @data_app.command("build")
@@ -127,6 +133,39 @@ def data_build(
     summary = build.build_dataset(out, src, opts, name)
     typer.echo(f"dataset '{name}' written to {out}")
     typer.echo(json.dumps({k: summary[k] for k in ("proteins", "terms")}, indent=1))
+
+
+@plm_app.command("pretrain")
+def plm_pretrain(
+    config: Annotated[Path, typer.Option("--config", "-c", help="PLM YAML (configs/plm-*.yaml).")],
+    overrides: SetOpt = None,
+    exclude_ids: Annotated[
+        Path | None, typer.Option(help="File of protein ids never to train on (one per line).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <out_dir>/checkpoint.pt.")] = False,
+) -> None:
+    """Masked-LM pretraining of a small ESM-2-architecture model on Swiss-Prot 2014."""
+    from protgo.config import load_model
+    from protgo.encoders.pretrain import PlmConfig, pretrain
+
+    cfg = load_model(PlmConfig, config, overrides or [])
+    state = pretrain(cfg, exclude_ids=exclude_ids, resume=resume)
+    typer.echo(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
+                           **(state.last_eval or {})}))  # fmt: skip
+
+
+@plm_app.command("evaluate")
+def plm_evaluate(
+    model: Annotated[Path, typer.Option("--model", help="A saved model directory.")],
+    fasta: Annotated[
+        Path | None, typer.Option(help="Score these sequences instead of the held-out split.")
+    ] = None,
+    max_sequences: Annotated[int, typer.Option(help="Sequences to score at most.")] = 1000,
+) -> None:
+    """Held-out masked-token perplexity next to the amino-acid unigram perplexity."""
+    from protgo.encoders.pretrain import evaluate_model_dir
+
+    typer.echo(json.dumps(evaluate_model_dir(model, fasta, max_sequences), indent=1))
 
 
 def main() -> None:
