@@ -521,18 +521,19 @@ def read_uniprot_go_tsv(path: Path) -> tuple[dict[str, str], list[tuple[str, str
 
 
 def _tsv_columns(path: Path, header: list[str]) -> tuple[int, int, int]:
+    """Column indices of accession, sequence and GO items, in our header or UniProt's."""
     names = (
         ("protein", "Entry"),
         ("sequence", "Sequence"),
         ("go", "Gene Ontology (GO)", "Gene Ontology IDs"),
     )
-    try:
-        return tuple(next(i for i, h in enumerate(header) if h in options) for options in names)  # type: ignore[return-value]
-    except StopIteration:
+    found = [[i for i, h in enumerate(header) if h in options] for options in names]
+    if not all(found):
         raise UserError(
             f"{path}:1: header needs columns protein/Entry, sequence/Sequence and "
             f"go/'Gene Ontology (GO)'; got {header}"
-        ) from None
+        )
+    return found[0][0], found[1][0], found[2][0]
 
 
 def _go_items(go: str, path: Path, lineno: int) -> Iterator[tuple[str, str]]:
