@@ -59,12 +59,16 @@ class GoTextConfig(Section):
     max_length: int = 128
     batch_size: int = 64
     quantize_int8: bool = False  # dynamic int8 on CPU; checked for agreement in tests
+    device: str = "cpu"
     # Relation tokens that each text phase adds (phase 0 is always `name: definition`).
+    # "regulates" brings in regulates, positively_regulates and negatively_regulates, each
+    # with its own token ([REGULATES], [POS_REGULATES], [NEG_REGULATES]).
     phase_relations: list[list[Literal["is_a", "part_of", "regulates"]]] = [
         [],
         ["is_a"],
         ["is_a", "part_of", "regulates"],
     ]
+    max_related: int = 4  # at most this many related names per relation, so texts stay short
 
 
 class MiningConfig(Section):
@@ -76,6 +80,11 @@ class MiningConfig(Section):
     backend: Literal["cache", "bank"] = "cache"
     index: Literal["exact", "hnsw", "ivf"] = "exact"
     faiss_threads: int = 2
+    hnsw_m: int = 32  # graph degree of the HNSW index
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128  # raise for recall, lower for speed
+    ivf_nlist: int = 256  # IVF cells; needs at least this many GO vectors to train
+    ivf_nprobe: int = 16
     sibling_queue_size: int = 256
 
 
