@@ -155,6 +155,9 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
     for p in train_labels:
         for t in zero & set(labels[p]):
             del labels[p][t]
+        if not labels[p]:  # its only labels were held out: nothing left to train on
+            del labels[p]
+            counts["train_proteins_emptied_by_zero_shot"] += 1
     cluster_of = split_info.pop("cluster_of")
     summary = _write_folder(out_dir, onto, src, labels, (splits, cluster_of), zero, ia, opts)
     summary.update(
@@ -164,10 +167,11 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
             k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(opts).items()
         },
         split_method=split_info,
-        cleaning=counts,
+        cleaning=dict(counts),
     )
-    atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write_text(out_dir / "dataset.json", text)
+    return json.loads(text)
 
 
 def _clean_annotations(onto: Ontology, src: Sources, opts: BuildOptions):
@@ -200,7 +204,7 @@ def _clean_annotations(onto: Ontology, src: Sources, opts: BuildOptions):
             out[pid] = dict(terms)
         else:
             counts["proteins_left_without_annotation"] += 1
-    return out, dict(counts)
+    return out, counts
 
 
 def _split(pids: list[str], sequences: dict[str, str], opts: BuildOptions):

@@ -1,0 +1,149 @@
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from protgo.data import build
+from protgo.data.fasta import read_fasta, write_fasta
+from protgo.data.folder import DatasetFolder
+from protgo.errors import UserError
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+LEAVES = ["GO:0000005", "GO:0000006", "GO:0000008", "GO:0000011"]
+
+
+def _family_data(tmp_path, n_families=12, per_family=4):
+    """Families of near-identical sequences, each protein annotated with leaf terms."""
+    rng = random.Random(0)
+    seqs, rows = {}, []
+    for f in range(n_families):
+        base = "".join(rng.choice(AA) for _ in range(120))
+        for m in range(per_family):
+            s = list(base)
+            for i in rng.sample(range(len(s)), 3):
+                s[i] = rng.choice(AA)
+            pid = f"P{f:02d}_{m}"
+            seqs[pid] = "".join(s)
+            rows += [(pid, t, "IDA") for t in rng.sample(LEAVES, 2)]
+    rows.append(("P00_0", "GO:0000099", "IMP"))  # alt id of GO:0000003
+    rows.append(("P00_0", "GO:0000009", "IMP"))  # obsolete
+    rows.append(("P00_1", "GO:9999999", "IMP"))  # unknown
+    rows.append(("NOSEQ", "GO:0000005", "IMP"))
+    fasta = tmp_path / "in.fasta"
+    write_fasta(seqs.items(), fasta)
+    ann = tmp_path / "ann.tsv"
+    ann.write_text("protein\tgo\tevidence\n" + "".join(f"{p}\t{g}\t{e}\n" for p, g, e in rows))
+    return fasta, ann
+
+
+@pytest.mark.parametrize("split", ["random", "cluster"])
+def test_build_own_data(tmp_path, tiny_obo, split):
+    fasta, ann = _family_data(tmp_path)
+    src = build.user_sources(fasta, ann, tiny_obo)
+    opts = build.BuildOptions(split=split, min_seq_id=0.5, zero_shot_frac=0.5, zero_shot_min=3)
+    out = tmp_path / "ds"
+    info = build.build_dataset(out, src, opts, "mine")
+    ds = DatasetFolder.load(out)
+
+    # counts in dataset.json match the files
+    assert info == json.loads((out / "dataset.json").read_text())
+    emptied = info["cleaning"].pop("train_proteins_emptied_by_zero_shot", 0)
+    n = 48 - emptied
+    assert sum(info["proteins"][s] for s in ("train", "valid", "test")) == len(ds.sequences) == n
+    assert Counter(ds.splits.values()) == {
+        s: info["proteins"][s] for s in ds.info["proteins"] if s != "total"
+    }
+    rows = [line.split("\t") for line in (out / "annotations.tsv").read_text().splitlines()[1:]]
+    for s in ("train", "valid", "test"):
+        per_aspect = Counter(a for p, _, a, _ in rows if ds.splits[p] == s)
+        assert per_aspect == Counter(info["annotations"][s])
+    assert info["cleaning"] == {
+        "mapped_alt_id": 1, "dropped_obsolete": 1, "dropped_unknown": 1,
+        "proteins_without_sequence": 1,
+    }  # fmt: skip
+    assert "GO:0000003" in ds.annotations["P00_0"]
+
+    # zero-shot terms: none in propagated training labels, still present in test
+    zero = {t for t, v in ds.terms.items() if v["held_out"]}
+    assert zero
+    onto = ds.ontology
+    for p in ds.ids("train"):
+        assert not zero & onto.propagate(ds.annotations[p])
+    test_terms = set().union(*(ds.annotations[p] for p in ds.ids("test")))
+    assert zero <= test_terms
+    assert all(ds.terms[t]["class"] == "zero" and ds.terms[t]["n_train"] == 0 for t in zero)
+    assert set(ds.ia) == set(onto.terms) and ds.ia["GO:0000001"] == 0
+
+    if split == "cluster":  # near-identical family members never cross splits
+        present = 0
+        for f in range(12):
+            members = {f"P{f:02d}_{m}" for m in range(4)} & set(ds.splits)
+            assert len({ds.splits[p] for p in members}) <= 1
+            assert len({ds.clusters[p] for p in members}) <= 1
+            present += bool(members)
+        assert len(set(ds.clusters.values())) == present
+
+
+def test_protein_binding_only_is_not_an_mf_target(tmp_path):
+    obo = tmp_path / "pb.obo"
+    obo.write_text(
+        "[Term]\nid: GO:0003674\nname: molecular_function\nnamespace: molecular_function\n\n"
+        "[Term]\nid: GO:0005515\nname: protein binding\nnamespace: molecular_function\n"
+        "is_a: GO:0003674\n\n[Term]\nid: GO:0008150\nname: biological_process\n"
+        "namespace: biological_process\n"
+    )
+    seqs = {f"P{i}": "MKV" * 20 for i in range(12)}
+    write_fasta(seqs.items(), tmp_path / "s.fasta")
+    rows = "".join(f"P{i}\tGO:0005515\n" for i in range(12)) + "P0\tGO:0008150\n"
+    (tmp_path / "a.tsv").write_text(rows * 1)
+    src = build.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", obo)
+    with pytest.raises(UserError, match="only 1 proteins"):
+        build.build_dataset(tmp_path / "o", src, build.BuildOptions(split="random"), "pb")
+    opts = build.BuildOptions(split="random", drop_protein_binding_only=False)
+    info = build.build_dataset(tmp_path / "o", src, opts, "pb")
+    assert info["proteins"]["total"] == 12
+
+
+def test_bad_annotation_row_names_file_and_line(tmp_path, tiny_obo):
+    write_fasta([("P1", "MKV")], tmp_path / "s.fasta")
+    (tmp_path / "a.tsv").write_text("P1\tGO:0000005\nP2 GO:0000005\n")
+    with pytest.raises(UserError, match=r"a.tsv:2"):
+        build.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", tiny_obo)
+
+
+def test_fasta_errors(tmp_path):
+    p = tmp_path / "x.fasta"
+    p.write_text(">a\nMKV\n>a\nMKV\n")
+    with pytest.raises(UserError, match="duplicate record id 'a'"):
+        read_fasta(p)
+    p.write_text("MKV\n")
+    with pytest.raises(UserError, match="x.fasta:1"):
+        read_fasta(p)
+    p.write_text(">a\n>b\nMK\n")
+    with pytest.raises(UserError, match="'a' has an empty sequence"):
+        read_fasta(p)
+    p.write_text("")
+    with pytest.raises(UserError, match="no records"):
+        read_fasta(p)
+
+
+def test_missing_dataset_says_what_to_run(tmp_path):
+    with pytest.raises(UserError, match="protgo data build --name nope"):
+        DatasetFolder.load("nope", data_dir=tmp_path)
+
+
+def test_real_human_exp_dataset(real_data_dir):
+    """The set-up builds human-exp: about 14.5k proteins, splits disjoint by cluster."""
+    ds = DatasetFolder.load("human-exp", data_dir=real_data_dir)
+    info = ds.info
+    assert 14000 < info["proteins"]["total"] < 16000
+    assert len(ds.sequences) == len(ds.splits) == info["proteins"]["total"]
+    assert set(ds.annotations) == set(ds.splits)
+    clusters: dict[int, set[str]] = {}
+    for p, c in ds.clusters.items():
+        clusters.setdefault(c, set()).add(ds.splits[p])
+    assert all(len(s) == 1 for s in clusters.values())
+    assert info["split_method"]["min_seq_id"] == 0.3
+    assert info["zero_shot_held_out"] > 100
+    assert info["provenance"]["go_source_date"] == "2022-07-01"
