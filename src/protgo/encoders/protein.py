@@ -1,0 +1,313 @@
+"""The protein encoder: an ESM model (transformers) that turns sequences into per-residue vectors.
+
+Long proteins are cut into overlapping windows of ``win_size`` residues every ``win_stride``
+residues (the last window is aligned to the protein's end, so every window is full). Each
+window is embedded with its own BOS/EOS tokens; then every residue takes its vector from the
+window where it sits farthest from a window edge (ties: the earlier window). BOS/EOS and the
+overlaps are trimmed, so a protein of L residues gives exactly L vectors, and a protein that
+fits one window gives the same vectors as one plain forward pass.
+
+Residues (``clean_sequence``), as ESM-2 was trained on UniRef:
+* the 20 standard amino acids and ``X`` (unknown), ``B`` (D/N), ``Z`` (E/Q), ``U``
+  (selenocysteine) and ``O`` (pyrrolysine) are tokens of ESM-2's vocabulary and kept as is;
+* lowercase letters (soft-masked regions in some FASTA files) are upper-cased;
+* trailing ``*`` (a translated stop codon) is stripped; a ``*`` inside a sequence is an error
+  (a read-through stop means the sequence is not one protein);
+* anything else (``J``, digits, ``-``, ``.``, spaces, an empty sequence) is an error naming the
+  protein and the 1-based position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from protgo.config import ResiduesConfig
+from protgo.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+ESM_RESIDUES = frozenset("LAGVSERTDIPKQNFYMHWCXBUZO")
+
+
+def clean_sequence(pid: str, seq: str) -> str:
+    """Upper-case, strip trailing stops, and check every residue (see the module docstring)."""
+    clean = seq.upper().rstrip("*")
+    if not clean:
+        raise UserError(f"protein '{pid}': empty sequence (nothing to embed); remove the record")
+    for i, ch in enumerate(clean):
+        if ch not in ESM_RESIDUES:
+            hint = "a stop codon inside the sequence" if ch == "*" else f"{ch!r} is not a residue"
+            raise UserError(
+                f"protein '{pid}', position {i + 1}: {hint}; ESM accepts the 20 amino acids "
+                "and X B Z U O (lowercase allowed, trailing '*' stripped): fix or drop the record"
+            )
+    return clean
+
+
+def sequence_hash(clean: str) -> str:
+    """Key of a cleaned sequence in the residue store (32 hex digits)."""
+    return hashlib.blake2b(clean.encode("ascii"), digest_size=16).hexdigest()
+
+
+def window_starts(length: int, win_size: int, win_stride: int) -> list[int]:
+    """Start residue of each window: every ``win_stride`` residues, the last aligned to the end."""
+    if length <= win_size:
+        return [0]
+    starts = list(range(0, length - win_size, win_stride))
+    starts.append(length - win_size)
+    return starts
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Residues ``[lo, hi)`` of a protein, taken from the window that starts at ``start``."""
+
+    start: int
+    lo: int
+    hi: int
+
+
+def stitch_segments(length: int, win_size: int, win_stride: int) -> list[Segment]:
+    """Which window each residue comes from: the one whose centre is nearest.
+
+    For windows of equal size W, a residue's distance to the nearest edge of window k is
+    ``(W-1)/2 - |i - centre_k|``, so "farthest from an edge" is "nearest centre", and each
+    window keeps one contiguous run of residues. ``argmin`` breaks ties towards the earlier one.
+    """
+    starts = window_starts(length, win_size, win_stride)
+    if len(starts) == 1:
+        return [Segment(0, 0, length)]
+    size = min(win_size, length)
+    centres = np.asarray(starts, dtype=np.float64) + (size - 1) / 2
+    best = np.abs(np.arange(length)[:, None] - centres[None, :]).argmin(axis=1)  # (L,)
+    cuts = np.flatnonzero(np.diff(best)) + 1
+    bounds = [0, *cuts.tolist(), length]
+    return [
+        Segment(starts[best[lo]], lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local directory, or a hub id found in the local cache (downloaded only when online)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json; is it a checkpoint?")
+        return path.resolve()
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.bin"]
+    try:
+        return Path(snapshot_download(model, local_files_only=True, allow_patterns=patterns))
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    if not offline:
+        try:
+            return Path(snapshot_download(model, allow_patterns=patterns))
+        except Exception:
+            pass
+    raise UserError(
+        f"ESM model '{model}' not found: it is not a local directory and not in the Hugging Face "
+        "cache. Pass a local checkpoint directory (--model DIR), a hub id such as "
+        "facebook/esm2_t6_8M_UR50D with internet access (HF_HUB_OFFLINE unset), or train the "
+        "project's own model with `protgo plm pretrain`."
+    )
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Hash of config, vocabulary and weights, so a retrained model never reuses old vectors.
+
+    Weight files contribute their size and first and last MiB (any retraining changes those
+    bytes; hashing gigabytes of weights on every run would be slow)."""
+    h = hashlib.sha256()
+    for f in sorted(model_dir.iterdir()):
+        if f.suffix not in (".json", ".txt", ".safetensors", ".bin") or not f.is_file():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(size - (1 << 20))
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def model_window(config) -> int:
+    """Residues per window the model's positions allow: ESM-2 (1026 positions) gives 1022.
+
+    Positions start at ``pad_token_id + 1``, and BOS and EOS take one position each."""
+    return config.max_position_embeddings - config.pad_token_id - 1 - 2
+
+
+def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
+    """(model directory, settings the vectors depend on), read from files without loading
+    weights, so a residue store can be found without the model in memory."""
+    from transformers import EsmConfig
+
+    model_dir = resolve_model_dir(cfg.model)
+    config = EsmConfig.from_pretrained(model_dir)
+    win_size, win_stride = resolve_window(cfg, model_window(config))
+    return model_dir, {
+        "model": cfg.model,
+        "fingerprint": model_fingerprint(model_dir),
+        "layer": resolve_layer(cfg.layer, config.num_hidden_layers),
+        "win_size": win_size,
+        "win_stride": win_stride,
+        "dtype": cfg.dtype,
+        "dim": config.hidden_size,
+    }
+
+
+class ProteinEncoder:
+    """An ESM model from a local directory or hub id, returning one layer's residue vectors.
+
+    ``layer`` counts like fair-esm's ``repr_layers``: 0 is the embedding output, n (or -1) the
+    last layer after the final layer norm. Layers above the chosen one are dropped, so an early
+    layer costs less."""
+
+    def __init__(self, cfg: ResiduesConfig):
+        import torch
+        from transformers import EsmModel
+        from transformers.utils import logging as hf_logging
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.model_dir, self._settings = describe_model(cfg)
+        self.layer, self.dim = self._settings["layer"], self._settings["dim"]
+        self.win_size, self.win_stride = self._settings["win_size"], self._settings["win_stride"]
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # the dropped LM head is expected, not news
+        hf_logging.disable_progress_bar()
+        try:
+            model = EsmModel.from_pretrained(self.model_dir, add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        if self.layer < model.config.num_hidden_layers:
+            model.encoder.layer = model.encoder.layer[: self.layer]
+            model.encoder.emb_layer_norm_after = None  # fair-esm applies it to the last only
+        dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+        self.device = torch.device(cfg.device)
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self._vocab = _load_vocab(self.model_dir)
+
+    @property
+    def model_id(self) -> str:
+        return self.cfg.model
+
+    def settings(self) -> dict:
+        """What the vectors depend on; the residue store keys its directory on these."""
+        return dict(self._settings)
+
+    def tokenize(self, clean: str) -> list[int]:
+        """Token ids of a cleaned sequence with BOS and EOS (ids from the model's vocab)."""
+        v = self._vocab
+        return [v["<cls>"], *(v[c] for c in clean), v["<eos>"]]
+
+    def forward_windows(self, windows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """One padded batch of token windows -> each window's residue vectors (len-2, D), fp32."""
+        import torch
+
+        lengths = [len(w) for w in windows]
+        ids = torch.full((len(windows), max(lengths)), self._vocab["<pad>"], dtype=torch.long)
+        for i, w in enumerate(windows):
+            ids[i, : len(w)] = torch.as_tensor(w)
+        mask = (ids != self._vocab["<pad>"]).long()
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        hidden = out.last_hidden_state.float().cpu()  # (B, T, D)
+        return [hidden[i, 1 : n - 1] for i, n in enumerate(lengths)]  # BOS/EOS trimmed
+
+    def embed(self, seq: str, pid: str = "sequence") -> torch.Tensor:
+        """Stitched residue vectors of one sequence, (L, D) fp32 (the reference for the store)."""
+        import torch
+
+        clean = clean_sequence(pid, seq)
+        out = torch.empty(len(clean), self.dim)
+        for _, seg, vec in self.embed_batched([clean], batch_tokens=self.cfg.batch_tokens):
+            out[seg.lo : seg.hi] = vec
+        return out
+
+    def embed_batched(
+        self, cleans: Sequence[str], batch_tokens: int, progress=None
+    ) -> Iterator[tuple[int, Segment, torch.Tensor]]:
+        """Yield (sequence index, segment, (hi-lo, D) vectors) covering every residue once.
+
+        Windows of all sequences are sorted by length and packed up to ``batch_tokens`` padded
+        tokens per batch (sorting keeps padding small)."""
+        jobs = []  # (tokens, seq index, window start, segments kept from this window)
+        for idx, clean in enumerate(cleans):
+            by_start: dict[int, list[Segment]] = {}
+            for seg in stitch_segments(len(clean), self.win_size, self.win_stride):
+                by_start.setdefault(seg.start, []).append(seg)
+            for start, segs in by_start.items():
+                jobs.append((min(self.win_size, len(clean)) + 2, idx, start, segs))
+        jobs.sort(key=lambda j: j[0])
+        for batch in pack_by_tokens(jobs, batch_tokens, key=lambda j: j[0]):
+            windows = [
+                self.tokenize(cleans[idx][start : start + n - 2]) for n, idx, start, _ in batch
+            ]
+            for (_, idx, start, segs), vecs in zip(
+                batch, self.forward_windows(windows), strict=True
+            ):
+                for seg in segs:
+                    yield idx, seg, vecs[seg.lo - start : seg.hi - start]
+            if progress is not None:
+                progress.update(sum(s.hi - s.lo for j in batch for s in j[3]))
+
+
+def pack_by_tokens(items: Sequence, batch_tokens: int, key) -> Iterator[list]:
+    """Consecutive batches whose padded size (count x longest) stays within ``batch_tokens``.
+
+    ``items`` are sorted by ``key`` ascending; an item longer than the budget goes alone."""
+    batch: list = []
+    for item in items:
+        if batch and (len(batch) + 1) * key(item) > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def resolve_layer(layer: int, n_layers: int) -> int:
+    resolved = layer + n_layers + 1 if layer < 0 else layer
+    if not 0 <= resolved <= n_layers:
+        raise UserError(
+            f"residues.layer={layer} is out of range: the model has {n_layers} layers "
+            f"(use 0..{n_layers}, or -1 for the last)"
+        )
+    return resolved
+
+
+def resolve_window(cfg: ResiduesConfig, limit: int) -> tuple[int, int]:
+    size = cfg.win_size or limit
+    if not 1 <= size <= limit:
+        raise UserError(f"residues.win_size={size} must be between 1 and the model's {limit}")
+    stride = cfg.win_stride or max(1, size * 3 // 4)
+    if not 1 <= stride <= size:
+        raise UserError(f"residues.win_stride={stride} must be between 1 and win_size={size}")
+    return size, stride
+
+
+def _load_vocab(model_dir: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = tok.get_vocab()
+    missing = [t for t in ["<cls>", "<eos>", "<pad>", *sorted(ESM_RESIDUES)] if t not in vocab]
+    if missing:
+        raise UserError(f"tokenizer of {model_dir} lacks ESM tokens {missing}; is it an ESM model?")
+    return vocab

@@ -1,0 +1,289 @@
+"""ESMResidueStore: every residue of every protein embedded once, in fp16 memory-mapped shards.
+
+Layout of ``<data_dir>/stores/residues/<key>/`` (the key names model, weights fingerprint,
+layer, window and dtype, so a changed model or setting gets a new directory, never stale
+vectors)::
+
+    store.json              settings the vectors depend on (see ProteinEncoder.settings)
+    manifest.json           shards {name: rows, sha256s}; entries {seq hash: [shard, row, L,
+                            mean row]}; proteins {pid: seq hash}
+    shards/<name>.npy       (rows, D) fp16 residue vectors of many proteins, concatenated
+    shards/<name>.mean.npy  (n, D) fp32 mean-pooled vector per protein (for the baselines)
+    shards/<name>.json      the shard's entries and checksums; written last, so it marks the
+                            shard as complete
+
+A run plans the missing sequences (sorted by length, cut into shards of about ``shard_bytes``)
+from ``manifest.json``, which only changes when a run is merged. So a killed run, restarted,
+makes the same plan, skips the shards it completed and ends with the same files; and ranks
+launched by ``torchrun`` make the same plan and each write shards ``k % world_size == rank``.
+The rank that finds every shard of the plan complete merges them into the manifest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protgo.data.ontology import atomic_write_text
+from protgo.encoders.protein import ProteinEncoder, clean_sequence, sequence_hash
+from protgo.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def store_key(settings: Mapping) -> str:
+    """Directory name: readable model/layer/window parts plus a hash of all settings."""
+    blob = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True)
+    digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(settings["model"])).name)[:40] or "model"
+    s = settings
+    return f"{slug}-l{s['layer']}-w{s['win_size']}s{s['win_stride']}-{s['dtype']}-{digest}"
+
+
+def store_dir(data_dir: Path, settings: Mapping) -> Path:
+    return Path(data_dir) / "stores" / "residues" / store_key(settings)
+
+
+@dataclass
+class EmbedReport:
+    proteins: int  # proteins requested
+    planned_shards: int  # shards in this run's plan (all ranks)
+    written_shards: int  # shards this call wrote
+    residues: int  # residues this call embedded
+    seconds: float
+    merged: bool  # whether this call merged the plan into the manifest
+
+
+class ESMResidueStore:
+    """Read side: ``get(pid)`` -> (L, D) fp16 without loading whole shards; write side:
+    ``embed(encoder, sequences)``."""
+
+    def __init__(self, root: Path, verify: str = "checksum"):
+        """Open an existing store. ``verify``: "checksum" hashes each shard the first time it
+        is read in this process; "size" only checks its shape (faster, misses bit flips)."""
+        self.root = Path(root)
+        if not (self.root / "store.json").is_file():
+            raise UserError(f"{self.root} is not a residue store; run `protgo embed residues`")
+        self.settings = json.loads((self.root / "store.json").read_text())
+        self.dim = int(self.settings["dim"])
+        self.verify_mode = verify
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.reload()
+
+    # ----- opening -----
+    @classmethod
+    def create(cls, data_dir: Path, settings: Mapping, **kw) -> ESMResidueStore:
+        """The store for these settings under ``data_dir``, made empty if it does not exist."""
+        root = store_dir(data_dir, settings)
+        (root / "shards").mkdir(parents=True, exist_ok=True)
+        meta = root / "store.json"
+        text = json.dumps(dict(settings), indent=1, sort_keys=True) + "\n"
+        if not meta.is_file():
+            atomic_write_text(meta, text)
+        elif json.loads(meta.read_text()) != dict(settings):
+            raise UserError(f"{meta} holds other settings than requested; remove {root}")
+        if not (root / "manifest.json").is_file():
+            _write_json(root / "manifest.json", {"shards": {}, "entries": {}, "proteins": {}})
+        return cls(root, **kw)
+
+    @classmethod
+    def for_config(cls, cfg, data_dir: Path, **kw) -> ESMResidueStore:
+        """The store of a ``ResiduesConfig`` without loading the model (only its files)."""
+        from protgo.encoders.protein import describe_model
+
+        root = store_dir(data_dir, describe_model(cfg)[1])
+        if not (root / "manifest.json").is_file():
+            raise UserError(
+                f"no residue store for model '{cfg.model}' with these settings at {root}; "
+                "run `protgo embed residues` first"
+            )
+        return cls(root, **kw)
+
+    def reload(self) -> None:
+        """Re-read the manifest (after a merge by this or another process)."""
+        m = json.loads((self.root / "manifest.json").read_text())
+        self.shards: dict[str, dict] = m["shards"]
+        self.entries: dict[str, list] = m["entries"]
+        self.proteins: dict[str, str] = m["proteins"]
+        self._maps.clear()
+
+    # ----- reading -----
+    def __contains__(self, pid: str) -> bool:
+        return pid in self.proteins and self.proteins[pid] in self.entries
+
+    def __len__(self) -> int:
+        return len(self.proteins)
+
+    def ids(self) -> list[str]:
+        return sorted(p for p in self.proteins if p in self)
+
+    def length(self, pid: str) -> int:
+        return int(self._entry(pid)[2])
+
+    def get(self, pid: str) -> np.ndarray:
+        """(L, D) fp16 residue vectors of ``pid``; reads only its rows from the shard."""
+        shard, row, length, _ = self._entry(pid)
+        vectors, _ = self._open(shard)
+        return np.array(vectors[row : row + length])
+
+    def get_sequence(self, seq: str) -> np.ndarray | None:
+        """Vectors of a sequence by content (None if it was never embedded)."""
+        h = sequence_hash(clean_sequence("query", seq))
+        if h not in self.entries:
+            return None
+        shard, row, length, _ = self.entries[h]
+        return np.array(self._open(shard)[0][row : row + length])
+
+    def mean(self, pid: str) -> np.ndarray:
+        """(D,) fp32 mean of ``pid``'s residue vectors (computed from fp32, before rounding)."""
+        shard, _, _, mean_row = self._entry(pid)
+        return np.array(self._open(shard)[1][mean_row])
+
+    def means(self, pids: Iterable[str]) -> np.ndarray:
+        """(N, D) fp32 mean vectors, in the order of ``pids``."""
+        rows = [self.mean(p) for p in pids]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _entry(self, pid: str) -> list:
+        if pid not in self:
+            raise UserError(
+                f"protein '{pid}' is not in the residue store {self.root}; "
+                "run `protgo embed residues` for its dataset"
+            )
+        return self.entries[self.proteins[pid]]
+
+    def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        if shard not in self._maps:
+            problem = check_shard(self.root, shard, self.shards[shard], self.dim, deep=False)
+            if problem is None and self.verify_mode == "checksum":
+                problem = check_shard(self.root, shard, self.shards[shard], self.dim, deep=True)
+            if problem:
+                raise UserError(
+                    f"residue store {self.root}: {problem}; run `protgo embed residues` "
+                    "again to re-embed it"
+                )
+            base = self.root / "shards" / shard
+            self._maps[shard] = (
+                np.load(f"{base}.npy", mmap_mode="r"),  # (rows, D) fp16, paged in on demand
+                np.load(f"{base}.mean.npy", mmap_mode="r"),  # (n, D) fp32
+            )
+        return self._maps[shard]
+
+    def verify(self, deep: bool = True) -> dict[str, str]:
+        """{shard: problem} for every manifest shard that is missing, truncated or corrupt."""
+        bad = {}
+        for name, info in self.shards.items():
+            problem = check_shard(self.root, name, info, self.dim, deep=deep)
+            if problem:
+                bad[name] = problem
+        return bad
+
+    # ----- writing -----
+    def embed(
+        self,
+        encoder: ProteinEncoder,
+        sequences: Mapping[str, str],
+        batch_tokens: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shard_bytes: int = 256 << 20,
+        progress: bool = True,
+    ) -> EmbedReport:
+        """Embed every sequence not yet stored; see the module docstring for resume and ranks."""
+        from protgo.stores.residue_plan import make_plan, merge_plan, write_shard
+
+        if encoder.settings() != self.settings:
+            raise UserError(f"encoder settings differ from store {self.root}'s store.json")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        t0 = time.perf_counter()
+        cleans = {pid: clean_sequence(pid, seq) for pid, seq in sequences.items()}
+        self._drop_bad_shards()
+        plan = make_plan(self, cleans, shard_bytes)
+        mine = [k for k in range(len(plan.shards)) if k % world_size == rank]
+        todo = [k for k in mine if not plan.is_complete(self.root, k, self.dim)]
+        total = sum(len(c) for k in todo for _, c in plan.shards[k])
+        bar = _progress_bar(total, f"embed rank {rank}/{world_size}", progress)
+        for k in todo:
+            write_shard(self.root, plan, k, encoder, batch_tokens or encoder.cfg.batch_tokens, bar)
+        bar.close()
+        merged = merge_plan(self, plan, cleans)
+        return EmbedReport(
+            len(cleans), len(plan.shards), len(todo), total, time.perf_counter() - t0, merged
+        )
+
+    def _drop_bad_shards(self) -> None:
+        """Forget entries of corrupt shards so this run re-embeds them (the reason is printed)."""
+        bad = self.verify(deep=True)
+        if not bad:
+            return
+        with self.locked():
+            self.reload()
+            for name, problem in sorted(bad.items()):
+                print(f"residue store: {problem}; its proteins will be re-embedded")
+                self.shards.pop(name, None)
+            self.entries = {h: e for h, e in self.entries.items() if e[0] in self.shards}
+            self.write_manifest()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """An exclusive lock on the manifest (other processes merging into the same store)."""
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def write_manifest(self) -> None:
+        data = {"shards": self.shards, "entries": self.entries, "proteins": self.proteins}
+        _write_json(self.root / "manifest.json", data)
+
+
+def check_shard(root: Path, name: str, info: Mapping, dim: int, deep: bool) -> str | None:
+    """None if the shard's files exist with the recorded shape (and, if deep, checksums)."""
+    base = root / "shards" / name
+    for path, shape, key in (
+        (Path(f"{base}.npy"), (info["rows"], dim), "sha256"),
+        (Path(f"{base}.mean.npy"), (info["n"], dim), "mean_sha256"),
+    ):
+        if not path.is_file():
+            return f"shard file {path} is missing"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except ValueError:  # numpy: the file is shorter than its header says
+            return f"shard file {path} is truncated"
+        if arr.shape != tuple(shape):
+            return f"shard file {path} has shape {arr.shape}, expected {tuple(shape)}"
+        if deep and file_sha256(path) != info[key]:
+            return f"shard file {path} fails its checksum (corrupt)"
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="res", unit_scale=True, disable=not enabled, smoothing=0.1
+    )
