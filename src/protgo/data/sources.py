@@ -170,18 +170,28 @@ def _deb_field(deb: Path, field: str) -> str:
     return _run(["dpkg-deb", "-f", str(deb), field]).stdout.strip()
 
 
-def _unpack(deb: Path, root: Path) -> dict[str, int]:
-    """Unpack ``deb`` into ``root`` unless every file is already there with its size."""
-    listing = _deb_listing(deb)
-    stale = [
-        r for r, s in listing.items() if not (root / r).is_file() or (root / r).stat().st_size != s
-    ]
-    if stale:
-        root.mkdir(parents=True, exist_ok=True)
-        res = _run(["dpkg-deb", "-x", str(deb), str(root)])
-        if res.returncode != 0:
-            raise UserError(f"`dpkg-deb -x {deb}` failed: {res.stderr.strip()[-400:]}")
-    return listing
+def _unpack(deb: Path, root: Path, expected: list[str]) -> dict[str, int]:
+    """Unpack ``deb`` into ``root``; returns its regular files (relative path -> size).
+
+    When the ``expected`` files are there already (an earlier or manual unpack), the archive
+    listing is compared with the disk first and nothing is unpacked if every size matches.
+    Otherwise one ``dpkg-deb -X`` pass unpacks and names the files (no second decompression).
+    """
+    if all((root / r).is_file() for r in expected):
+        listing = _deb_listing(deb)
+        if all((root / r).is_file() and (root / r).stat().st_size == s for r, s in listing.items()):
+            return listing
+    root.mkdir(parents=True, exist_ok=True)
+    res = _run(["dpkg-deb", "-X", str(deb), str(root)])
+    if res.returncode != 0:
+        raise UserError(f"`dpkg-deb -x {deb}` failed: {res.stderr.strip()[-400:]}")
+    names = (line.strip().removeprefix("./") for line in res.stdout.splitlines())
+    files = (root / n for n in names if n and not n.endswith("/"))
+    return {
+        str(f.relative_to(root)): f.stat().st_size
+        for f in files
+        if f.is_file() and not f.is_symlink()
+    }
 
 
 def fetch_debian(data_dir: Path) -> DebianPaths:
@@ -206,7 +216,7 @@ def fetch_debian(data_dir: Path) -> DebianPaths:
         deb = _deb_of(debs, package)
         if deb is None:
             raise UserError(f"apt-get download gave no .deb for {package} in {debs}")
-        listing = _unpack(deb, paths.root)
+        listing = _unpack(deb, paths.root, DEBIAN_PACKAGES[package])
         version = _deb_field(deb, "Version")
         record["packages"][package] = {
             "version": version,
