@@ -1,0 +1,172 @@
+"""The residue store: agreement with the encoder, resume, ranks, corruption, stale keys."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protgo.config import ResiduesConfig
+from protgo.encoders.protein import ProteinEncoder
+from protgo.errors import UserError
+from protgo.stores.residues import ESMResidueStore, store_dir
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+SHARD_BYTES = 2 * 32 * 120  # about 120 residues per shard: several shards from a few proteins
+
+
+@pytest.fixture(scope="module")
+def enc(tiny_esm) -> ProteinEncoder:
+    return ProteinEncoder(
+        ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, batch_tokens=160)
+    )
+
+
+@pytest.fixture(scope="module")
+def seqs() -> dict[str, str]:
+    rng = np.random.default_rng(7)
+    out = {
+        f"P{i:02d}": "".join(rng.choice(list(AA), size=int(rng.integers(3, 80)))) for i in range(24)
+    }
+    out["DUP"] = out["P03"].lower() + "*"  # same protein after cleaning: stored once
+    return out
+
+
+def embed(data_dir: Path, enc, seqs, **kw) -> tuple[ESMResidueStore, object]:
+    store = ESMResidueStore.create(data_dir, enc.settings())
+    report = store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False, **kw)
+    store.reload()
+    return store, report
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, enc, seqs) -> ESMResidueStore:
+    """One uninterrupted single-process run: the store every other way must reproduce."""
+    store, report = embed(tmp_path_factory.mktemp("ref"), enc, seqs)
+    assert report.merged and report.written_shards == report.planned_shards > 3
+    return store
+
+
+def test_store_matches_encoder_and_means(reference, enc, seqs):
+    for pid, seq in seqs.items():
+        vec = reference.get(pid)
+        want = enc.embed(seq)  # (L, D) fp32 stitched reference
+        assert vec.dtype == np.float16 and vec.shape == (len(seq.rstrip("*")), enc.dim)
+        np.testing.assert_allclose(vec.astype(np.float32), want.numpy(), atol=4e-3, rtol=1e-3)
+        np.testing.assert_allclose(reference.mean(pid), want.mean(0).numpy(), atol=1e-5)
+    assert reference.proteins["DUP"] == reference.proteins["P03"]
+    assert len(reference.entries) == len(seqs) - 1
+    assert reference.means(["P00", "P01"]).shape == (2, enc.dim)
+    np.testing.assert_array_equal(reference.get_sequence(seqs["P05"]), reference.get("P05"))
+    # Reads come from memory maps, not from shards loaded into RAM.
+    assert all(isinstance(m, np.memmap) for m, _ in reference._maps.values())
+    with pytest.raises(UserError, match="'nope' is not in the residue store"):
+        reference.get("nope")
+
+
+def test_second_run_embeds_nothing(reference, enc, seqs):
+    report = reference.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False)
+    assert report.planned_shards == 0 and report.residues == 0 and report.merged
+
+
+def test_resume_after_interruption_gives_identical_store(tmp_path, enc, seqs, reference):
+    store = ESMResidueStore.create(tmp_path, enc.settings())
+    real_forward, calls = enc.forward_windows, []
+
+    def dies_after_five_batches(windows):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt  # as if the user pressed ctrl-c mid-shard
+        return real_forward(windows)
+
+    enc.forward_windows = dies_after_five_batches
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False)
+    finally:
+        del enc.forward_windows
+    assert any(store.root.glob("shards/*.json"))  # some shards finished before the kill
+    assert json.loads((store.root / "manifest.json").read_text())["entries"] == {}
+    report = store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False)
+    assert 0 < report.written_shards < report.planned_shards
+    assert tree(store.root) == tree(reference.root)
+
+
+def test_two_ranks_give_the_single_process_store(tmp_path, enc, seqs, reference):
+    _, r0 = embed(tmp_path, enc, seqs, rank=0, world_size=2)
+    assert not r0.merged  # rank 1's shards are still missing
+    _, r1 = embed(tmp_path, enc, seqs, rank=1, world_size=2)
+    assert r1.merged and r0.written_shards + r1.written_shards == r1.planned_shards
+    assert tree(store_dir(tmp_path, enc.settings())) == tree(reference.root)
+
+
+def test_corrupt_or_truncated_shard_is_detected_and_re_embedded(tmp_path, enc, seqs, reference):
+    root = store_dir(tmp_path, enc.settings())
+    shutil.copytree(reference.root, root)
+    shard, row, *_ = reference.entries[reference.proteins["P10"]]
+    path = root / "shards" / f"{shard}.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern in the vectors, same size
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="fails its checksum"):
+        ESMResidueStore(root).get("P10")
+    assert set(ESMResidueStore(root).verify()) == {shard}
+    other, *_ = reference.entries[reference.proteins["P20"]]
+    other_path = root / "shards" / f"{other}.npy"
+    other_path.write_bytes(other_path.read_bytes()[:-100])
+    with pytest.raises(UserError, match="truncated"):
+        ESMResidueStore(root, verify="size").get("P20")
+    # A new run drops both shards from the manifest and embeds their proteins again.
+    store, report = embed(tmp_path, enc, seqs)
+    assert report.written_shards >= 1 and store.verify() == {}
+    for pid in ("P10", "P20"):
+        np.testing.assert_array_equal(store.get(pid), reference.get(pid))
+
+
+def test_changed_model_or_layer_never_reuses_vectors(tmp_path, tiny_esm, enc, seqs):
+    from transformers import EsmForMaskedLM
+
+    base = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16)
+    layer1 = ProteinEncoder(base.model_copy(update={"layer": 1}))
+    narrow = ProteinEncoder(base.model_copy(update={"win_size": 20}))
+    dirs = {store_dir(tmp_path, e.settings()) for e in (enc, layer1, narrow)}
+    assert len(dirs) == 3
+    # Same directory name, retrained weights: a different fingerprint, so a different store.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_esm, retrained)
+    model = EsmForMaskedLM.from_pretrained(retrained)
+    with torch.no_grad():
+        model.esm.encoder.layer[0].intermediate.dense.weight.add_(0.01)
+    model.save_pretrained(retrained)
+    a = ProteinEncoder(ResiduesConfig(model=str(tiny_esm)))
+    b = ProteinEncoder(ResiduesConfig(model=str(retrained)))
+    assert a.settings()["fingerprint"] != b.settings()["fingerprint"]
+    # A store opened for one encoder refuses another's vectors.
+    store = ESMResidueStore.create(tmp_path, enc.settings())
+    with pytest.raises(UserError, match="encoder settings differ"):
+        store.embed(layer1, seqs, progress=False)
+
+
+def test_for_config_finds_the_store_without_the_model(reference, tiny_esm):
+    data_dir = reference.root.parents[2]
+    cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16)
+    assert ESMResidueStore.for_config(cfg, data_dir).root == reference.root
+    with pytest.raises(UserError, match="run `protgo embed residues` first"):
+        ESMResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
+
+
+def test_bad_sequence_fails_before_any_work(tmp_path, enc):
+    store = ESMResidueStore.create(tmp_path, enc.settings())
+    with pytest.raises(UserError, match=r"protein 'bad', position 4:"):
+        store.embed(enc, {"ok": "MKVL", "bad": "MKV1L"}, progress=False)
+    assert not any(store.root.glob("shards/*"))
