@@ -1,0 +1,376 @@
+"""GO vectors: the text-space cache on disk, its lookup wrapper, and the aligned-space bank.
+
+* :class:`GoVectorCache`: one L2-normalised float32 vector per GO term for one text phase and
+  one encoder, with id<->row maps. On disk (``<data_dir>/stores/go/<dataset>/<encoder>/
+  phase<P>-<aspects>/``): ``vectors.npy`` (N, D), ``ids.tsv`` (id, aspect) and
+  ``manifest.json`` (encoder identity, phase, text hash), written last so a crash mid-write
+  never leaves a cache that looks complete. :func:`load_or_build` re-encodes only when the
+  manifest differs.
+* :class:`GoLookupCache`: torch access to a cache (``vectors(ids)``, ``rows(ids)``).
+* :class:`MemoryBank`: the cache mirrored in the aligned space (the model's projected GO
+  vectors, possibly another dimension), updated with momentum during training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protgo.config import GoTextConfig
+from protgo.data.ontology import atomic_write_text
+from protgo.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+Projection = Callable[[torch.Tensor], torch.Tensor]  # (B, D_text) -> (B, D_aligned)
+
+
+def _row_map(ids: Sequence[str]) -> dict[str, int]:
+    return {g: i for i, g in enumerate(ids)}
+
+
+def _rows(row: dict[str, int], ids: Iterable[str], what: str) -> np.ndarray:
+    ids = list(ids)
+    missing = [g for g in ids if g not in row]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise UserError(
+            f"GO ids not in the {what}: {', '.join(missing[:5])}{more} (they are not in the "
+            "dataset's ontology or aspects; rebuild with `protgo embed go` for those aspects)"
+        )
+    return np.fromiter((row[g] for g in ids), dtype=np.int64, count=len(ids))
+
+
+class GoVectorCache:
+    """(N, D) float32 unit vectors, ``ids[i]`` <-> row i, ``aspects[i]`` its GO aspect."""
+
+    def __init__(self, ids: Sequence[str], aspects: Sequence[str], vectors, manifest: dict):
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(ids) != len(vectors) or len(aspects) != len(ids):
+            raise ValueError(f"{len(ids)} ids, {len(aspects)} aspects, vectors {vectors.shape}")
+        self.ids = list(ids)
+        self.aspects = list(aspects)
+        self.vectors = vectors
+        self.manifest = dict(manifest)
+        self.row = _row_map(self.ids)
+        self.from_disk = False  # True when load_or_build found it unchanged on disk
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, go_id: str) -> bool:
+        return go_id in self.row
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """Row of each id (int64); an unknown id raises UserError naming it."""
+        return _rows(self.row, ids, "GO vector cache")
+
+    def lookup(self, ids: Iterable[str]) -> np.ndarray:
+        return self.vectors[self.rows(ids)]  # (B, D)
+
+    def filter_aspect(self, aspects: str | Iterable[str]) -> GoVectorCache:
+        """A new cache holding only the terms of ``aspects`` (rows renumbered)."""
+        keep = {aspects} if isinstance(aspects, str) else set(aspects)
+        idx = [i for i, a in enumerate(self.aspects) if a in keep]
+        sub = GoVectorCache(
+            [self.ids[i] for i in idx], [self.aspects[i] for i in idx], self.vectors[idx],
+            {**self.manifest, "aspects": sorted(keep)},
+        )  # fmt: skip
+        sub.from_disk = self.from_disk
+        return sub
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vectors.", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, self.vectors)
+            os.replace(tmp, directory / "vectors.npy")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        rows = "".join(f"{g}\t{a}\n" for g, a in zip(self.ids, self.aspects, strict=True))
+        atomic_write_text(directory / "ids.tsv", rows)
+        manifest = {**self.manifest, "n": len(self), "dim": self.dim}
+        atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> GoVectorCache:
+        directory = Path(directory)
+        if not (directory / "manifest.json").is_file():
+            raise UserError(f"no GO vector cache in {directory}: run `protgo embed go` first")
+        manifest = json.loads((directory / "manifest.json").read_text())
+        pairs = [ln.split("\t") for ln in (directory / "ids.tsv").read_text().splitlines()]
+        vectors = np.load(directory / "vectors.npy")
+        if vectors.shape != (manifest["n"], manifest["dim"]) or len(pairs) != manifest["n"]:
+            raise UserError(
+                f"GO vector cache {directory} is corrupt (shape {vectors.shape}, "
+                f"{len(pairs)} ids, manifest says {manifest['n']}x{manifest['dim']}): "
+                "delete it and run `protgo embed go` again"
+            )
+        cache = cls([p[0] for p in pairs], [p[1] for p in pairs], vectors, manifest)
+        cache.from_disk = True
+        return cache
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "encoder"
+
+
+def cache_dir(
+    data_dir: Path, dataset: str, encoder: str, phase: int, aspects: Iterable[str]
+) -> Path:
+    """``<data_dir>/stores/go/<dataset>/<encoder>/phase<P>-<ASPECTS>``."""
+    tag = "".join(a for a in ("BP", "MF", "CC") if a in set(aspects))
+    return (
+        Path(data_dir) / "stores" / "go" / _slug(dataset) / _slug(encoder) / f"phase{phase}-{tag}"
+    )
+
+
+def cache_manifest(store, encoder) -> dict:
+    """What the vectors depend on: the encoder's identity, the phase and the texts' hash."""
+    return {
+        "version": MANIFEST_VERSION,
+        "encoder": encoder.identity(),
+        "phase": store.phase,
+        "text_hash": store.text_hash(),
+        "aspects": sorted(set(store.aspects())),
+    }
+
+
+def _stale_reason(directory: Path, manifest: dict) -> str | None:
+    """None when the cache on disk matches ``manifest``; else what changed."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        return "no cache yet"
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    changed = [k for k in manifest if old.get(k) != manifest[k]]
+    return f"changed: {', '.join(changed)}" if changed else None
+
+
+def load_or_build(
+    store, encoder, directory: Path, batch_size: int = 64, force: bool = False,
+    progress: bool = True,
+) -> GoVectorCache:  # fmt: skip
+    """The cache for ``store``'s current phase: loaded when unchanged, else encoded and saved.
+
+    ``store`` must have been through ``update_phase_and_tokenize(phase, encoder)``.
+    ``force`` re-encodes anyway (e.g. after fine-tuning the encoder's top layers).
+    """
+    if store.tokenized is None:
+        store.update_phase_and_tokenize(store.phase if store.phase is not None else 0, encoder)
+    manifest = cache_manifest(store, encoder)
+    reason = "forced" if force else _stale_reason(directory, manifest)
+    if reason is None:
+        cache = GoVectorCache.load(directory)
+        if cache.ids == store.ids:
+            log.info("GO vector cache hit: %s", directory)
+            return cache
+        reason = "ids differ"
+    log.info(
+        "encoding %d GO texts (phase %s) into %s: %s",
+        len(store.ids),
+        store.phase,
+        directory,
+        reason,
+    )
+    vectors = encoder.encode_ids(store.tokenized.input_ids, batch_size, progress)
+    manifest["n_truncated"] = store.tokenized.n_truncated
+    cache = GoVectorCache(store.ids, store.aspects(), vectors, manifest)
+    cache.save(directory)
+    return cache
+
+
+def embed_go(
+    dataset: str, phase: int, aspects: Iterable[str], data_dir: Path, cfg: GoTextConfig,
+    force: bool = False, progress: bool = True,
+) -> tuple[GoVectorCache, Path]:  # fmt: skip
+    """Encode (or find cached) the GO texts of a dataset's ontology for one phase."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.encoders.text import load_text_encoder
+    from protgo.stores.go_text import GoTextStore
+
+    aspects = list(aspects)
+    ontology = DatasetFolder.load(dataset, data_dir).ontology
+    encoder = load_text_encoder(cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device)
+    store = GoTextStore(ontology, cfg, aspects=aspects)
+    store.update_phase_and_tokenize(phase, encoder)
+    directory = cache_dir(data_dir, Path(dataset).name, cfg.encoder, phase, aspects)
+    if cfg.quantize_int8:
+        directory = directory.with_name(directory.name + "-int8")
+    return load_or_build(store, encoder, directory, cfg.batch_size, force, progress), directory
+
+
+class GoLookupCache:
+    """Torch view of a :class:`GoVectorCache` (shares memory on CPU)."""
+
+    def __init__(self, cache: GoVectorCache, device: str | torch.device = "cpu"):
+        self.cache = cache
+        self.matrix = torch.from_numpy(cache.vectors).to(device)  # (N, D)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.cache.ids
+
+    @property
+    def dim(self) -> int:
+        return self.cache.dim
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __contains__(self, go_id: str) -> bool:
+        return go_id in self.cache
+
+    def rows(self, ids: Iterable[str]) -> torch.Tensor:
+        """(B,) int64 rows; unknown ids raise UserError."""
+        return torch.from_numpy(self.cache.rows(ids)).to(self.matrix.device)
+
+    def vectors(self, ids: Iterable[str]) -> torch.Tensor:
+        return self.matrix[self.rows(ids)]  # (B, D)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+class MemoryBank:
+    """The GO vectors in the aligned space: row i is the model's current vector for ``ids[i]``.
+
+    Filled by projecting every cache row (:meth:`from_cache`), then updated with momentum from
+    each batch's GO vectors (:meth:`update`: ``row <- normalise(m * row + (1 - m) * new)``) and
+    partly re-projected between epochs (:meth:`refresh`). Rows stay unit length.
+
+    Thread-safety model: one lock guards every write (``update``, ``refresh``,
+    ``load_state_dict``) and every copy (``copy``, ``snapshot``), so a copy never holds half an
+    update. ``matrix`` is the live tensor, for the training process only. DataLoader workers
+    are other processes: they get a pickled copy (the lock is dropped and made anew), taken
+    when the workers start, and never see later updates; mining that must see the current
+    bank happens in the main process through ``VectorResources.set_backends("bank")``.
+    """
+
+    def __init__(
+        self, ids: Sequence[str], vectors: torch.Tensor, momentum: float = 0.9,
+        aspects: Sequence[str] | None = None,
+    ):  # fmt: skip
+        if not 0.0 <= momentum < 1.0:
+            raise UserError(f"phases.bank_momentum must be in [0, 1), got {momentum}")
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        self.ids = list(ids)
+        self.aspects = list(aspects) if aspects is not None else [""] * len(self.ids)
+        self.row = _row_map(self.ids)
+        self.matrix = _normalize(vectors.detach()).contiguous().clone()  # (N, D')
+        self.momentum = momentum
+        self.version = 0  # bumped on every write; VectorResources uses it to spot staleness
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_cache(
+        cls, cache: GoLookupCache, project: Projection, momentum: float = 0.9,
+        batch_size: int = 4096,
+    ) -> MemoryBank:  # fmt: skip
+        """Project every cache row through ``project`` (e.g. the model's GO head)."""
+        with torch.no_grad():
+            parts = [
+                project(cache.matrix[i : i + batch_size]) for i in range(0, len(cache), batch_size)
+            ]
+        return cls(cache.ids, torch.cat(parts), momentum, cache.cache.aspects)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def rows(self, ids: Iterable[str]) -> torch.Tensor:
+        return torch.from_numpy(_rows(self.row, ids, "memory bank")).to(self.matrix.device)
+
+    def vectors(self, ids: Iterable[str]) -> torch.Tensor:
+        with self._lock:
+            return self.matrix[self.rows(ids)].clone()  # (B, D')
+
+    def update(self, ids: Sequence[str], new: torch.Tensor) -> None:
+        """Momentum update of the rows of ``ids`` with ``new`` (B, D'); duplicates averaged."""
+        rows = self.rows(ids)
+        new = _normalize(new.detach().to(self.matrix.device))
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        summed = torch.zeros(len(uniq), self.dim, device=new.device).index_add_(0, inv, new)
+        mean = summed / torch.bincount(inv, minlength=len(uniq)).unsqueeze(1)  # (U, D')
+        with self._lock:
+            mixed = self.momentum * self.matrix[uniq] + (1 - self.momentum) * mean
+            self.matrix[uniq] = _normalize(mixed)
+            self.version += 1
+
+    def refresh(
+        self, ids: Iterable[str], cache: GoLookupCache, project: Projection,
+        batch_size: int = 4096,
+    ) -> int:  # fmt: skip
+        """Replace the rows of ``ids`` with ``project(cache vectors)`` (no momentum)."""
+        ids = list(dict.fromkeys(ids))
+        rows = self.rows(ids)
+        with torch.no_grad():
+            parts = [
+                project(cache.vectors(ids[i : i + batch_size]))
+                for i in range(0, len(ids), batch_size)
+            ]
+        if not parts:
+            return 0
+        fresh = _normalize(torch.cat(parts).to(self.matrix.device))
+        with self._lock:
+            self.matrix[rows] = fresh
+            self.version += 1
+        return len(ids)
+
+    def copy(self) -> torch.Tensor:
+        with self._lock:
+            return self.matrix.clone()
+
+    def snapshot(self, directory: Path, manifest: dict | None = None) -> GoVectorCache:
+        """Write the bank as a GO vector cache file (source "bank") and return it."""
+        with self._lock:
+            vecs, version = self.matrix.detach().cpu().numpy().copy(), self.version
+        meta = {"version": MANIFEST_VERSION, "source": "bank", "bank_version": version}
+        cache = GoVectorCache(self.ids, self.aspects, vecs, {**meta, **(manifest or {})})
+        cache.save(directory)
+        return cache
+
+    def state_dict(self) -> dict:
+        with self._lock:
+            return {"ids": list(self.ids), "matrix": self.matrix.clone(), "version": self.version}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["ids"]) != self.ids:
+            raise UserError("memory bank in the checkpoint covers other GO ids than this run's")
+        with self._lock:
+            self.matrix = state["matrix"].to(self.matrix.device).clone()
+            self.version = state["version"]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["matrix"] = self.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
