@@ -22,6 +22,10 @@ data_app = typer.Typer(
     no_args_is_help=True, help="Fetch GO, sequences and annotations; build datasets."
 )
 app.add_typer(data_app, name="data")
+embed_app = typer.Typer(
+    no_args_is_help=True, help="Embed once, store for training: ESM residues, GO texts."
+)
+app.add_typer(embed_app, name="embed")
 plm_app = typer.Typer(
     no_args_is_help=True, help="Pretrain and evaluate protgo's own small ESM (masked LM)."
 )
@@ -166,6 +170,54 @@ def plm_evaluate(
     from protgo.encoders.pretrain import evaluate_model_dir
 
     typer.echo(json.dumps(evaluate_model_dir(model, fasta, max_sequences), indent=1))
+
+
+@embed_app.command("residues")
+def embed_residues(
+    dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
+    model: Annotated[
+        str | None, typer.Option(help="ESM checkpoint: local directory or hub id.")
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="Layer to store (-1: last).")] = None,
+    win_size: Annotated[int | None, typer.Option(help="Residues per window.")] = None,
+    win_stride: Annotated[int | None, typer.Option(help="Residues between windows.")] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    max_proteins: Annotated[
+        int | None, typer.Option(help="Embed only the first N proteins (sorted ids).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Embed every residue of a dataset's proteins with ESM into the residue store.
+
+    Resumable (run again after a kill). Under torchrun each rank embeds its share
+    (RANK, WORLD_SIZE, LOCAL_RANK), and the last rank to finish merges the manifest."""
+    import os
+
+    from protgo.config import load_config
+    from protgo.data.folder import DatasetFolder
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.residues import ESMResidueStore
+
+    cfg = load_config(config, overrides or []).residues
+    given = {"model": model, "layer": layer, "win_size": win_size, "win_stride": win_stride,
+             "batch_tokens": batch_tokens, "device": device}  # fmt: skip
+    cfg = cfg.model_copy(update={k: v for k, v in given.items() if v is not None})
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.device == "cuda" and world > 1:
+        cfg = cfg.model_copy(update={"device": f"cuda:{os.environ.get('LOCAL_RANK', 0)}"})
+    root = _data_dir(data_dir)
+    seqs = DatasetFolder.load(dataset, root).sequences
+    if max_proteins is not None:
+        seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
+    encoder = ProteinEncoder(cfg)
+    store = ESMResidueStore.create(root, encoder.settings())
+    report = store.embed(encoder, seqs, rank=rank, world_size=world)
+    typer.echo(f"residue store {store.root}")
+    typer.echo(json.dumps(report.__dict__ | {"residues_per_s": round(
+        report.residues / max(report.seconds, 1e-9))}))  # fmt: skip
 
 
 def main() -> None:
