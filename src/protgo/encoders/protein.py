@@ -75,6 +75,17 @@ class Segment:
     hi: int
 
 
+@dataclass(frozen=True)
+class Window:
+    """One model input: ``n_tokens`` (residues + BOS/EOS) of sequence ``idx`` from ``start``,
+    keeping ``segments`` of it."""
+
+    n_tokens: int
+    idx: int
+    start: int
+    segments: list[Segment]
+
+
 def stitch_segments(length: int, win_size: int, win_stride: int) -> list[Segment]:
     """Which window each residue comes from: the one whose centre is nearest.
 
@@ -240,32 +251,33 @@ class ProteinEncoder:
             out[seg.lo : seg.hi] = vec
         return out
 
-    def embed_batched(
-        self, cleans: Sequence[str], batch_tokens: int, progress=None
-    ) -> Iterator[tuple[int, Segment, torch.Tensor]]:
-        """Yield (sequence index, segment, (hi-lo, D) vectors) covering every residue once.
-
-        Windows of all sequences are sorted by length and packed up to ``batch_tokens`` padded
-        tokens per batch (sorting keeps padding small)."""
-        jobs = []  # (tokens, seq index, window start, segments kept from this window)
+    def window_batches(self, cleans: Sequence[str], batch_tokens: int) -> list[list[Window]]:
+        """Every window that keeps residues, sorted by length and packed up to ``batch_tokens``
+        padded tokens per batch (sorting keeps padding small)."""
+        jobs = []
         for idx, clean in enumerate(cleans):
             by_start: dict[int, list[Segment]] = {}
             for seg in stitch_segments(len(clean), self.win_size, self.win_stride):
                 by_start.setdefault(seg.start, []).append(seg)
-            for start, segs in by_start.items():
-                jobs.append((min(self.win_size, len(clean)) + 2, idx, start, segs))
-        jobs.sort(key=lambda j: j[0])
-        for batch in pack_by_tokens(jobs, batch_tokens, key=lambda j: j[0]):
-            windows = [
-                self.tokenize(cleans[idx][start : start + n - 2]) for n, idx, start, _ in batch
-            ]
-            for (_, idx, start, segs), vecs in zip(
-                batch, self.forward_windows(windows), strict=True
-            ):
-                for seg in segs:
-                    yield idx, seg, vecs[seg.lo - start : seg.hi - start]
+            n_tokens = min(self.win_size, len(clean)) + 2
+            jobs += [Window(n_tokens, idx, start, segs) for start, segs in by_start.items()]
+        jobs.sort(key=lambda w: w.n_tokens)
+        return list(pack_by_tokens(jobs, batch_tokens, key=lambda w: w.n_tokens))
+
+    def window_tokens(self, cleans: Sequence[str], w: Window) -> list[int]:
+        return self.tokenize(cleans[w.idx][w.start : w.start + w.n_tokens - 2])
+
+    def embed_batched(
+        self, cleans: Sequence[str], batch_tokens: int, progress=None
+    ) -> Iterator[tuple[int, Segment, torch.Tensor]]:
+        """Yield (sequence index, segment, (hi-lo, D) vectors) covering every residue once."""
+        for batch in self.window_batches(cleans, batch_tokens):
+            vectors = self.forward_windows([self.window_tokens(cleans, w) for w in batch])
+            for w, vecs in zip(batch, vectors, strict=True):
+                for seg in w.segments:
+                    yield w.idx, seg, vecs[seg.lo - w.start : seg.hi - w.start]
             if progress is not None:
-                progress.update(sum(s.hi - s.lo for j in batch for s in j[3]))
+                progress.update(sum(s.hi - s.lo for w in batch for s in w.segments))
 
 
 def pack_by_tokens(items: Sequence, batch_tokens: int, key) -> Iterator[list]:
