@@ -71,8 +71,12 @@ def data_fetch(
 @data_app.command("build")
 def data_build(
     name: Annotated[
-        str, typer.Option(help="human-exp, swissprot-2014, or a name for your data.")
+        str, typer.Option(help="Dataset name: human-exp, swissprot-2014, or a name of yours.")
     ] = "human-exp",
+    source: Annotated[
+        str | None,
+        typer.Option(help="human-exp or swissprot-2014 (default: the name), for named subsets."),
+    ] = None,
     aspects: Annotated[str, typer.Option(help="Comma-separated aspects to keep.")] = "BP,MF,CC",
     max_proteins: Annotated[int | None, typer.Option(help="Random subset of this size.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -105,6 +109,9 @@ def data_build(
     from protgo.data import build, sources
 
     root = _data_dir(data_dir)
+    chosen = tuple(a.strip().upper() for a in aspects.split(","))
+    if not chosen or not set(chosen) <= {"BP", "MF", "CC"}:
+        raise UserError(f"--aspects takes BP, MF and/or CC separated by commas, got '{aspects}'")
     excluded = frozenset()
     if exclude_ids is not None:
         if not exclude_ids.is_file():
@@ -115,20 +122,20 @@ def data_build(
         if not all(own):
             raise UserError("your own data needs all three of --fasta, --annotations and --obo")
         src = build.user_sources(fasta, annotations, obo)
-    elif name == "human-exp":
+    elif (source or name) == "human-exp":
         p = sources.debian_paths(root)
         src = build.human_exp_sources(p.go_sqlite, p.orghs_sqlite, p.metastudent_dir)
-    elif name == "swissprot-2014":
+    elif (source or name) == "swissprot-2014":
         p = sources.debian_paths(root)
         src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
         split = split or "random"
     else:
         raise UserError(
-            f"no source for dataset '{name}': use human-exp, swissprot-2014, "
+            f"no source for dataset '{name}': name or --source human-exp or swissprot-2014, "
             "or give --fasta, --annotations and --obo"
         )
     opts = build.BuildOptions(
-        aspects=tuple(a.strip().upper() for a in aspects.split(",")),
+        aspects=chosen,
         max_proteins=max_proteins, seed=seed, split=split or "cluster",
         min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
         drop_protein_binding_only=not keep_protein_binding_only,
