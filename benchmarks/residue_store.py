@@ -121,7 +121,7 @@ def run_store(args) -> dict:
     seqs = pick_proteins(args)
     with torch.inference_mode():  # same warm-up as the bare path
         enc.forward_windows([enc.tokenize("MKV")])
-    store = ESMResidueStore.create(args.work / "data", enc.settings())
+    store = ESMResidueStore.create(Path(tempfile.mkdtemp(dir=args.work)), enc.settings())
     t0 = time.perf_counter()
     report = store.embed(enc, seqs, batch_tokens=args.batch_tokens, progress=False)
     seconds = time.perf_counter() - t0
