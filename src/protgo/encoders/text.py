@@ -214,6 +214,27 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
     return summed / (n.sqrt() if mode == "mean_sqrt_len" else n)
 
 
+def quantize_int8_dynamic(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 linear layers, per output channel, on CPU.
+
+    The ``output.dense`` projections (attention output and the FFN down-projection, whose
+    post-GELU inputs have outliers) stay fp32: quantising them too dropped the cosine to the
+    fp32 vectors to 0.93 on average (min 0.88) on GO texts; without them it is 0.99 (min 0.98).
+    """
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not name.endswith("output.dense")
+    }
+    with warnings.catch_warnings():  # torch.ao eager quantisation warns it is deprecated
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
 def load_text_encoder(
     name: str = DEFAULT_ENCODER,
     max_length: int = 128,
@@ -243,8 +264,6 @@ def load_text_encoder(
     if quantize_int8:
         if device != "cpu":
             raise UserError("go_text.quantize_int8 works on CPU only; set go_text.device=cpu")
-        from torch.ao.quantization import quantize_dynamic
-
-        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_int8_dynamic(model)
     model.to(device)
     return TextEncoder(name, path, tokenizer, model, read_pooling(path), max_length, quantize_int8)

@@ -1,0 +1,105 @@
+"""The GO text encoder: the packaged MiniLM, pooling, special tokens, truncation, int8."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from protgo.encoders.text import load_text_encoder, read_pooling
+from protgo.errors import UserError
+
+TEXTS = [
+    "sequence-specific DNA binding: Binding to DNA of a specific nucleotide composition.",
+    "DNA-binding transcription factor activity: A protein or a member of a complex that "
+    "interacts selectively and non-covalently with a specific DNA sequence in order to "
+    "modulate transcription.",
+    "lipid metabolic process: The chemical reactions and pathways involving lipids.",
+    "mitochondrial inner membrane: The inner, i.e. lumen-facing, lipid bilayer of the "
+    "mitochondrial envelope.",
+    "kinase activity: Catalysis of the transfer of a phosphate group to a substrate.",
+    "glucose metabolic process",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_text_encoder()
+
+
+def test_default_encoder_matches_sentence_transformers(encoder):
+    from sentence_transformers import SentenceTransformer
+
+    ours = encoder.encode(TEXTS, batch_size=4, progress=False)
+    ref = SentenceTransformer(encoder.path, device="cpu").encode(
+        TEXTS, normalize_embeddings=True, convert_to_numpy=True
+    )
+    assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_batched_length_sorted_encoding_equals_one_by_one(encoder):
+    batched = encoder.encode(TEXTS, batch_size=3, progress=False)
+    single = np.stack([encoder.encode([t], progress=False)[0] for t in TEXTS])
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+
+
+def test_related_texts_are_closer(encoder):
+    v = encoder.encode(TEXTS, progress=False)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # DNA binding vs lipid metabolism
+
+
+def test_int8_agrees_with_fp32(encoder):
+    q = load_text_encoder(quantize_int8=True)
+    ref = encoder.encode(TEXTS, progress=False)
+    got = q.encode(TEXTS, progress=False)
+    cos = (ref * got).sum(1)
+    assert cos.min() > 0.97, cos
+    assert q.identity() != encoder.identity()
+
+
+def test_special_tokens_stay_whole_and_start_from_their_words(encoder):
+    before = encoder.identity()
+    n_vocab = len(encoder.tokenizer)
+    emb = encoder.model.get_input_embeddings().weight
+    word_ids = encoder.tokenizer("is a", add_special_tokens=False)["input_ids"]
+    expected = emb[word_ids].mean(0).clone()
+    assert encoder.add_special_tokens({"[IS_A]": "is a"}) == ["[IS_A]"]
+    assert encoder.add_special_tokens({"[IS_A]": "is a"}) == []  # idempotent
+    assert len(encoder.tokenizer) == n_vocab + 1
+    tid = encoder.tokenizer.convert_tokens_to_ids("[IS_A]")
+    emb = encoder.model.get_input_embeddings().weight
+    assert emb.shape[0] >= n_vocab + 1
+    torch.testing.assert_close(emb[tid], expected)
+    ids = encoder.tokenizer("glucose [IS_A] sugar", add_special_tokens=False)["input_ids"]
+    assert ids.count(tid) == 1
+    assert encoder.tokenizer.convert_ids_to_tokens(ids) == ["glucose", "[IS_A]", "sugar"]
+    assert encoder.identity() != before
+
+
+def test_truncation_is_counted(encoder):
+    long = "binding " * 300
+    tok = encoder.tokenize([long, "short text"])
+    assert tok.n_truncated == 1
+    assert len(tok.input_ids[0]) == encoder.max_length
+    assert tok.lengths[0] > encoder.max_length
+
+
+def test_pooling_read_from_checkpoint(tmp_path):
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"}])
+    )
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
+    assert read_pooling(str(tmp_path)) == "cls"
+    assert read_pooling(str(tmp_path / "nothing")) == "mean"
+
+
+def test_missing_encoder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="text encoder"):
+        load_text_encoder(str(tmp_path / "no-such-model"))
