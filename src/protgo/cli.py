@@ -227,6 +227,41 @@ def embed_residues(
         report.residues / max(report.seconds, 1e-9))}))  # fmt: skip
 
 
+@embed_app.command("go")
+def embed_go_texts(
+    dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
+    phase: Annotated[int, typer.Option(help="Text phase (go_text.phase_relations index).")] = 0,
+    aspects: Annotated[
+        str | None, typer.Option(help="Comma-separated aspects (default: data.aspects).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-encode even if the cache is current.")] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Encode the GO texts of a dataset's ontology for one phase into the GO vector cache.
+
+    Only the aspects asked for are encoded (about 60 texts/s on 2 CPU cores); an unchanged
+    cache (same encoder, phase and texts) is reused."""
+    import time
+
+    from protgo.config import load_config
+    from protgo.stores.go_vectors import embed_go
+
+    cfg = load_config(config, overrides or [])
+    asp = [a.strip().upper() for a in aspects.split(",")] if aspects else cfg.data.aspects
+    bad = [a for a in asp if a not in ("BP", "MF", "CC")]
+    if bad:
+        raise UserError(f"--aspects must be among BP, MF, CC; got {', '.join(bad)}")
+    start = time.perf_counter()
+    cache, directory = embed_go(dataset, phase, asp, _data_dir(data_dir), cfg.go_text, force)
+    state = "cached" if cache.from_disk else "encoded"
+    typer.echo(f"GO vectors {state}: {len(cache)} terms x {cache.dim} dims in {directory}")
+    info = {"phase": phase, "aspects": asp, "n_truncated": cache.manifest.get("n_truncated"),
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    typer.echo(json.dumps(info))
+
+
 def main() -> None:
     try:
         app()

@@ -315,7 +315,8 @@ class MemoryBank:
         new = _normalize(new.detach().to(self.matrix.device))
         uniq, inv = torch.unique(rows, return_inverse=True)
         summed = torch.zeros(len(uniq), self.dim, device=new.device).index_add_(0, inv, new)
-        mean = summed / torch.bincount(inv, minlength=len(uniq)).unsqueeze(1)  # (U, D')
+        # Renormalised mean, so a repeated id takes the same step as a single one.
+        mean = _normalize(summed)  # (U, D')
         with self._lock:
             mixed = self.momentum * self.matrix[uniq] + (1 - self.momentum) * mean
             self.matrix[uniq] = _normalize(mixed)
