@@ -262,6 +262,47 @@ def embed_go_texts(
     typer.echo(json.dumps(info))
 
 
+@app.command("evaluate")
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
+    split: Annotated[str, typer.Option(help="Split to score: test or valid.")] = "test",
+    pred: Annotated[
+        list[Path] | None,
+        typer.Option("--pred", help="CAFA-format prediction file (repeatable); named by stem."),
+    ] = None,
+    baselines: Annotated[
+        str, typer.Option(help="Comma list of naive,diamond,knn,mlp,blend, or 'all' or ''.")
+    ] = "",
+    valid_pred: Annotated[
+        Path | None,
+        typer.Option(help="The first --pred's method on the valid split (for the blend's alpha)."),
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Residue store folder (mean ESM vectors for knn, mlp).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    threads: Annotated[int, typer.Option(help="Threads for DIAMOND, cafaeval, torch.")] = 2,
+    knn_k: Annotated[int, typer.Option(help="Neighbours of the k-NN baseline.")] = 10,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Score predictions (and baselines) with cafaeval: Fmax, weighted Fmax, Smin, coverage
+    per aspect, plus zero-/few-shot term AUC. Writes results.tsv and curves.tsv."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.eval.baselines import evaluate_command
+
+    folder = DatasetFolder.load(dataset, _data_dir(data_dir))
+    out = out or Path("runs") / f"evaluate-{folder.root.name}-{split}"
+    table = evaluate_command(
+        folder, split, list(pred or []), baselines, out, valid_pred=valid_pred, store=store,
+        threads=threads, knn_k=knn_k, config=config, overrides=overrides or [],
+        data_dir=_data_dir(data_dir),
+    )
+    typer.echo(table)
+    typer.echo(f"results in {out}")
+
+
 def main() -> None:
     try:
         app()

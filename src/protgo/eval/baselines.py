@@ -1,0 +1,525 @@
+"""The field's baselines, trained on the training split only, each giving :class:`Predictions`.
+
+- :func:`naive`: term frequency among training proteins annotated in the term's aspect.
+- :func:`diamond`: DIAMOND label transfer with DeepGOPlus' DiamondScore,
+  ``score(q, t) = sum of bitscores of q's hits annotated with t / sum of all q's bitscores``.
+- :func:`knn`: cosine k-nearest neighbours on mean ESM embeddings, similarity-weighted vote.
+- :func:`mlp`: a multi-label MLP on mean ESM embeddings; closed vocabulary (training terms),
+  so zero-shot terms score 0; early stopping on validation Fmax.
+- :func:`blend`: ``alpha * a + (1 - alpha) * b``, alpha chosen by :func:`choose_alpha` on
+  validation Fmax (protgo with DIAMOND in the paper-style comparison).
+
+Labels are propagated (is_a, part_of) before training and scores are propagated (max) before
+they are returned, so every prediction set is DAG-consistent. Mean embeddings come in as
+``{pid: (D,) vector}`` (the caller reads them from the residue store), so no baseline needs a
+protein model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protgo.data.fasta import write_fasta
+from protgo.data.ontology import Ontology
+from protgo.errors import UserError
+from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
+
+Annotations = Mapping[str, Iterable[str]]
+
+
+def label_space(annotations: Annotations, ontology: Ontology) -> tuple[list[str], np.ndarray]:
+    """Training vocabulary (propagated terms, sorted) and the (N, T) bool label matrix of the
+    proteins of ``annotations`` in their sorted order."""
+    pids = sorted(annotations)
+    terms = sorted({t for p in pids for t in ontology.propagate(annotations[p])})
+    return terms, truth_matrix(annotations, pids, terms, ontology)
+
+
+def naive(train: Annotations, queries: Iterable[str], ontology: Ontology) -> Predictions:
+    """Every query gets each term's frequency among the training proteins of its aspect."""
+    terms, y = label_space(train, ontology)  # (N, T)
+    aspect = np.array([ontology.aspect(t) for t in terms])
+    freq = np.zeros(len(terms))
+    for a in ASPECTS:
+        cols = aspect == a
+        n_annotated = y[:, cols].any(axis=1).sum()  # proteins with any term in this aspect
+        if n_annotated:
+            freq[cols] = y[:, cols].sum(axis=0) / n_annotated
+    queries = sorted(queries)
+    return Predictions(queries, terms, np.tile(freq, (len(queries), 1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# DIAMOND
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DiamondOptions:
+    sensitivity: str = "more-sensitive"  # DeepGOPlus uses --more-sensitive
+    evalue: float = 0.001
+    max_target_seqs: int = 500
+    threads: int = 2
+    binary: str = "diamond"
+
+
+def diamond_hits(
+    queries: Mapping[str, str],
+    database: Mapping[str, str],
+    opts: DiamondOptions | None = None,
+    workdir: Path | None = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """``{query: [(subject, bitscore), ...]}`` from ``diamond blastp``; self-hits (same id)
+    are dropped, and a subject is kept once (its best bitscore)."""
+    opts = opts or DiamondOptions()
+    exe = shutil.which(opts.binary)
+    if exe is None:
+        raise UserError(
+            f"'{opts.binary}' not found: install DIAMOND (apt-get install "
+            "diamond-aligner) or pass its path"
+        )
+    if not queries or not database:
+        return {}
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="diamond-") as tmp:
+        t = Path(tmp)
+        write_fasta(sorted(database.items()), t / "db.fa")
+        write_fasta(sorted(queries.items()), t / "q.fa")
+        _run(
+            [
+                exe,
+                "makedb",
+                "--in",
+                str(t / "db.fa"),
+                "-d",
+                str(t / "db"),
+                "--threads",
+                str(opts.threads),
+                "--quiet",
+            ]
+        )
+        _run(
+            [
+                exe,
+                "blastp",
+                "-d",
+                str(t / "db"),
+                "-q",
+                str(t / "q.fa"),
+                "-o",
+                str(t / "hits.tsv"),
+                f"--{opts.sensitivity}",
+                "-e",
+                str(opts.evalue),
+                "-k",
+                str(opts.max_target_seqs),
+                "--outfmt",
+                "6",
+                "qseqid",
+                "sseqid",
+                "bitscore",
+                "--threads",
+                str(opts.threads),
+                "--tmpdir",
+                tmp,
+                "--quiet",
+            ]
+        )
+        hits: dict[str, dict[str, float]] = {}
+        for line in (t / "hits.tsv").read_text().splitlines():
+            q, s, bits = line.split("\t")
+            if q != s:
+                best = hits.setdefault(q, {})
+                best[s] = max(float(bits), best.get(s, 0.0))
+    return {q: sorted(d.items(), key=lambda x: -x[1]) for q, d in hits.items()}
+
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:2])} failed (exit {res.returncode}): {res.stderr.strip()[-500:]}"
+        )
+
+
+def diamond_score(
+    hits: Mapping[str, list[tuple[str, float]]], train: Annotations, ontology: Ontology
+) -> Predictions:
+    """DiamondScore from hits into ``train``; queries without a hit get no scores."""
+    prop = {p: ontology.propagate(ts) for p, ts in train.items()}
+    scores: dict[str, dict[str, float]] = {}
+    for q, qh in hits.items():
+        qh = [(s, b) for s, b in qh if s in prop]
+        total = sum(b for _, b in qh)
+        if total <= 0:
+            continue
+        acc: dict[str, float] = {}
+        for s, b in qh:
+            for t in prop[s]:
+                acc[t] = acc.get(t, 0.0) + b
+        scores[q] = {t: v / total for t, v in acc.items()}
+    if not scores:
+        return Predictions([], [], np.zeros((0, 0)))
+    # Propagated labels already make the score DAG-consistent; propagate anyway (cheap, sure).
+    return Predictions.from_dict(scores).propagated(ontology)
+
+
+def diamond(
+    train_seqs: Mapping[str, str],
+    train: Annotations,
+    query_seqs: Mapping[str, str],
+    ontology: Ontology,
+    opts: DiamondOptions | None = None,
+) -> Predictions:
+    """DIAMOND label transfer from the annotated training sequences to the queries."""
+    db = {p: s for p, s in train_seqs.items() if p in train}
+    return diamond_score(diamond_hits(query_seqs, db, opts), train, ontology)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding baselines
+# ----------------------------------------------------------------------------------------------
+def _stack(emb: Mapping[str, np.ndarray], pids: list[str]) -> np.ndarray:
+    missing = [p for p in pids if p not in emb]
+    if missing:
+        raise UserError(
+            f"{len(missing)} proteins have no mean embedding (e.g. '{missing[0]}'); "
+            "run `protgo embed residues` for the dataset"
+        )
+    return np.stack([np.asarray(emb[p], dtype=np.float32) for p in pids])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn(
+    train_emb: Mapping[str, np.ndarray],
+    train: Annotations,
+    query_emb: Mapping[str, np.ndarray],
+    ontology: Ontology,
+    k: int = 10,
+    chunk: int = 1024,
+) -> Predictions:
+    """score(q, t) = sum of cosine similarities (clipped at 0) of q's k nearest training
+    proteins that carry t / sum over all k. A query never counts itself as a neighbour."""
+    train_ids = sorted(p for p in train if p in train_emb)
+    terms, y = label_space({p: train[p] for p in train_ids}, ontology)  # (N, T)
+    x = _unit(_stack(train_emb, train_ids))  # (N, D)
+    queries = sorted(query_emb)
+    q = _unit(_stack(query_emb, queries))  # (Q, D)
+    self_col = {p: i for i, p in enumerate(train_ids)}
+    k = min(k, len(train_ids) - 1) if any(p in self_col for p in queries) else min(k, len(x))
+    out = np.zeros((len(queries), len(terms)), dtype=np.float32)
+    yf = y.astype(np.float32)
+    for s in range(0, len(queries), chunk):
+        sim = q[s : s + chunk] @ x.T  # (c, N)
+        for r, p in enumerate(queries[s : s + chunk]):
+            if p in self_col:
+                sim[r, self_col[p]] = -np.inf
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (c, k)
+        w = np.clip(np.take_along_axis(sim, top, axis=1), 0, None)  # (c, k)
+        votes = np.einsum("ck,ckt->ct", w, yf[top])  # (c, T)
+        out[s : s + chunk] = votes / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    return Predictions(queries, terms, out)
+
+
+@dataclass
+class MlpOptions:
+    hidden: int = 1024
+    dropout: float = 0.3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    max_epochs: int = 50
+    patience: int = 5
+    seed: int = 0
+    threads: int | None = None
+
+
+def mlp(
+    train_emb: Mapping[str, np.ndarray],
+    train: Annotations,
+    valid_emb: Mapping[str, np.ndarray],
+    valid: Annotations,
+    query_emb: Mapping[str, np.ndarray],
+    ontology: Ontology,
+    opts: MlpOptions | None = None,
+    ia: Mapping[str, float] | None = None,
+) -> Predictions:
+    """MLP (Linear-ReLU-Dropout-Linear, sigmoid per training term), trained with binary
+    cross-entropy; keeps the epoch with the best mean validation Fmax over aspects."""
+    import torch
+
+    opts = opts or MlpOptions()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    train_ids = sorted(p for p in train if p in train_emb)
+    terms, y = label_space({p: train[p] for p in train_ids}, ontology)
+    x = torch.from_numpy(_stack(train_emb, train_ids))  # (N, D)
+    yt = torch.from_numpy(y.astype(np.float32))  # (N, T)
+    mu, sd = x.mean(0), x.std(0) + 1e-6  # standardise features with training statistics
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], opts.hidden),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(opts.dropout),
+        torch.nn.Linear(opts.hidden, len(terms)),
+    )
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    valid_ids = sorted(p for p in valid if p in valid_emb)
+
+    def predict(emb: Mapping[str, np.ndarray], pids: list[str]) -> Predictions:
+        net.eval()
+        with torch.no_grad():
+            xq = (torch.from_numpy(_stack(emb, pids)) - mu) / sd
+            s = torch.sigmoid(net(xq)).numpy()
+        p = Predictions(pids, terms, s)
+        return Predictions(pids, terms, ontology.propagate_matrix(p.scores, terms))
+
+    best, best_state, waited = -1.0, None, 0
+    gen = torch.Generator().manual_seed(opts.seed)
+    for _epoch in range(opts.max_epochs):
+        net.train()
+        for idx in torch.randperm(len(x), generator=gen).split(opts.batch_size):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net((x[idx] - mu) / sd), yt[idx]
+            )
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        rows = evaluate_fast(predict(valid_emb, valid_ids), valid, valid_ids, ontology, ia)
+        score = float(np.mean([r["fmax"] for r in rows])) if rows else 0.0
+        if score > best:
+            best, waited = score, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= opts.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return predict(query_emb, sorted(query_emb))
+
+
+# ----------------------------------------------------------------------------------------------
+# Blend
+# ----------------------------------------------------------------------------------------------
+def blend(a: Predictions, b: Predictions, alpha: float) -> Predictions:
+    """``alpha * a + (1 - alpha) * b`` over the union of proteins and terms (missing: 0)."""
+    pids = sorted(set(a.pids) | set(b.pids))
+    terms = sorted(set(a.terms) | set(b.terms))
+    scores = alpha * a.aligned(pids, terms) + (1 - alpha) * b.aligned(pids, terms)
+    return Predictions(pids, terms, scores)
+
+
+def choose_alpha(
+    a: Predictions,
+    b: Predictions,
+    valid: Annotations,
+    ontology: Ontology,
+    grid: Iterable[float] = np.linspace(0, 1, 11),
+    ia: Mapping[str, float] | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The alpha of :func:`blend` with the best mean validation Fmax over aspects, and the
+    mean Fmax of every alpha tried (ties go to the alpha nearest 0.5, the even mix)."""
+    a, b = a.propagated(ontology), b.propagated(ontology)
+    pids = sorted(valid)
+    tried: dict[float, float] = {}
+    for alpha in grid:
+        rows = evaluate_fast(blend(a, b, float(alpha)), valid, pids, ontology, ia)
+        tried[round(float(alpha), 6)] = float(np.mean([r["fmax"] for r in rows]))
+    best = max(tried, key=lambda al: (tried[al], -abs(al - 0.5)))
+    return best, tried
+
+
+# ----------------------------------------------------------------------------------------------
+# Running baselines on a dataset split
+# ----------------------------------------------------------------------------------------------
+BASELINES = ("naive", "diamond", "knn", "mlp")
+
+
+def run_baseline(
+    name: str,
+    folder,
+    split: str,
+    embeddings: Mapping[str, np.ndarray] | None = None,
+    threads: int = 2,
+    knn_k: int = 10,
+) -> Predictions:
+    """One baseline trained on the ``train`` split of a dataset folder, predicting ``split``.
+
+    ``embeddings`` ({pid: mean vector}) is needed by knn and mlp."""
+    onto = folder.ontology
+    train = {p: folder.annotations[p] for p in folder.ids("train") if p in folder.annotations}
+    queries = folder.ids(split)
+    if name == "naive":
+        return naive(train, queries, onto)
+    if name == "diamond":
+        seqs = folder.sequences
+        return diamond(
+            {p: seqs[p] for p in train},
+            train,
+            {p: seqs[p] for p in queries},
+            onto,
+            DiamondOptions(threads=threads),
+        )
+    if name not in ("knn", "mlp"):
+        raise UserError(f"unknown baseline '{name}'; choose from {', '.join(BASELINES)}")
+    if embeddings is None:
+        raise UserError(
+            f"baseline '{name}' needs mean ESM embeddings: give a residue store "
+            "(--store) embedded with `protgo embed residues`"
+        )
+    q_emb = {p: embeddings[p] for p in queries if p in embeddings}
+    if name == "knn":
+        return knn(embeddings, train, q_emb, onto, k=knn_k)
+    valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
+    return mlp(
+        embeddings, train, embeddings, valid, q_emb, onto, MlpOptions(threads=threads), ia=folder.ia
+    )
+
+
+def run_blend(
+    folder,
+    split: str,
+    protgo_split: Predictions,
+    protgo_valid: Predictions,
+    diamond_split: Predictions | None = None,
+    threads: int = 2,
+) -> tuple[Predictions, float, dict[float, float]]:
+    """protgo blended with DIAMOND on ``split``, alpha chosen on the validation split.
+
+    Returns (blended predictions, alpha, mean validation Fmax per alpha tried)."""
+    onto = folder.ontology
+    valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
+    alpha, tried = choose_alpha(
+        protgo_valid,
+        run_baseline("diamond", folder, "valid", threads=threads),
+        valid,
+        onto,
+        ia=folder.ia,
+    )
+    if diamond_split is None:
+        diamond_split = run_baseline("diamond", folder, split, threads=threads)
+    a, b = protgo_split.propagated(onto), diamond_split.propagated(onto)
+    return blend(a, b, alpha), alpha, tried
+
+
+def parse_baselines(text: str) -> list[str]:
+    """'all' -> every baseline (blend only when it can run); 'naive,knn' -> that list."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return [*BASELINES, "blend"]
+    bad = [n for n in names if n not in (*BASELINES, "blend")]
+    if bad:
+        raise UserError(
+            f"--baselines: unknown '{bad[0]}'; choose from "
+            f"{', '.join((*BASELINES, 'blend'))} or 'all'"
+        )
+    return names
+
+
+def _mean_embeddings(
+    store: Path | None, config: Path | None, overrides: list[str], data_dir: Path, pids: list[str]
+) -> dict[str, np.ndarray]:
+    from protgo.config import load_config
+    from protgo.stores.residues import ESMResidueStore
+
+    if store is not None:
+        st = ESMResidueStore(store)
+    else:
+        st = ESMResidueStore.for_config(load_config(config, overrides).residues, data_dir)
+    have = [p for p in pids if p in st]
+    if len(have) < len(pids):
+        raise UserError(
+            f"residue store {st.root} lacks {len(pids) - len(have)} of the dataset's "
+            f"{len(pids)} proteins; run `protgo embed residues` for it"
+        )
+    return dict(zip(have, st.means(have), strict=True))
+
+
+def evaluate_command(
+    folder,
+    split: str,
+    preds: list[Path],
+    baselines: str,
+    out: Path,
+    valid_pred: Path | None = None,
+    store: Path | None = None,
+    threads: int = 2,
+    knn_k: int = 10,
+    config: Path | None = None,
+    overrides: list[str] = (),
+    data_dir: Path | None = None,
+) -> str:
+    """`protgo evaluate`: run the chosen baselines into ``out/baselines/``, score them with the
+    given prediction files, and return a printable results table (also ``out/results.tsv``)."""
+    import json
+    import time
+
+    from protgo.eval.metrics import evaluate_split, read_predictions
+
+    names = parse_baselines(baselines)
+    files = {p.stem: p for p in preds}
+    if len(files) < len(preds):
+        raise UserError("--pred files must have distinct names (methods are named by file stem)")
+    if "blend" in names and (not preds or valid_pred is None):
+        if baselines.strip().lower() != "all":
+            raise UserError(
+                "the blend baseline needs --pred (protgo on the split) and "
+                "--valid-pred (protgo on the valid split)"
+            )
+        names.remove("blend")
+    emb = None
+    if {"knn", "mlp"} & set(names):
+        emb = _mean_embeddings(store, config, list(overrides), data_dir, folder.ids())
+    timings, made = {}, {}
+    for name in [n for n in names if n != "blend"]:
+        t0 = time.perf_counter()
+        made[name] = run_baseline(name, folder, split, emb, threads, knn_k)
+        timings[name] = round(time.perf_counter() - t0, 1)
+    if "blend" in names:
+        t0 = time.perf_counter()
+        onto = folder.ontology
+        made["blend"], alpha, _ = run_blend(
+            folder,
+            split,
+            read_predictions(preds[0], onto),
+            read_predictions(valid_pred, onto),
+            made.get("diamond"),
+            threads,
+        )
+        timings["blend"] = {"seconds": round(time.perf_counter() - t0, 1), "alpha": alpha}
+    for name, p in made.items():
+        # naive gives every protein every term: keep only what cafaeval can see (>= 0.01)
+        p.write_cafa(
+            out / "baselines" / f"{name}.tsv", min_score=0.01 if name == "naive" else 0.001
+        )
+        files.setdefault(name, out / "baselines" / f"{name}.tsv")
+    if not files:
+        raise UserError("nothing to evaluate: give --pred files and/or --baselines")
+    t0 = time.perf_counter()
+    table, _ = evaluate_split(folder, split, files, out, threads)
+    timings["evaluation"] = round(time.perf_counter() - t0, 1)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    cols = [
+        c
+        for c in (
+            "method",
+            "aspect",
+            "fmax",
+            "tau",
+            "coverage",
+            "wfmax",
+            "smin",
+            "zero_auc",
+            "few_auc",
+        )
+        if c in table
+    ]
+    return table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
