@@ -14,8 +14,14 @@ from protgo.config import MiningConfig
 from protgo.data.ontology import Ontology, Term
 from protgo.mining.batch_builder import BatchBuilder
 from protgo.mining.collator import (
-    HARD, INBATCH, PAD, POSITIVE, RANDOM, SIBLING, ContrastiveEmbCollator,
-)  # fmt: skip
+    HARD,
+    INBATCH,
+    PAD,
+    POSITIVE,
+    RANDOM,
+    SIBLING,
+    ContrastiveEmbCollator,
+)
 from protgo.mining.curriculum import CurriculumParams
 from protgo.stores.go_vectors import GoLookupCache, GoVectorCache
 from protgo.stores.vector_resources import VectorResources

@@ -30,6 +30,10 @@ plm_app = typer.Typer(
     no_args_is_help=True, help="Pretrain and evaluate protgo's own small ESM (masked LM)."
 )
 app.add_typer(plm_app, name="plm")
+curriculum_app = typer.Typer(
+    no_args_is_help=True, help="Inspect the mining curriculum and loss-weight stages."
+)
+app.add_typer(curriculum_app, name="curriculum")
 
 DataDirOpt = Annotated[
     Path | None,
@@ -301,6 +305,34 @@ def evaluate(
     )
     typer.echo(table)
     typer.echo(f"results in {out}")
+
+
+@curriculum_app.command("show")
+def curriculum_show(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    steps_per_epoch: Annotated[
+        int | None,
+        typer.Option(help="Steps per epoch (default: training proteins / train.batch_size)."),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated steps for the table (default: 11 + warm-up)."),
+    ] = None,
+    png: Annotated[
+        Path | None,
+        typer.Option(help="Plot of every parameter (default: <train.out_dir>/curriculum.png)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print the curriculum (mining parameters, stage, lambda_attr) at chosen steps; plot it."""
+    from protgo.config import load_config
+    from protgo.mining.curriculum import show_schedule
+
+    cfg = load_config(config, overrides or [])
+    text, path = show_schedule(cfg, steps_per_epoch, at, png, _data_dir(data_dir))
+    typer.echo(text)
+    typer.echo(f"plot written to {path}")
 
 
 def main() -> None:

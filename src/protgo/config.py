@@ -73,10 +73,16 @@ class GoTextConfig(Section):
 
 class MiningConfig(Section):
     n_candidates: int = 64  # fixed candidate count per protein, so batches stack
+    max_positives: int = 16  # positives kept per protein (sampled by specificity when more)
     max_ancestors: int = 0  # DAG expansion of positives (0: off)
     gamma: float = 0.5  # weight decay per level of expansion
     stoplist_share: float = 0.5  # ancestors annotated to more than this share are not expanded to
-    few_shot_share: float = 0.2  # target share of batches' proteins carrying a few-shot term
+    # Target share of few-shot terms among a batch's positive (protein, term) pairs; the
+    # sampler over- or under-samples proteins carrying few-shot terms to meet it (None: off).
+    few_shot_share: float | None = 0.2
+    sibling_share: float = 0.25  # share of the hard slots given to siblings when siblings are on
+    sibling_temp: float = 0.1  # softmax temperature of sibling sampling over current scores
+    max_residues: int | None = None  # crop longer proteins to a random window (None: keep all)
     backend: Literal["cache", "bank"] = "cache"
     index: Literal["exact", "hnsw", "ivf"] = "exact"
     faiss_threads: int = 2

@@ -154,3 +154,30 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
+
+
+def show_schedule(
+    cfg, steps_per_epoch: int | None, at: str | None, png: Path | None, data_dir: Path
+) -> tuple[str, Path]:
+    """``protgo curriculum show``: (header + table, plot path) for a whole ``Config``."""
+    if steps_per_epoch is None:
+        from protgo.data.folder import DatasetFolder
+
+        n_train = len(DatasetFolder.load(cfg.data.dataset, data_dir).ids("train"))
+        steps_per_epoch = max(1, n_train // cfg.train.batch_size)
+    sched = CurriculumScheduler(
+        cfg.curriculum, cfg.stages, cfg.train.epochs * steps_per_epoch, steps_per_epoch
+    )
+    if at:
+        try:
+            steps = [int(x) for x in at.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--at takes comma-separated step numbers, got '{at}'") from None
+    else:
+        steps = sched.default_steps()
+    head = (
+        f"curriculum: {sched.total_steps} steps ({cfg.train.epochs} epochs x {steps_per_epoch}), "
+        f"{cfg.curriculum.schedule}, warm-up {sched.warmup_steps} steps"
+    )
+    path = sched.plot(png or cfg.train.out_dir / "curriculum.png")
+    return head + "\n" + sched.table(steps), path
