@@ -134,6 +134,9 @@ class CurriculumScheduler:
             ax.plot(steps, [float(p[name]) for p in params], drawstyle="steps-post")
             ax.axvline(self.warmup_steps, color="grey", lw=0.8, ls="--")
             ax.set_title(name)
+            if isinstance(params[0][name], bool):
+                ax.set_yticks([0, 1], ["off", "on"])
+        self._mark_stages(axes.flat[names.index("lambda_attr")])
         for ax in axes[-1]:
             ax.set_xlabel("step")
         fig.suptitle(f"curriculum ({self.cfg.schedule}; dashed: end of warm-up; "
@@ -146,6 +149,17 @@ class CurriculumScheduler:
         plt.close(fig)
         tmp.replace(path)
         return path
+
+    def _mark_stages(self, ax) -> None:
+        """Stage boundaries (dotted) and letters on the lambda_attr panel."""
+        edges = [0.0, *self.stages.boundaries, 1.0]
+        for k, letter in enumerate(STAGES):
+            lo, hi = edges[k] * self.last_step, edges[k + 1] * self.last_step
+            if k:
+                ax.axvline(lo, color="tab:orange", lw=0.8, ls=":")
+            if hi > lo:
+                ax.text((lo + hi) / 2, 0.5, letter, transform=ax.get_xaxis_transform(),
+                        ha="center", color="tab:orange")  # fmt: skip
 
 
 def _fmt(v) -> str:
