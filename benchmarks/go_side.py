@@ -35,6 +35,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--no-int8", action="store_true", help="skip the int8 timing")
     p.add_argument("--skip-encode", action="store_true")
+    p.add_argument("--skip-search", action="store_true")
     p.add_argument("--k", type=int, default=64, help="neighbours per query (a shortlist)")
     p.add_argument("--dims", default="384,768", help="vector dims: text cache, aligned bank")
     p.add_argument("--repeats", type=int, default=5)
@@ -129,7 +130,8 @@ def run(args) -> dict:
     if not args.skip_encode:
         out["encode"] = bench_encode(args, n_terms)
     out["n_terms"] = n_terms["n"]
-    out["search"] = bench_search(args, n_terms["n"])
+    if not args.skip_search:
+        out["search"] = bench_search(args, n_terms["n"])
     return out
 
 
