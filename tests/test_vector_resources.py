@@ -51,6 +51,8 @@ def test_faiss_exact_equals_torch_topk():
     assert rows.shape == (64, 20) and rows.dtype == torch.long
     assert torch.equal(rows, ref_rows)  # continuous random scores: no ties
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-5)
+    by_torch = VectorResources(lc, cfg=MiningConfig(index="torch"))
+    assert by_torch.index is None and torch.equal(by_torch.search(q, 20)[0], ref_rows)
     ids, _ = res.search_ids(q[:2], 3)
     assert ids[0] == [lc.ids[r] for r in ref_rows[0, :3].tolist()]
     assert res.search(q, 10_000)[0].shape == (64, 3000)  # k capped at the vocabulary

@@ -84,7 +84,7 @@ class MiningConfig(Section):
     sibling_temp: float = 0.1  # softmax temperature of sibling sampling over current scores
     max_residues: int | None = None  # crop longer proteins to a random window (None: keep all)
     backend: Literal["cache", "bank"] = "cache"
-    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    index: Literal["exact", "hnsw", "ivf", "torch"] = "exact"  # torch: matmul+topk, no FAISS
     faiss_threads: int = 2
     hnsw_m: int = 32  # graph degree of the HNSW index
     hnsw_ef_construction: int = 80

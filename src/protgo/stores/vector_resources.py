@@ -7,8 +7,10 @@ that moment (queries are projected protein vectors). :meth:`VectorResources.scor
 shortlists by vectors that differ from the ones scored. Call ``set_backends`` again (or
 :meth:`refresh`) after bank updates to search the new rows.
 
-Index kinds (``mining.index``): ``exact`` (inner product, the default; GO has ~43k terms, so
-exact search is cheap), ``hnsw`` and ``ivf`` for larger vocabularies. If FAISS is missing, or
+Index kinds (``mining.index``): ``exact`` (FAISS flat inner product, the default; GO has
+~43k terms, so exact search is cheap), ``hnsw`` and ``ivf`` for larger vocabularies, and
+``torch`` (no FAISS: matmul + topk, which beat the flat index of the generic faiss-cpu wheel
+on a 2-core CPU, see benchmarks/go_side.py). If FAISS is missing, or
 a build or search raises, exact search on the matrix (torch) takes over and the reason is
 logged once.
 """
@@ -89,6 +91,8 @@ class VectorResources:
     def _build_index(self, x: np.ndarray):
         """A FAISS index over ``x`` (N, D), or None (exact torch search) if building fails."""
         kind = self.cfg.index
+        if kind == "torch":  # chosen, not a fault: matmul + topk is exact and often faster
+            return None
         try:
             import faiss
 
