@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from protgo.data.fasta import write_fasta
-from protgo.data.ontology import Ontology
+from protgo.data.ontology import Ontology, atomic_write_text
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
 
@@ -506,7 +506,7 @@ def evaluate_command(
     t0 = time.perf_counter()
     table, _ = evaluate_split(folder, split, files, out, threads)
     timings["evaluation"] = round(time.perf_counter() - t0, 1)
-    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=1) + "\n")
     cols = [
         c
         for c in (

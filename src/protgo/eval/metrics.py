@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.data.ontology import Ontology
+from protgo.data.ontology import Ontology, atomic_write_text
 from protgo.errors import UserError
 
 TH_STEP = 0.01
@@ -174,8 +174,6 @@ def write_ground_truth(
     annotations: Mapping[str, Iterable[str]], pids: Iterable[str], path: Path
 ) -> int:
     """``protein<TAB>GO`` lines of the direct annotations of ``pids`` (cafaeval propagates)."""
-    from protgo.data.ontology import atomic_write_text
-
     lines = [f"{p}\t{t}" for p in sorted(pids) for t in sorted(annotations.get(p, ()))]
     if not lines:
         raise UserError(f"no annotated proteins to write to the ground truth {path}")
@@ -549,6 +547,9 @@ def evaluate_split(
         )
         tc.columns = [f"{cls}_{stat}" for stat, cls in tc.columns]
         table = table.merge(tc.reset_index(), on=["method", "aspect"], how="left")
-    table.to_csv(out_dir / "results.tsv", sep="\t", index=False, float_format="%.4f")
-    curves.to_csv(out_dir / "curves.tsv", sep="\t", index=False, float_format="%.4f")
+        for col in [c for c in table.columns if c.endswith("_terms")]:
+            table[col] = table[col].astype("Int64")  # counts, not floats
+    for name, df in (("results.tsv", table), ("curves.tsv", curves)):
+        text = df.to_csv(sep="\t", index=False, float_format="%.4f")
+        atomic_write_text(out_dir / name, text)
     return table, curves
