@@ -39,6 +39,14 @@ def _score(pred: Predictions, pid: str, term: str) -> float:
     return float(pred.aligned([pid], [term])[0, 0])
 
 
+def _assert_dag_consistent(pred: Predictions, onto: Ontology) -> None:
+    """Every parent scores at least as high as each of its children."""
+    col = {t: j for j, t in enumerate(pred.terms)}
+    for t, j in col.items():
+        for parent in onto.parents(t):
+            assert (pred.scores[:, col[parent]] >= pred.scores[:, j] - 1e-12).all(), (t, parent)
+
+
 def test_naive_is_term_frequency_per_aspect(onto):
     train = {"A": {GO[4]}, "B": {GO[5]}, "C": {GO[3]}, "D": {GO[11]}}
     pred = naive(train, ["Q1", "Q2"], onto)
@@ -47,6 +55,7 @@ def test_naive_is_term_frequency_per_aspect(onto):
         for t, v in want.items():
             assert _score(pred, q, t) == pytest.approx(v), t
     assert GO[6] not in pred.terms  # never seen in training
+    _assert_dag_consistent(pred, onto)
 
 
 def test_diamond_score_formula(onto):
@@ -69,8 +78,12 @@ def _mutate(rng: random.Random, seq: str, share: float = 0.1) -> str:
 def _homologs():
     rng = random.Random(7)
     train_seqs = {p: _random_seq(rng) for p in "ABCD"}
-    queries = {"qA": _mutate(rng, train_seqs["A"]), "qB": _mutate(rng, train_seqs["B"]),
-               "qD": _mutate(rng, train_seqs["D"]), "qX": _random_seq(rng)}  # fmt: skip
+    queries = {
+        "qA": _mutate(rng, train_seqs["A"]),
+        "qB": _mutate(rng, train_seqs["B"]),
+        "qD": _mutate(rng, train_seqs["D"]),
+        "qX": _random_seq(rng),
+    }
     return train_seqs, queries
 
 
@@ -85,6 +98,7 @@ def test_diamond_transfers_labels_of_a_near_copy(onto):
     assert _score(pred, "qB", GO[5]) == pytest.approx(1.0)
     assert _score(pred, "qD", GO[11]) == pytest.approx(1.0)
     assert _score(pred, "qD", GO[2]) == 0.0
+    _assert_dag_consistent(pred, onto)
 
 
 def _clusters(n_per: int, seed: int, noise: float = 0.1):
@@ -111,6 +125,7 @@ def test_knn_votes_by_similarity_and_skips_itself(onto):
     assert _score(pred, "q0", GO[5]) == 0.0
     assert _score(pred, "q1", GO[5]) == pytest.approx(1.0)
     assert _score(pred, "X", GO[8]) == 0.0  # its own label is not transferred to itself
+    _assert_dag_consistent(pred, onto)
 
 
 def test_mlp_learns_separable_labels_and_scores_zero_shot_zero(onto):
@@ -125,7 +140,7 @@ def test_mlp_learns_separable_labels_and_scores_zero_shot_zero(onto):
         others = {GO[3], GO[4], GO[5]} - {label}
         assert _score(pred, pid, label) > 0.5
         assert all(_score(pred, pid, t) < 0.5 for t in others)
-        assert _score(pred, pid, GO[1]) >= _score(pred, pid, label)  # propagated (max)
+    _assert_dag_consistent(pred, onto)  # sigmoid outputs propagated (max)
 
 
 def test_blend_and_alpha_chosen_on_validation(onto):
@@ -154,10 +169,25 @@ def _tiny_dataset(root: Path, tiny_obo: Path) -> Path:
     """A dataset folder in the layout of `protgo data build`, small enough to read."""
     train_seqs, queries = _homologs()
     rng = random.Random(3)
-    seqs = {**train_seqs, "vA": _mutate(rng, train_seqs["A"]), "tA": queries["qA"],
-            "tB": queries["qB"], "tD": queries["qD"], "tX": queries["qX"]}  # fmt: skip
-    labels = {"A": [GO[4]], "B": [GO[5]], "C": [GO[3]], "D": [GO[11]], "vA": [GO[4]],
-              "tA": [GO[4]], "tB": [GO[5]], "tD": [GO[11]], "tX": [GO[8]]}  # fmt: skip
+    seqs = {
+        **train_seqs,
+        "vA": _mutate(rng, train_seqs["A"]),
+        "tA": queries["qA"],
+        "tB": queries["qB"],
+        "tD": queries["qD"],
+        "tX": queries["qX"],
+    }
+    labels = {
+        "A": [GO[4]],
+        "B": [GO[5]],
+        "C": [GO[3]],
+        "D": [GO[11]],
+        "vA": [GO[4]],
+        "tA": [GO[4]],
+        "tB": [GO[5]],
+        "tD": [GO[11]],
+        "tX": [GO[8]],
+    }
     split = {p: "train" if len(p) == 1 else ("valid" if p[0] == "v" else "test") for p in seqs}
     root.mkdir()
     (root / "go.obo").write_text(tiny_obo.read_text())
@@ -186,8 +216,17 @@ def test_evaluate_command_runs_baselines_and_scores_files(tiny_obo, tmp_path):
     mine = tmp_path / "mine.tsv"
     mine.write_text(f"tA\t{GO[4]}\t0.9\ntB\t{GO[5]}\t0.8\ntX\t{GO[8]}\t0.7\ntD\t{GO[11]}\t0.6\n")
     out = tmp_path / "out"
-    args = ["evaluate", "--dataset", str(ds), "--pred", str(mine),
-            "--baselines", "naive,diamond", "--out", str(out)]  # fmt: skip
+    args = [
+        "evaluate",
+        "--dataset",
+        str(ds),
+        "--pred",
+        str(mine),
+        "--baselines",
+        "naive,diamond",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     import pandas as pd
@@ -202,6 +241,61 @@ def test_evaluate_command_runs_baselines_and_scores_files(tiny_obo, tmp_path):
 
     bad = tmp_path / "bad.tsv"
     bad.write_text(f"tA\t{GO[4]}\t0.9\ntA\tGO:7777777\t0.5\n")
-    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(ds), "--pred", str(bad),
-                                   "--out", str(tmp_path / "o2")])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["evaluate", "--dataset", str(ds), "--pred", str(bad), "--out", str(tmp_path / "o2")]
+    )
     assert isinstance(res.exception, UserError) and "bad.tsv:2" in str(res.exception)
+
+
+def test_evaluate_command_embedding_baselines_from_a_residue_store(tiny_obo, tiny_esm, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from protgo.cli import app
+    from protgo.config import ResiduesConfig
+    from protgo.data.folder import DatasetFolder
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.residues import ESMResidueStore
+
+    ds = _tiny_dataset(tmp_path / "tiny", tiny_obo)
+    enc = ProteinEncoder(ResiduesConfig(model=str(tiny_esm), win_size=64, win_stride=48))
+    store = ESMResidueStore.create(tmp_path / "data", enc.settings())
+    store.embed(enc, DatasetFolder.load(ds).sequences)
+    out = tmp_path / "out"
+    args = [
+        "evaluate",
+        "--dataset",
+        str(ds),
+        "--baselines",
+        "knn,mlp",
+        "--store",
+        str(store.root),
+        "--knn-k",
+        "2",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "results.tsv", sep="\t")
+    assert set(table.method) == {"knn", "mlp"}
+    mlp_bp = table[(table.method == "mlp") & (table.aspect == "BP")].iloc[0]
+    assert mlp_bp.zero_auc == 0.5  # closed vocabulary: every zero-shot score is 0
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--dataset",
+            str(ds),
+            "--baselines",
+            "knn",
+            "--store",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+    )
+    assert isinstance(res.exception, UserError) and "residue store" in str(res.exception)
