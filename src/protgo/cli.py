@@ -225,7 +225,8 @@ def embed_residues(
         seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
     encoder = ProteinEncoder(cfg)
     store = ESMResidueStore.create(root, encoder.settings())
-    report = store.embed(encoder, seqs, rank=rank, world_size=world)
+    shard_bytes = cfg.shard_mb << 20
+    report = store.embed(encoder, seqs, rank=rank, world_size=world, shard_bytes=shard_bytes)
     typer.echo(f"residue store {store.root}")
     typer.echo(json.dumps(report.__dict__ | {"residues_per_s": round(
         report.residues / max(report.seconds, 1e-9))}))  # fmt: skip

@@ -52,6 +52,8 @@ class ResiduesConfig(Section):
     dtype: Literal["fp32", "bf16"] = "fp32"
     device: str = "cpu"
     threads: int | None = None
+    # fp16 vectors per store shard; shards are the unit of resume and of work split across ranks
+    shard_mb: int = 256
 
 
 class GoTextConfig(Section):

@@ -121,7 +121,7 @@ class ESMResidueStore:
         return pid in self.proteins and self.proteins[pid] in self.entries
 
     def __len__(self) -> int:
-        return len(self.proteins)
+        return sum(1 for p in self.proteins if p in self)
 
     def ids(self) -> list[str]:
         return sorted(p for p in self.proteins if p in self)
@@ -198,7 +198,10 @@ class ESMResidueStore:
         shard_bytes: int = 256 << 20,
         progress: bool = True,
     ) -> EmbedReport:
-        """Embed every sequence not yet stored; see the module docstring for resume and ranks."""
+        """Embed every sequence not yet stored; see the module docstring for resume and ranks.
+
+        Every stored shard is checked against its checksum first (reads the whole store once),
+        so vectors of a corrupt shard are embedded again rather than kept."""
         from protgo.stores.residue_plan import make_plan, merge_plan, write_shard
 
         if encoder.settings() != self.settings:
