@@ -134,8 +134,18 @@ def load_corpus(cfg: PlmDataConfig, exclude_ids: Path | None = None) -> Corpus:
     extra = mc.read_id_file(exclude_ids) if exclude_ids else set()
     exclusion = mc.Exclusion.build(excl_fastas, extra)
     train, held, n_ex = mc.split_corpus(fasta, exclusion, cfg.holdout_frac, cfg.holdout_min)
-    sources = [str(p) for p in excl_fastas] + ([str(exclude_ids)] if exclude_ids else [])
-    return Corpus(train, held, n_ex, str(fasta), sources)
+    sources = [_shown(p, data_dir) for p in excl_fastas]
+    sources += [str(exclude_ids)] if exclude_ids else []
+    return Corpus(train, held, n_ex, _shown(fasta, data_dir), sources)
+
+
+def _shown(path: Path, data_dir: Path) -> str:
+    """A path as the model card shows it: relative to the data directory where it lies there
+    (``<data>/datasets/swissprot-2014/proteins.fasta``), so cards do not carry home folders."""
+    try:
+        return f"<data>/{Path(path).resolve().relative_to(data_dir.resolve())}"
+    except ValueError:
+        return str(path)
 
 
 @dataclass
@@ -293,7 +303,8 @@ tokenizer): {m.layers} layers, {m.hidden} dims, {m.heads} heads, {n_params / 1e6
 Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmForMaskedLM`.
 
 ## Data
-- Corpus: `{corpus.source}`: {len(corpus.train)} training sequences,
+- Corpus: `{corpus.source}` (`<data>`: $PROTGO_DATA or ~/.cache/protgo):
+  {len(corpus.train)} training sequences,
   {len(corpus.heldout)} held out (fixed hash-based share {cfg.data.holdout_frac}).
 - Excluded by accession and by exact sequence ({corpus.n_excluded} removed):
   {", ".join(f"`{s}`" for s in corpus.excluded_from) or "nothing"}.
@@ -333,7 +344,10 @@ def export_model(model, directory: Path, cfg: PlmConfig, corpus: Corpus, state: 
     atomic_write_text(tmp / "config.json", json.dumps(conf, indent=2) + "\n")
     make_esm2_tokenizer(tmp).save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
-    atomic_write_text(tmp / "TRAINING.md", training_md(cfg, corpus, state, n_params))
+    card = training_md(cfg, corpus, state, n_params)
+    size_mb = (tmp / "model.safetensors").stat().st_size / 1e6
+    card += f"\nFiles: model.safetensors {size_mb:.1f} MB (fp16).\n"
+    atomic_write_text(tmp / "TRAINING.md", card)
     info = {"config": cfg.model_dump(mode="json"), "state": asdict(state), "corpus": corpus.source,
             "excluded_from": corpus.excluded_from, "n_params": n_params}  # fmt: skip
     atomic_write_text(tmp / "training.json", json.dumps(info, indent=2) + "\n")
