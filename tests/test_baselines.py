@@ -239,6 +239,28 @@ def test_evaluate_command_runs_baselines_and_scores_files(tiny_obo, tmp_path):
     assert dia.fmax == pytest.approx(0.8)  # tA, tB exact; tX (no homolog) has no prediction
     assert (out / "curves.tsv").is_file() and (out / "timings.json").is_file()
 
+    mine_valid = tmp_path / "mine_valid.tsv"
+    mine_valid.write_text(f"vA\t{GO[4]}\t0.9\nvA\t{GO[3]}\t0.3\n")
+    args = [
+        "evaluate",
+        "--dataset",
+        str(ds),
+        "--pred",
+        str(mine),
+        "--valid-pred",
+        str(mine_valid),
+        "--baselines",
+        "blend",
+        "--out",
+        str(tmp_path / "o3"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    timings = json.loads((tmp_path / "o3" / "timings.json").read_text())
+    assert 0.0 <= timings["blend"]["alpha"] <= 1.0
+    blended = pd.read_csv(tmp_path / "o3" / "results.tsv", sep="\t")
+    assert set(blended.method) == {"mine", "blend"}
+
     bad = tmp_path / "bad.tsv"
     bad.write_text(f"tA\t{GO[4]}\t0.9\ntA\tGO:7777777\t0.5\n")
     res = CliRunner().invoke(

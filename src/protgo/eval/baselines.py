@@ -464,10 +464,15 @@ def evaluate_command(
 
     from protgo.eval.metrics import evaluate_split, read_predictions
 
+    if split not in ("valid", "test"):
+        raise UserError(f"--split must be valid or test (baselines train on train), got '{split}'")
     names = parse_baselines(baselines)
     files = {p.stem: p for p in preds}
-    if len(files) < len(preds):
-        raise UserError("--pred files must have distinct names (methods are named by file stem)")
+    if len(files) < len(preds) or set(files) & set(names):
+        raise UserError(
+            "--pred files must have distinct names, none of them a baseline's "
+            "(methods are named by file stem): rename the files"
+        )
     if "blend" in names and (not preds or valid_pred is None):
         if baselines.strip().lower() != "all":
             raise UserError(
