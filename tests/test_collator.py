@@ -22,12 +22,12 @@ def test_hand_checked_batch():
     items = [item("P0", 2, {"GO:A": 1.0, "GO:B": 0.5}), item("P1", 4, {"GO:B": 1.0, "GO:Z": 1.0})]
     out = ContrastiveEmbCollator(MiningConfig(max_positives=4), zero=frozenset({"GO:Z"}))(items)
     assert out["pids"] == ["P0", "P1"]
-    assert out["residues"].shape == (2, 4, 3) and out["residues"].dtype == torch.float32
+    assert out["residues"].shape == (2, 4, 3) and out["residues"].dtype == torch.float16
     assert out["mask"].tolist() == [[True, True, False, False], [True, True, True, True]]
     assert out["lengths"].tolist() == [2, 4]
-    assert torch.equal(out["residues"][0, :2], torch.tensor([[1.0, 2, 3], [4, 5, 6]]))
+    assert torch.equal(out["residues"][0, :2].float(), torch.tensor([[1.0, 2, 3], [4, 5, 6]]))
     assert (out["residues"][0, 2:] == 0).all()
-    assert torch.equal(out["residues"][1], -torch.arange(1, 13.0).reshape(4, 3))
+    assert torch.equal(out["residues"][1].float(), -torch.arange(1, 13.0).reshape(4, 3))
     # zero-shot GO:Z is masked out of the positives
     assert out["positives"] == [{"GO:A": 1.0, "GO:B": 0.5}, {"GO:B": 1.0}]
     assert out["pos_ids"] == [["GO:A", "GO:B"], ["GO:B"]]
@@ -67,8 +67,9 @@ def test_positive_cap_prefers_specific_terms():
 def test_crop_to_max_residues():
     cfg = MiningConfig(max_residues=5)
     r = np.arange(40, dtype=np.float16).reshape(20, 2)
-    out = ContrastiveEmbCollator(cfg, seed=1)([{"pid": "P", "residues": r, "positives": {"G": 1}}])
-    assert out["residues"].shape == (1, 5, 2)
+    coll = ContrastiveEmbCollator(cfg, seed=1, dtype=torch.float32)
+    out = coll([{"pid": "P", "residues": r, "positives": {"G": 1}}])
+    assert out["residues"].shape == (1, 5, 2) and out["residues"].dtype == torch.float32
     first = int(out["residues"][0, 0, 0]) // 2
     assert torch.equal(out["residues"][0], torch.from_numpy(r[first : first + 5].astype("f4")))
 

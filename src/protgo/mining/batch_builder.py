@@ -75,7 +75,7 @@ class BatchBuilder:
         self.allowed = allowed  # (N,) rows that may ever be a candidate
         self.allowed_rows = np.flatnonzero(allowed)
         self.siblings = SiblingQueues(ontology, resources, cfg.sibling_queue_size)
-        self._mask_cache: dict[tuple[str, int, int], frozenset[int]] = {}
+        self._mask_cache: dict[tuple[str, int, int], np.ndarray] = {}
 
     def set_resources(self, resources) -> None:
         """Use rebuilt resources (phase change, bank refresh); ids must not change."""
@@ -85,8 +85,8 @@ class BatchBuilder:
         self.siblings = SiblingQueues(self.ontology, resources, self.cfg.sibling_queue_size)
 
     # ---- masks --------------------------------------------------------------------------
-    def mask_rows(self, go_id: str, up: int, down: int) -> frozenset[int]:
-        """Rows of ``go_id`` and its relatives within ``up``/``down`` levels."""
+    def mask_rows(self, go_id: str, up: int, down: int) -> np.ndarray:
+        """Rows (int64) of ``go_id`` and its relatives within ``up``/``down`` levels."""
         key = (go_id, up, down)
         hit = self._mask_cache.get(key)
         if hit is None:
@@ -95,16 +95,17 @@ class BatchBuilder:
                 rel |= self.ontology.ancestors(go_id, radius=up)
                 rel |= self.ontology.descendants(go_id, radius=down)
             row = self.resources.row
-            hit = self._mask_cache[key] = frozenset(row[g] for g in rel if g in row)
+            rows = [row[g] for g in rel if g in row]
+            hit = self._mask_cache[key] = np.array(rows, dtype=np.int64)
         return hit
 
-    def forbidden(self, positives, p: CurriculumParams) -> set[int]:
-        """Rows no negative of this protein may take: its positives and their relatives
-        within the mask radii (zero-shot rows are excluded everywhere through ``allowed``)."""
-        out: set[int] = set()
+    def forbidden(self, positives, p: CurriculumParams) -> np.ndarray:
+        """(N,) bool: rows no negative of this protein may take, i.e. its positives and their
+        relatives within the mask radii (zero-shot rows are never allowed anywhere)."""
+        banned = np.zeros(len(self.allowed), dtype=bool)
         for g in positives:
-            out |= self.mask_rows(g, p.hier_up, p.hier_down)
-        return out
+            banned[self.mask_rows(g, p.hier_up, p.hier_down)] = True
+        return banned
 
     # ---- queries ------------------------------------------------------------------------
     def default_queries(self, batch: dict) -> torch.Tensor:
@@ -112,10 +113,13 @@ class BatchBuilder:
         res = self.resources
         ids = [[g for g in row if g in res.row] for row in batch["pos_ids"]]
         flat = [g for row in ids for g in row]
-        vecs = res.vectors(flat)  # (sum P, D)
-        owner = torch.tensor([b for b, row in enumerate(ids) for _ in row], dtype=torch.long)
-        q = torch.zeros(len(ids), vecs.shape[1]).index_add_(0, owner, vecs)
-        return torch.nn.functional.normalize(q, dim=1)
+        vecs = res.vectors(flat).numpy()  # (sum P, D), rows grouped by protein
+        q = np.zeros((len(ids), vecs.shape[1]), dtype=np.float32)
+        starts = np.cumsum([0] + [len(r) for r in ids[:-1]])
+        has = np.array([len(r) > 0 for r in ids], dtype=bool)
+        if has.any():
+            q[has] = np.add.reduceat(vecs, starts[has], axis=0)
+        return torch.nn.functional.normalize(torch.from_numpy(q), dim=1)
 
     # ---- building -----------------------------------------------------------------------
     def build(self, batch: dict, params: CurriculumParams, queries=None) -> dict:
@@ -132,18 +136,16 @@ class BatchBuilder:
         queries = torch.as_tensor(queries).detach().float().cpu()  # (B, D)
         rows, _ = self.resources.search(queries, max(params.shortlist_M, 1))  # (B, M)
         rows = rows.numpy()
-        row = self.resources.row
-        pos_rows = [{row[g] for g in pos if g in row} for pos in batch["positives"]]
+        row, ids = self.resources.row, self.resources.ids
+        batch_pos = np.unique([row[g] for pos in batch["positives"] for g in pos]).astype(np.int64)
         cands = []
         for b in range(len(batch["pids"])):
-            banned = self.forbidden(batch["positives"][b], params)
-            inbatch = set().union(*pos_rows[:b], *pos_rows[b + 1 :]) if params.inbatch_easy else ()
+            banned = self.forbidden(batch["positives"][b], params)  # (N,) bool
             negs = self._negatives(
-                rows[b], banned, inbatch, batch["pos_ids"][b], queries[b], params,
-                self.C - len(batch["pos_ids"][b]),
+                rows[b], banned, batch_pos if params.inbatch_easy else None,
+                batch["pos_ids"][b], queries[b], params, self.C - len(batch["pos_ids"][b]),
             )  # fmt: skip
             self._check(negs, banned, b)
-            ids = self.resources.ids
             cands.append([(g, POSITIVE) for g in batch["pos_ids"][b]] +
                          [(ids[r], s) for r, s in negs])  # fmt: skip
         out = dict(batch)
@@ -164,34 +166,31 @@ class BatchBuilder:
         return out
 
     def _negatives(
-        self, shortlist: np.ndarray, banned: set[int], inbatch, pos_ids: Sequence[str],
-        query: torch.Tensor, p: CurriculumParams, slots: int,
+        self, shortlist: np.ndarray, banned: np.ndarray, inbatch: np.ndarray | None,
+        pos_ids: Sequence[str], query: torch.Tensor, p: CurriculumParams, slots: int,
     ) -> list[tuple[int, int]]:  # fmt: skip
         """[(row, source)] of length ``slots`` (fewer only if the vocabulary runs out)."""
-        taken: set[int] = set()
+        free = self.allowed & ~banned  # (N,) rows still open to this protein; taken ones close
         out: list[tuple[int, int]] = []
 
-        def add(rs, source, limit):
-            for r in rs:
-                if len(out) >= limit:
-                    return
-                r = int(r)
-                if r >= 0 and self.allowed[r] and r not in banned and r not in taken:
-                    taken.add(r)
-                    out.append((r, source))
+        def add(rs: np.ndarray, source: int, limit: int) -> None:
+            rs = rs[(rs >= 0) & free[np.clip(rs, 0, None)]]
+            _, first = np.unique(rs, return_index=True)
+            rs = rs[np.sort(first)][: max(limit - len(out), 0)]  # first occurrences, in order
+            free[rs] = False
+            out.extend((int(r), source) for r in rs)
 
         n_hard = min(round(p.hard_frac * slots), slots)
         if p.siblings and n_hard > 0:
             n_sib = round(self.cfg.sibling_share * n_hard)
-            add(self._sample_siblings(pos_ids, banned, query, n_sib), SIBLING, n_sib)
-        pool = [r for r in shortlist if r >= 0 and self.allowed[r] and r not in banned]
-        pool = pool[: p.k_hard]
-        add(self.rng.permutation(np.array(pool, dtype=np.int64)), HARD, n_hard)
+            add(self._sample_siblings(pos_ids, free, query, n_sib), SIBLING, n_sib)
+        pool = shortlist[(shortlist >= 0) & free[np.clip(shortlist, 0, None)]][: p.k_hard]
+        add(self.rng.permutation(pool), HARD, n_hard)
         n_random = min(slots, len(out) + max(p.random_k, 0))
-        for _ in range(4):  # draws with replacement; repeats and banned rows are skipped
+        for _ in range(4):  # draws with replacement; repeats and closed rows are skipped
             add(self._random(2 * (n_random - len(out)) + 8), RANDOM, n_random)
-        if inbatch:
-            add(self.rng.permutation(np.fromiter(inbatch, dtype=np.int64)), INBATCH, slots)
+        if inbatch is not None:
+            add(self.rng.permutation(inbatch), INBATCH, slots)
         for _ in range(4):
             add(self._random(2 * (slots - len(out)) + 8), RANDOM, slots)
         if len(out) < slots:  # small vocabularies or huge masks: sweep every row once
@@ -199,25 +198,26 @@ class BatchBuilder:
         return out
 
     def _random(self, n: int) -> np.ndarray:
-        return self.allowed_rows[self.rng.integers(0, len(self.allowed_rows), size=n)]
+        return self.allowed_rows[self.rng.integers(0, len(self.allowed_rows), size=max(n, 0))]
 
-    def _sample_siblings(self, pos_ids, banned, query: torch.Tensor, n: int) -> np.ndarray:
-        """Up to ``n`` siblings of the positives, sampled by softmax(score / sibling_temp)."""
-        if n <= 0:
+    def _sample_siblings(self, pos_ids, free: np.ndarray, query: torch.Tensor, n: int):
+        """Up to ``n`` open siblings of the positives, sampled by softmax(score / temp)."""
+        queues = [self.siblings.get(g) for g in pos_ids]
+        rows = np.unique(np.concatenate(queues)) if queues else np.zeros(0, dtype=np.int64)
+        rows = rows[free[rows]]
+        if n <= 0 or len(rows) == 0:
             return np.zeros(0, dtype=np.int64)
-        pool = {int(r) for g in pos_ids for r in self.siblings.get(g)} - banned
-        if not pool:
-            return np.zeros(0, dtype=np.int64)
-        rows = np.fromiter(pool, dtype=np.int64)
+        if len(rows) > self.cfg.sibling_queue_size:  # bound the scoring work per protein
+            rows = self.rng.choice(rows, self.cfg.sibling_queue_size, replace=False)
         scores = self.resources.matrix[torch.from_numpy(rows)] @ query  # (S,) current scores
-        w = torch.softmax(scores / self.cfg.sibling_temp, 0).double().numpy()
+        w = torch.softmax(scores.double() / self.cfg.sibling_temp, 0).numpy()
         k = min(n, int((w > 0).sum()))
         return self.rng.choice(rows, size=k, replace=False, p=w / w.sum())
 
-    def _check(self, negs: list[tuple[int, int]], banned: set[int], b: int) -> None:
+    def _check(self, negs: list[tuple[int, int]], banned: np.ndarray, b: int) -> None:
         """The invariant the loss relies on; a violation is a bug here, never user input."""
-        bad = [r for r, _ in negs if r in banned or not self.allowed[r]]
-        if bad or len({r for r, _ in negs}) != len(negs):
+        r = np.array([r for r, _ in negs], dtype=np.int64)
+        if banned[r].any() or not self.allowed[r].all() or len(np.unique(r)) != len(r):
             raise RuntimeError(f"mining produced a forbidden or repeated negative for protein {b}")
 
 

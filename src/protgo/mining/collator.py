@@ -9,7 +9,8 @@ C candidates per protein, U unique GO ids of the batch):
 
 from the collator
     ``pids``         list[str] (B)
-    ``residues``     (B, L, D) float32, zero where padded
+    ``residues``     (B, L, D) float16 as stored (half the copy and host->device bytes; cast
+                     on the device), or the collator's ``dtype``; zero where padded
     ``mask``         (B, L) bool, True on real residues
     ``lengths``      (B,) int64
     ``positives``    list[dict[str, float]] (B): every positive with its weight (after the
@@ -73,19 +74,23 @@ def index_candidates(
     go_ids = list(dict.fromkeys([g for row in cands for g, _ in row] +
                                 [g for pos in positives for g in sorted(pos)]))  # fmt: skip
     col = {g: u for u, g in enumerate(go_ids)}
-    idx = torch.full((B, C), -1, dtype=torch.long)
-    source = torch.full((B, C), PAD, dtype=torch.int8)
-    weight = torch.zeros(B, C)
-    go_pos = torch.zeros(len(go_ids), B, dtype=torch.bool)
-    go_weight = torch.zeros(len(go_ids), B)
+    idx = np.full((B, C), -1, dtype=np.int64)
+    source = np.full((B, C), PAD, dtype=np.int8)
+    weight = np.zeros((B, C), dtype=np.float32)
+    go_weight = np.zeros((len(go_ids), B), dtype=np.float32)
     for b, row in enumerate(cands):
         if len(row) > C:
             raise ValueError(f"protein {b} has {len(row)} candidates, more than C={C}")
-        for c, (g, s) in enumerate(row):
-            idx[b, c], source[b, c] = col[g], s
-            weight[b, c] = positives[b].get(g, 0.0) if s == POSITIVE else 0.0
-        for g, w in positives[b].items():
-            go_pos[col[g], b], go_weight[col[g], b] = True, w
+        idx[b, : len(row)] = [col[g] for g, _ in row]
+        source[b, : len(row)] = [s for _, s in row]
+        weight[b, : len(row)] = [positives[b].get(g, 0.0) if s == POSITIVE else 0.0
+                                 for g, s in row]  # fmt: skip
+        go_weight[[col[g] for g in positives[b]], b] = list(positives[b].values())
+    idx, source = torch.from_numpy(idx), torch.from_numpy(source)
+    go_pos = torch.zeros(len(go_ids), B, dtype=torch.bool)
+    for b, pos in enumerate(positives):
+        go_pos[[col[g] for g in pos], b] = True
+    weight, go_weight = torch.from_numpy(weight), torch.from_numpy(go_weight)
     return {
         "go_ids": go_ids, "go_pos": go_pos, "go_weight": go_weight, "cand_idx": idx,
         "cand_pos": source == POSITIVE, "cand_weight": weight, "cand_source": source,
@@ -104,9 +109,9 @@ class ContrastiveEmbCollator:
 
     def __init__(
         self, cfg: MiningConfig, zero: frozenset[str] = frozenset(), specificity=None,
-        seed: int = 0,
+        seed: int = 0, dtype: torch.dtype = torch.float16,
     ):  # fmt: skip
-        self.cfg, self.zero, self.specificity = cfg, zero, specificity
+        self.cfg, self.zero, self.specificity, self.dtype = cfg, zero, specificity, dtype
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._worker: int | None = None
@@ -123,10 +128,10 @@ class ContrastiveEmbCollator:
         residues = [self._crop(np.asarray(it["residues"])) for it in items]
         B, L = len(items), max((len(r) for r in residues), default=0)
         D = residues[0].shape[1] if items else 0
-        x = torch.zeros(B, L, D)  # (B, L, D) fp32; fp16 storage is widened here
+        x = torch.zeros(B, L, D, dtype=self.dtype)  # (B, L, D)
         mask = torch.zeros(B, L, dtype=torch.bool)
         for b, r in enumerate(residues):
-            x[b, : len(r)] = torch.from_numpy(r.astype(np.float32))
+            x[b, : len(r)] = torch.from_numpy(r)  # one copy (and cast when dtype differs)
             mask[b, : len(r)] = True
         positives = [
             {g: w for g, w in it["positives"].items() if g not in self.zero} for it in items
