@@ -38,6 +38,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each path")
     p.add_argument("--model", default=None, help="checkpoint dir (default: see docstring)")
+    p.add_argument("--random-init", action="store_true", help="random ESM-2 8M architecture")
     p.add_argument("--mode", choices=["bare", "store"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     return p
@@ -155,9 +156,10 @@ def spawn(args, mode: str, work: Path) -> dict:
 def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.model is None:
+        if args.random_init or args.model is None:
             default = Path("models/protgo-esm-small")
-            args.model = str(default) if default.is_dir() else make_model(work)
+            use_default = default.is_dir() and not args.random_init
+            args.model = str(default) if use_default else make_model(work)
         # Alternate the paths and keep each one's fastest run: other jobs share the CPU.
         runs = {"bare": [], "store": []}
         for _ in range(args.repeats):
