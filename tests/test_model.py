@@ -1,0 +1,96 @@
+"""Attention pooling and the aligner: a per-protein loop reference, chunking, masks, shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from protgo.config import ModelConfig
+from protgo.model.aligner import ProtGoAligner, candidate_scores
+from protgo.model.pooling import AttentionPooling
+
+
+def _reference_pool(pool: AttentionPooling, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook multi-head attention for one protein x (L, D): keys and values materialised."""
+    H, dh, Q = pool.n_heads, pool.head_dim, pool.n_queries
+    k = pool.key(x).view(-1, H, dh)  # (L, H, dh)
+    v = pool.value(x).view(-1, H, dh)
+    outs, attns = [], []
+    for q in range(Q):
+        heads = []
+        for h in range(H):
+            a = torch.softmax(k[:, h] @ pool.queries[q, h] / math.sqrt(dh), 0)  # (L,)
+            attns.append(a)
+            heads.append(a @ v[:, h])  # (dh,)
+        outs.append(torch.cat(heads))
+    pooled = pool.norm(pool.out(torch.cat(outs)))
+    return pooled, torch.stack(attns).mean(0)
+
+
+def test_pooling_matches_reference_and_ignores_padding():
+    torch.manual_seed(0)
+    pool = AttentionPooling(12, n_queries=3, n_heads=4).eval()
+    lengths = [7, 3, 1]
+    x = torch.randn(3, 7, 12)
+    mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    x_noisy = x.clone()
+    x_noisy[~mask] = 1e3  # padding content must not matter
+    out = pool(x_noisy, mask)
+    assert out["pooled"].shape == (3, 12) and out["attn"].shape == (3, 7)
+    for b, n in enumerate(lengths):
+        ref, ref_attn = _reference_pool(pool, x[b, :n])
+        torch.testing.assert_close(out["pooled"][b], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out["attn"][b, :n], ref_attn, rtol=1e-4, atol=1e-6)
+        assert out["attn"][b, n:].abs().sum() == 0
+    torch.testing.assert_close(out["attn"].sum(1), torch.ones(3))
+
+
+def test_chunked_equals_unchunked_with_gradients():
+    torch.manual_seed(1)
+    pool = AttentionPooling(16, n_queries=2, n_heads=2).eval()
+    x = torch.randn(2, 103, 16).half()  # fp16 as the store gives it; cast chunk by chunk
+    mask = torch.ones(2, 103, dtype=torch.bool)
+    mask[1, 60:] = False
+    results = []
+    for chunk in (1000, 17):
+        pool.zero_grad()
+        out = pool(x, mask, chunk=chunk)
+        out["pooled"].square().sum().backward()
+        results.append((out, [p.grad.clone() for p in pool.parameters()]))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a["pooled"], b["pooled"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["attn"], b["attn"], rtol=1e-5, atol=1e-7)
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-5)  # fp32 sums, reordered
+
+
+def test_protein_without_residues_gives_finite_values():
+    pool = AttentionPooling(8, 2, 2)
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    mask = torch.tensor([[True] * 4, [False] * 4])
+    out = pool(x, mask)
+    out["pooled"].sum().backward()
+    assert torch.isfinite(out["pooled"]).all() and torch.isfinite(x.grad).all()
+    assert out["attn"][1].abs().sum() == 0
+
+
+def test_aligner_forward_dict_and_scores():
+    torch.manual_seed(2)
+    cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, init_logit_scale=14.3)
+    model = ProtGoAligner(cfg, residue_dim=8, go_dim=6).eval()
+    x, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool)
+    go = torch.randn(4, 6)
+    cand = torch.tensor([[0, 1, -1], [3, 2, 1], [2, -1, -1]])
+    out = model(x, mask, go, cand)
+    assert out["protein"].shape == (3, 10) and out["go"].shape == (4, 10)
+    torch.testing.assert_close(out["protein"].norm(dim=1), torch.ones(3))
+    assert out["scale"].item() == pytest.approx(14.3, rel=1e-5)
+    torch.testing.assert_close(out["cos"][1], out["cos_all"][1, [3, 2, 1]])
+    assert out["logits"][0, 2] == 0 and (out["logits"] == out["scale"] * out["cos"]).all()
+    with torch.no_grad():
+        model.log_scale.fill_(10.0)
+    assert model.logit_scale.item() == pytest.approx(100.0)  # capped as in CLIP
+    all_scores = torch.arange(12.0).view(3, 4)
+    torch.testing.assert_close(candidate_scores(all_scores, cand)[2], torch.tensor([10.0, 0, 0]))
