@@ -1,0 +1,125 @@
+"""Run tracking: ``metrics.jsonl`` in the run folder always, Weights & Biases when enabled.
+
+Each JSONL line is one record: ``{"kind": "train" | "valid" | "event", "step": ..., ...}``.
+Events (``kind == "event"``) are refreshes, phase changes and fallbacks with their reason;
+they also go to the run log (``train.log``). W&B runs offline by default
+(``tracking.wandb``: offline / online / disabled) with the curriculum preview as a table,
+per-loss curves, negative-source counts and events. Only rank 0 tracks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from protgo.config import TrackingConfig
+
+log = logging.getLogger("protgo.train")
+
+
+class Tracker:
+    """``log(record, step)``, ``event(name, reason, **info)``, ``table(name, cols, rows)``."""
+
+    def __init__(
+        self, run_dir: Path, cfg: TrackingConfig, config: dict | None = None,
+        rank: int = 0, resume_step: int | None = None,
+    ):  # fmt: skip
+        self.run_dir, self.cfg, self.rank = Path(run_dir), cfg, rank
+        self.path = self.run_dir / "metrics.jsonl"
+        self.wandb = None
+        self.start = time.time()
+        if rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            self._drop_after(resume_step)
+        self._fh = self.path.open("a")
+        self._add_log_file()
+        if cfg.wandb != "disabled":
+            self._init_wandb(config or {}, resume_step is not None)
+
+    def _drop_after(self, step: int) -> None:
+        """On resume, forget records written after the checkpoint (they will be redone)."""
+        if not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]  # fmt: skip
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(self.path)
+
+    def _add_log_file(self) -> None:
+        target = str(self.run_dir / "train.log")
+        if not any(getattr(h, "baseFilename", None) == target for h in log.handlers):
+            handler = logging.FileHandler(target)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        self._log_target = target
+
+    def _init_wandb(self, config: dict, resume: bool) -> None:
+        import wandb
+
+        self.wandb = wandb.init(
+            project=self.cfg.project, name=self.cfg.run_name, mode=self.cfg.wandb,
+            dir=str(self.run_dir), config=config, resume="allow" if resume else None,
+            id=self._run_id(), settings=wandb.Settings(console="off", x_disable_stats=True),
+        )  # fmt: skip
+
+    def _run_id(self) -> str:
+        """One W&B run per run folder, so a resume continues the same run."""
+        path = self.run_dir / "wandb_id.txt"
+        if not path.is_file():
+            import uuid
+
+            path.write_text(uuid.uuid4().hex[:12])
+        return path.read_text().strip()
+
+    def log(self, record: dict, step: int, kind: str = "train") -> None:
+        if self.rank != 0:
+            return
+        row = {"kind": kind, "step": step, "time": round(time.time() - self.start, 3), **record}
+        self._fh.write(json.dumps(row, default=float) + "\n")
+        self._fh.flush()
+        if self.wandb is not None:
+            flat = {f"{kind}/{k}": v for k, v in record.items() if isinstance(v, int | float)}
+            self.wandb.log(flat, step=step)
+
+    def event(self, name: str, reason: str, step: int, **info) -> None:
+        """A refresh / phase change / fallback: JSONL, run log and W&B."""
+        if self.rank != 0:
+            return
+        log.info("%s at step %d: %s %s", name, step, reason, json.dumps(info, default=str))
+        self.log({"event": name, "reason": reason, **info}, step, kind="event")
+
+    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """A table (e.g. the curriculum preview): ``<name>.tsv`` in the run folder and W&B."""
+        if self.rank != 0:
+            return
+        text = "\t".join(columns) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+        (self.run_dir / f"{name}.tsv").write_text(text)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def close(self) -> None:
+        if self.rank != 0:
+            return
+        self._fh.close()
+        for h in list(log.handlers):
+            if getattr(h, "baseFilename", None) == self._log_target:
+                log.removeHandler(h)
+                h.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """The records of ``metrics.jsonl`` (of one ``kind`` when given)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
