@@ -46,8 +46,9 @@ class SiblingQueues:
             sib = [s for s in self.ontology.siblings(go_id) if s in self.resources.row]
             rows = np.array([self.resources.row[s] for s in sib], dtype=np.int64)
             if len(rows) > self.size:  # keep the siblings nearest the term itself
-                near = self.resources.score(self.resources.vectors([go_id]), sib)[0]
-                rows = rows[torch.topk(near, self.size).indices.numpy()]
+                m = _as_numpy(self.resources.matrix)
+                near = m[rows] @ m[self.resources.row[go_id]]  # (S,)
+                rows = rows[np.argsort(-near, kind="stable")[: self.size]]
             self._queues[go_id] = q = rows
         return q
 
@@ -113,7 +114,7 @@ class BatchBuilder:
         res = self.resources
         ids = [[g for g in row if g in res.row] for row in batch["pos_ids"]]
         flat = [g for row in ids for g in row]
-        vecs = res.vectors(flat).numpy()  # (sum P, D), rows grouped by protein
+        vecs = _as_numpy(res.matrix)[[res.row[g] for g in flat]]  # (sum P, D), by protein
         q = np.zeros((len(ids), vecs.shape[1]), dtype=np.float32)
         starts = np.cumsum([0] + [len(r) for r in ids[:-1]])
         has = np.array([len(r) > 0 for r in ids], dtype=bool)
@@ -135,7 +136,7 @@ class BatchBuilder:
             queries = self.default_queries(batch)
         queries = torch.as_tensor(queries).detach().float().cpu()  # (B, D)
         rows, _ = self.resources.search(queries, max(params.shortlist_M, 1))  # (B, M)
-        rows = rows.numpy()
+        rows, queries = rows.numpy(), queries.numpy()
         row, ids = self.resources.row, self.resources.ids
         batch_pos = np.unique([row[g] for pos in batch["positives"] for g in pos]).astype(np.int64)
         cands = []
@@ -167,7 +168,7 @@ class BatchBuilder:
 
     def _negatives(
         self, shortlist: np.ndarray, banned: np.ndarray, inbatch: np.ndarray | None,
-        pos_ids: Sequence[str], query: torch.Tensor, p: CurriculumParams, slots: int,
+        pos_ids: Sequence[str], query: np.ndarray, p: CurriculumParams, slots: int,
     ) -> list[tuple[int, int]]:  # fmt: skip
         """[(row, source)] of length ``slots`` (fewer only if the vocabulary runs out)."""
         free = self.allowed & ~banned  # (N,) rows still open to this protein; taken ones close
@@ -200,7 +201,7 @@ class BatchBuilder:
     def _random(self, n: int) -> np.ndarray:
         return self.allowed_rows[self.rng.integers(0, len(self.allowed_rows), size=max(n, 0))]
 
-    def _sample_siblings(self, pos_ids, free: np.ndarray, query: torch.Tensor, n: int):
+    def _sample_siblings(self, pos_ids, free: np.ndarray, query: np.ndarray, n: int):
         """Up to ``n`` open siblings of the positives, sampled by softmax(score / temp)."""
         queues = [self.siblings.get(g) for g in pos_ids]
         rows = np.unique(np.concatenate(queues)) if queues else np.zeros(0, dtype=np.int64)
@@ -209,8 +210,9 @@ class BatchBuilder:
             return np.zeros(0, dtype=np.int64)
         if len(rows) > self.cfg.sibling_queue_size:  # bound the scoring work per protein
             rows = self.rng.choice(rows, self.cfg.sibling_queue_size, replace=False)
-        scores = self.resources.matrix[torch.from_numpy(rows)] @ query  # (S,) current scores
-        w = torch.softmax(scores.double() / self.cfg.sibling_temp, 0).numpy()
+        scores = _as_numpy(self.resources.matrix)[rows] @ query  # (S,) current scores
+        z = (scores.astype(np.float64) - scores.max()) / self.cfg.sibling_temp
+        w = np.exp(z)  # softmax numerator
         k = min(n, int((w > 0).sum()))
         return self.rng.choice(rows, size=k, replace=False, p=w / w.sum())
 
@@ -219,6 +221,13 @@ class BatchBuilder:
         r = np.array([r for r, _ in negs], dtype=np.int64)
         if banned[r].any() or not self.allowed[r].all() or len(np.unique(r)) != len(r):
             raise RuntimeError(f"mining produced a forbidden or repeated negative for protein {b}")
+
+
+def _as_numpy(matrix) -> np.ndarray:
+    """The searched (N, D) matrix as numpy (a view of the CPU tensor). Per-protein work is
+    small, and numpy avoids torch's intra-op thread hand-offs, which cost milliseconds per
+    call on a busy CPU."""
+    return matrix.numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
 
 
 def source_counts(source: torch.Tensor) -> dict[str, int]:

@@ -128,11 +128,13 @@ class ContrastiveEmbCollator:
         residues = [self._crop(np.asarray(it["residues"])) for it in items]
         B, L = len(items), max((len(r) for r in residues), default=0)
         D = residues[0].shape[1] if items else 0
-        x = torch.zeros(B, L, D, dtype=self.dtype)  # (B, L, D)
-        mask = torch.zeros(B, L, dtype=torch.bool)
+        # Filled in numpy (one single-threaded copy per protein), then shared with torch.
+        x = np.zeros((B, L, D), dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
+        mask = np.zeros((B, L), dtype=bool)
         for b, r in enumerate(residues):
-            x[b, : len(r)] = torch.from_numpy(r)  # one copy (and cast when dtype differs)
+            x[b, : len(r)] = r  # (L_b, D), cast when dtype differs
             mask[b, : len(r)] = True
+        x, mask = torch.from_numpy(x), torch.from_numpy(mask)  # (B, L, D), (B, L)
         positives = [
             {g: w for g, w in it["positives"].items() if g not in self.zero} for it in items
         ]
@@ -141,7 +143,8 @@ class ContrastiveEmbCollator:
         cands = [[(g, POSITIVE) for g in row] for row in pos_ids]
         batch = {
             "pids": [it["pid"] for it in items], "residues": x, "mask": mask,
-            "lengths": mask.sum(1), "positives": positives, "pos_ids": pos_ids,
+            "lengths": torch.tensor([len(r) for r in residues], dtype=torch.long),
+            "positives": positives, "pos_ids": pos_ids,
         }  # fmt: skip
         batch.update(index_candidates(cands, positives, k))
         return batch
