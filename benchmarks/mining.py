@@ -156,8 +156,8 @@ def run(args) -> None:
     coll = ContrastiveEmbCollator(mcfg, fz.zero, ds.spec)
     sched = CurriculumScheduler(cfg.curriculum, cfg.stages, 10_000, 1000)
     points = {"start": 0, "middle": 5000, "end": 9999}
-    print(f"{'B':>4} {'collate ms':>11} {'L pad':>6} " + " ".join(
-        f"{'mine ' + k + ' ms':>15}" for k in points) + f" {'U':>6} {'model step ms':>14}")  # fmt: skip
+    head = " ".join(f"{'mine ' + k + ' ms':>15}" for k in points)
+    print(f"{'B':>4} {'collate ms':>11} {'L pad':>6} {head} {'U':>6} {'model step ms':>14}")
     for B in [int(b) for b in args.batch_sizes.split(",")]:
         sampler = FewShotBatchSampler.for_dataset(ds, B, seed=0)
         batches = [b for _, b in zip(range(args.repeats), sampler, strict=False)]
