@@ -336,6 +336,30 @@ def curriculum_show(
     typer.echo(f"plot written to {path}")
 
 
+@app.command("train")
+def train(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint file or run folder (its latest checkpoint) to resume."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train the aligner (curriculum mining, text phases, checkpoints, metrics.jsonl).
+
+    For several processes: torchrun --nproc-per-node N -m protgo train --config C."""
+    from protgo.config import load_config
+    from protgo.train.trainer import Trainer
+
+    cfg = load_config(config, overrides or [])
+    trainer = Trainer(cfg, data_dir.expanduser() if data_dir else None)
+    last = trainer.fit(resume=resume)
+    if trainer.rank == 0:
+        typer.echo(json.dumps(last))
+        typer.echo(f"run folder {trainer.run_dir}")
+
+
 def main() -> None:
     try:
         app()

@@ -160,6 +160,8 @@ class TrainConfig(Section):
     out_dir: Path = Path("runs/default")
     keep_last: int = 3
     checkpoint_every_steps: int | None = None
+    log_every_steps: int = 10  # one metrics.jsonl record (window means) per this many steps
+    device: str = "cpu"
 
 
 class TrackingConfig(Section):

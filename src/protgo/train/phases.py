@@ -1,0 +1,114 @@
+"""Text phases and the resources tied to them.
+
+Everything that depends on the GO texts is (re)built here, always in one order, each step
+written to the run log with its reason:
+
+1. ``go_texts``: the GO texts of the phase and their vector cache (encoded once, then cached
+   on disk by :func:`protgo.stores.go_vectors.embed_go`);
+2. ``faiss_index``: the FAISS index over the cache (exact torch search takes over, with an
+   event, when FAISS fails);
+3. ``memory_bank``: every cache row through the model's GO head;
+4. ``vector_resources``: the searched source (``mining.backend``) and the BatchBuilder;
+5. ``dataloaders``: rebuilt by the trainer's callback (workers hold copies of old state).
+
+Between epochs :meth:`PhaseManager.refresh_bank` re-projects the rows of the GO ids seen in
+the last epoch (``phases.partial_refresh``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from protgo.config import Config
+from protgo.mining.batch_builder import BatchBuilder
+from protgo.stores.go_vectors import GoLookupCache, MemoryBank, embed_go
+from protgo.stores.vector_resources import VectorResources
+
+RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
+
+
+class PhaseManager:
+    """Owns ``cache``, ``bank``, ``resources`` and ``builder`` for the current text phase."""
+
+    def __init__(
+        self, cfg: Config, data_dir: Path, ontology,
+        project: Callable[[torch.Tensor], torch.Tensor],
+        tracker, zero: frozenset[str] = frozenset(), seed: int = 0,
+    ):  # fmt: skip
+        self.cfg, self.data_dir, self.ontology = cfg, Path(data_dir), ontology
+        self.project, self.tracker, self.zero, self.seed = project, tracker, zero, seed
+        self.phase: int | None = None
+        self.cache: GoLookupCache | None = None
+        self.bank: MemoryBank | None = None
+        self.resources: VectorResources | None = None
+        self.builder: BatchBuilder | None = None
+        self.reloads: list[str] = []  # names in the order they were reloaded (for tests)
+
+    def phase_for_epoch(self, epoch: int) -> int:
+        """The last phase whose start epoch is at or before ``epoch``."""
+        starts = self.cfg.phases.start_epochs
+        return max(0, bisect.bisect_right(starts, epoch) - 1)
+
+    def maybe_refresh_phase_resources(
+        self, epoch: int, step: int, rebuild_loaders: Callable[[], None]
+    ) -> bool:
+        """Load the phase of ``epoch`` if it is not the current one; True when it did."""
+        phase = self.phase_for_epoch(epoch)
+        if phase == self.phase:
+            return False
+        if self.phase is None:
+            reason = f"start of training at epoch {epoch}: text phase {phase}"
+        else:
+            reason = (f"epoch {epoch} starts text phase {phase} "
+                      f"(phases.start_epochs={self.cfg.phases.start_epochs})")  # fmt: skip
+        self.load_phase(phase, reason, step, rebuild_loaders)
+        return True
+
+    def load_phase(
+        self, phase: int, reason: str, step: int, rebuild_loaders: Callable[[], None] | None
+    ) -> None:
+        self.phase = phase
+        c = self.cfg
+        cache, directory = embed_go(c.data.dataset, phase, c.data.aspects, self.data_dir,
+                                    c.go_text, progress=False)  # fmt: skip
+        self.cache = GoLookupCache(cache)
+        self._done("go_texts", reason, step, phase=phase, terms=len(cache), cache=str(directory))
+        resources = VectorResources(self.cache, None, c.mining, source="cache")
+        if c.mining.index != "torch" and resources.index is None:
+            self.tracker.event("faiss_fallback", "FAISS index build failed; exact search on "
+                               "the matrix takes over", step, index=c.mining.index)  # fmt: skip
+        self._done("faiss_index", reason, step, index=type(resources.index).__name__)
+        self.bank = MemoryBank.from_cache(self.cache, self.project, c.phases.bank_momentum)
+        self._done("memory_bank", reason, step, rows=len(self.bank))
+        resources.set_bank(self.bank)
+        if c.mining.backend == "bank":
+            resources.set_backends("bank")
+        self.resources = resources
+        if self.builder is None:
+            self.builder = BatchBuilder(resources, self.ontology, c.mining, self.zero, self.seed)
+        else:
+            self.builder.set_resources(resources)
+        self._done("vector_resources", reason, step, source=resources.source)
+        if rebuild_loaders is not None:
+            rebuild_loaders()
+        self._done("dataloaders", reason, step)
+
+    def _done(self, name: str, reason: str, step: int, **info) -> None:
+        self.reloads.append(name)
+        self.tracker.event("refresh", reason, step, resource=name, **info)
+
+    def refresh_bank(self, ids_seen: Iterable[str], step: int, epoch: int) -> int:
+        """Re-project the bank rows of the GO ids seen in the last epoch (or all rows)."""
+        ids = sorted(set(ids_seen)) if self.cfg.phases.partial_refresh else list(self.bank.ids)
+        n = self.bank.refresh(ids, self.cache, self.project)
+        if self.resources.source == "bank":
+            self.resources.refresh()
+            self.builder.set_resources(self.resources)
+        what = "GO ids seen" if self.cfg.phases.partial_refresh else "all GO ids"
+        self.tracker.event("bank_refresh", f"end of epoch {epoch}: re-project the {what}", step,
+                           rows=n)  # fmt: skip
+        return n

@@ -1,0 +1,438 @@
+"""The training loop.
+
+Each step: curriculum parameters -> mine -> forward -> total loss -> backward -> clip ->
+optimiser and LR-schedule step. Each epoch: memory-bank refresh, phase check, validation
+(losses and retrieval Fmax on the valid split), checkpoint. See :meth:`Trainer.fit`.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every rank trains on its share of the batches
+(:class:`~protgo.mining.dataset.FewShotBatchSampler` splits them by rank), gradients are
+averaged with one all-reduce per step, memory-bank updates are gathered so every rank's bank
+stays identical, and only rank 0 tracks and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from protgo.config import Config
+from protgo.errors import UserError
+from protgo.mining.collator import ContrastiveEmbCollator
+from protgo.mining.curriculum import CurriculumScheduler
+from protgo.mining.dataset import FewShotBatchSampler, FewZeroConfig, ProteinEmbDataset, Specificity
+from protgo.model.aligner import ProtGoAligner
+from protgo.model.losses import (
+    AlignmentLoss,
+    EmaTeacher,
+    HomologyTeacher,
+    dag_pairs,
+    multi_positive_info_nce,
+)
+from protgo.train.checkpoints import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from protgo.train.phases import PhaseManager
+from protgo.train.tracking import Tracker
+
+TENSOR_KEYS = ("residues", "mask", "cand_idx", "cand_pos", "cand_weight", "cand_valid",
+               "go_pos", "go_weight")  # fmt: skip
+
+
+def warmup_cosine(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size), starting the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data_dir: Path | None = None, progress: bool = True):
+        from protgo.data.folder import DatasetFolder
+        from protgo.stores.go_vectors import embed_go
+        from protgo.stores.residues import ESMResidueStore
+
+        self.cfg, self.progress = cfg, progress
+        self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
+        self.rank, self.world = dist_info()
+        self.device = torch.device(cfg.train.device)
+        _seed_everything(cfg.train.seed)
+        self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
+        self.ontology = self.folder.ontology
+        store = ESMResidueStore.for_config(cfg.residues, self.data_dir)
+        self.train_ds, self.valid_ds = self._datasets(store)
+        go_dim = embed_go(cfg.data.dataset, 0, cfg.data.aspects, self.data_dir, cfg.go_text,
+                          progress=False)[0].dim  # fmt: skip
+        self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
+        self._broadcast_parameters()
+        self.criterion = AlignmentLoss(cfg.loss)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.sampler = FewShotBatchSampler.for_dataset(
+            self.train_ds, cfg.train.batch_size, seed=cfg.train.seed, rank=self.rank,
+            world_size=self.world,
+        )  # fmt: skip
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{len(self.train_ds)} training proteins make no batch of train.batch_size="
+                f"{cfg.train.batch_size} per rank; lower the batch size"
+            )
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.lr_schedule = warmup_cosine(self.optimizer, cfg.train.warmup_steps, self.total_steps)
+        self.curriculum = CurriculumScheduler(
+            cfg.curriculum, cfg.stages, self.total_steps, self.steps_per_epoch
+        )
+        self.collator = ContrastiveEmbCollator(
+            cfg.mining, self.train_ds.fewzero.zero, self.train_ds.spec, seed=cfg.train.seed
+        )
+        self.teacher = self._teacher()
+        self.run_dir = Path(cfg.train.out_dir)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_last)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: float | None = None
+        self.seen: set[str] = set()
+        self.window: dict[str, float] = defaultdict(float)  # running sums since the last log
+
+    # ---- setup --------------------------------------------------------------------------
+    def _datasets(self, store) -> tuple[ProteinEmbDataset, ProteinEmbDataset]:
+        """Train and valid proteins with their positives in ``data.aspects`` only."""
+        onto, c = self.ontology, self.cfg
+        keep = set(c.data.aspects)
+        ann = {p: {g for g in a if g in onto and onto.aspect(g) in keep}
+               for p, a in self.folder.annotations.items()}  # fmt: skip
+        fewzero = FewZeroConfig.from_term_class(self.folder.term_class, c.mining.few_shot_share)
+        train_ids = self._cap(self.folder.ids("train"))
+        spec = Specificity.from_annotations(
+            onto, (ann.get(p, ()) for p in train_ids), c.mining.stoplist_share
+        )
+        self.annotations = ann
+        return tuple(
+            ProteinEmbDataset(ids, ann, onto, store, c.mining, fewzero, spec)
+            for ids in (train_ids, self._cap(self.folder.ids("valid")))
+        )
+
+    def _cap(self, ids: list[str]) -> list[str]:
+        n = self.cfg.data.max_proteins
+        if n is None or len(ids) <= n:
+            return ids
+        return sorted(random.Random(self.cfg.train.seed).sample(sorted(ids), n))
+
+    def _teacher(self):
+        c = self.cfg.loss
+        if c.lambda_distill == 0:
+            return None
+        if c.teacher == "ema":
+            return EmaTeacher(self.model, c.ema_decay)
+        from protgo.eval.baselines import DiamondOptions, diamond_hits
+
+        seqs = self.folder.sequences
+        train = {p: seqs[p] for p in self.train_ds.pids}
+        hits = diamond_hits(train, train, DiamondOptions(threads=2))
+        train_ann = {p: self.annotations[p] for p in self.train_ds.pids}
+        return HomologyTeacher(hits, train_ann, self.ontology)
+
+    def _project(self, text: torch.Tensor) -> torch.Tensor:
+        """GO text vectors -> aligned space with the current head, dropout off (bank rows)."""
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model.encode_go(text.to(self.device)).cpu()
+        self.model.train(was)
+        return out
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self, resume: Path | None = None, max_steps: int | None = None) -> dict:
+        """Train to the end (or ``max_steps`` global steps); returns the last metrics."""
+        self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
+                               self.rank, resume_step=None)  # fmt: skip
+        self.phases = PhaseManager(
+            self.cfg,
+            self.data_dir,
+            self.ontology,
+            self._project,
+            self.tracker,
+            self.train_ds.fewzero.zero,
+            self.cfg.train.seed,
+        )
+        if resume is not None:
+            self._resume(resume)
+        else:
+            self._preview_curriculum()
+            self.phases.maybe_refresh_phase_resources(0, 0, self._rebuild_loaders)
+        self.val_builder_seed = self.cfg.train.seed + 1
+        last: dict = {}
+        while self.epoch < self.cfg.train.epochs:
+            if not self._train_epoch(max_steps):
+                break  # max_steps reached
+            last = self._end_epoch()
+        if self.epoch >= self.cfg.train.epochs and self.rank == 0:
+            self.checkpoints.save(self.state(), "final")
+        self.tracker.close()
+        return last
+
+    def _train_epoch(self, max_steps: int | None) -> bool:
+        """One epoch of steps from ``batch_in_epoch``; False when stopped at ``max_steps``."""
+        self.sampler.set_epoch(self.epoch)
+        batches = list(self.sampler)[self.batch_in_epoch :]
+        loader = torch.utils.data.DataLoader(
+            self.train_ds, batch_sampler=batches, collate_fn=self.collator,
+            num_workers=self.cfg.train.num_workers,
+            # Its own generator: a loader draws a seed when iterated, and a resumed epoch must
+            # not take it from the global stream that dropout and attribution masks use.
+            generator=torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.epoch),
+        )  # fmt: skip
+        self.model.train()
+        bar = self._bar(len(batches))
+        start = time.perf_counter()
+        for n, batch in enumerate(loader, 1):
+            if max_steps is not None and self.step >= max_steps:
+                return False
+            parts, params = self.train_step(batch)
+            self.batch_in_epoch += 1
+            self._log_step(parts, params, batch, n / (time.perf_counter() - start), bar)
+            self._maybe_step_checkpoint()
+        if bar is not None:
+            bar.close()
+        return True
+
+    def train_step(self, batch: dict) -> tuple[dict, object]:
+        params = self.curriculum(self.step)  # 1. curriculum parameters
+        batch = self.mine(batch, params)  # 2. mine negatives
+        go_text = self.phases.cache.matrix[batch["go_rows"]].to(self.device)  # (U, Dt)
+        out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])  # 3.
+        loss, parts = self.criterion(  # 4. total loss
+            self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
+            params.lambda_attr, self._teacher_logits(batch, go_text),
+        )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # 5. backward
+        self._average_gradients()
+        if self.cfg.train.grad_clip:  # 6. clip
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            parts["grad_norm"] = float(norm)
+        self.optimizer.step()  # 7. optimiser and LR schedule
+        self.lr_schedule.step()
+        self.step += 1
+        self._after_step(batch, out)
+        parts.update({f"neg_{k}": v for k, v in batch["stats"].items()})  # negative sources
+        return parts, params
+
+    def mine(self, batch: dict, params) -> dict:
+        """Add negatives (on CPU, main process); move the tensors to the device."""
+        queries = None
+        if self.phases.resources.source == "bank":  # aligned space: current protein vectors
+            self.model.eval()
+            with torch.no_grad():
+                x, m = batch["residues"].to(self.device), batch["mask"].to(self.device)
+                queries = self.model.encode_protein(x, m)["protein"].cpu()
+            self.model.train()
+        batch = self.phases.builder.build(batch, params, queries)
+        return {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+
+    def _teacher_logits(self, batch: dict, go_text: torch.Tensor):
+        if self.teacher is None:
+            return None
+        if isinstance(self.teacher, EmaTeacher):
+            return self.teacher.logits(batch, go_text)
+        logits, rows = self.teacher.logits(batch, self.cfg.loss.tau)
+        return logits.to(self.device), rows.to(self.device)
+
+    def _after_step(self, batch: dict, out: dict) -> None:
+        """Bank momentum update (gathered over ranks), EMA teacher, GO ids seen."""
+        ids, vecs = batch["go_ids"], out["go"].detach().cpu()
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, (ids, vecs))
+            ids = [g for gi, _ in gathered for g in gi]
+            vecs = torch.cat([v for _, v in gathered])
+        self.phases.bank.update(ids, vecs)
+        self.seen.update(ids)
+        if isinstance(self.teacher, EmaTeacher):
+            self.teacher.update(self.model)
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for g in grads:
+            g.copy_(flat[i : i + g.numel()].view_as(g))
+            i += g.numel()
+
+    def _broadcast_parameters(self) -> None:
+        if self.world > 1:
+            for p in self.model.parameters():
+                dist.broadcast(p.data, 0)
+
+    # ---- epoch end ----------------------------------------------------------------------
+    def _end_epoch(self) -> dict:
+        self.phases.refresh_bank(self.seen, self.step, self.epoch)  # bank refresh
+        self.seen.clear()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if self.epoch < self.cfg.train.epochs:  # phase check for the next epoch
+            self.phases.maybe_refresh_phase_resources(self.epoch, self.step, self._rebuild_loaders)
+        metrics = self.validate()  # validation
+        self.tracker.log(metrics, self.step, kind="valid")
+        if self.rank == 0:  # checkpoint
+            improved = self.best is None or metrics["fmax"] > self.best
+            self.best = metrics["fmax"] if improved else self.best
+            self.checkpoints.save(self.state(), "epoch")
+            if improved:
+                self.checkpoints.save(self.state(), "best")
+        return metrics
+
+    def _rebuild_loaders(self) -> None:
+        """Loaders are made per epoch from the sampler; a new collator drops worker copies."""
+        state = self.collator.rng.bit_generator.state
+        self.collator = ContrastiveEmbCollator(
+            self.cfg.mining, self.train_ds.fewzero.zero, self.train_ds.spec,
+            seed=self.cfg.train.seed,
+        )  # fmt: skip
+        self.collator.rng.bit_generator.state = state
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Retrieval over every GO term of the aspects: Fmax of (cos + 1) / 2 scores against
+        the propagated valid annotations, next to random scores; InfoNCE over all terms."""
+        from protgo.eval.metrics import fmax_smin, truth_matrix
+
+        self.model.eval()
+        pids, vecs = self.encode_proteins(self.valid_ds.pids)
+        go = self.model.encode_go(self.phases.cache.matrix.to(self.device))  # (T, A)
+        cos = (vecs @ go.T).cpu()  # (N, T)
+        terms = self.phases.cache.ids
+        truth = truth_matrix(self.annotations, pids, terms, self.ontology)
+        fmax = fmax_smin(((cos + 1) / 2).numpy(), truth)["fmax"]
+        rand = np.random.default_rng(0).random(cos.shape)
+        con = multi_positive_info_nce(self.model.logit_scale.cpu() * cos, torch.from_numpy(truth))
+        self.model.train()
+        return {"epoch": self.epoch, "fmax": fmax, "fmax_random": fmax_smin(rand, truth)["fmax"],
+                "con": float(con), "proteins": len(pids), "phase": self.phases.phase}  # fmt: skip
+
+    @torch.no_grad()
+    def encode_proteins(self, pids: list[str]) -> tuple[list[str], torch.Tensor]:
+        """(pids, (N, A) unit vectors), padded batches of ``train.batch_size``."""
+        store, out = self.valid_ds.store, []
+        for i in range(0, len(pids), self.cfg.train.batch_size):
+            arrays = [store.get(p) for p in pids[i : i + self.cfg.train.batch_size]]
+            L = max(len(a) for a in arrays)
+            x = torch.zeros(len(arrays), L, arrays[0].shape[1])
+            mask = torch.zeros(len(arrays), L, dtype=torch.bool)
+            for b, a in enumerate(arrays):
+                x[b, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+                mask[b, : len(a)] = True
+            out.append(
+                self.model.encode_protein(x.to(self.device), mask.to(self.device))["protein"]
+            )
+        return pids, torch.cat(out)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything a resume needs, as a plain dict (see :mod:`protgo.train.checkpoints`)."""
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(), "curriculum_step": self.step,
+            "phase": self.phases.phase, "bank": self.phases.bank.state_dict(),
+            "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
+            "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
+            "builder_rng": self.phases.builder.rng.bit_generator.state, "best": self.best,
+            "seen": sorted(self.seen), "window": dict(self.window),
+            "config": self.cfg.model_dump(mode="json"),
+        }  # fmt: skip
+
+    def _maybe_step_checkpoint(self) -> None:
+        every = self.cfg.train.checkpoint_every_steps
+        if every and self.step % every == 0 and self.rank == 0:
+            self.checkpoints.save(self.state(), "step")
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path, self.device)
+        if state["config"].get("model") != self.cfg.model_dump(mode="json")["model"]:
+            raise UserError(f"checkpoint {path} was trained with other model settings")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.best = state["batch_in_epoch"], state["best"]
+        self.seen, self.window = set(state["seen"]), defaultdict(float, state["window"])
+        if state["teacher"] is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.tracker.close()
+        self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
+                               self.rank, resume_step=self.step)  # fmt: skip
+        self.phases.tracker = self.tracker
+        reason = f"resume from {path} at step {self.step}"
+        self.phases.load_phase(state["phase"], reason, self.step, self._rebuild_loaders)
+        self.phases.bank.load_state_dict(state["bank"])
+        if self.phases.resources.source == "bank":
+            self.phases.resources.refresh()  # mid-epoch: the bank as saved, not as at epoch start
+            self.phases.builder.set_resources(self.phases.resources)
+        self.collator.rng.bit_generator.state = state["collator_rng"]
+        self.phases.builder.rng.bit_generator.state = state["builder_rng"]
+        set_rng_state(state["rng"])
+
+    # ---- reporting ------------------------------------------------------------------------
+    def _preview_curriculum(self) -> None:
+        names = ["step", *(k for k in self.curriculum(0).as_dict())]
+        rows = [
+            [s, *self.curriculum(s).as_dict().values()] for s in self.curriculum.default_steps()
+        ]
+        self.tracker.table("curriculum", names, rows)
+
+    def _bar(self, total: int):
+        if not self.progress or self.rank != 0:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                    unit="step", leave=False)  # fmt: skip
+
+    def _log_step(self, parts: dict, params, batch: dict, rate: float, bar) -> None:
+        """Running sums every step; one JSONL record (means) every ``log_every_steps``."""
+        for k, v in parts.items():
+            self.window[k] += v
+        self.window["_n"] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['total']:.3f}", steps_s=f"{rate:.2f}",
+                            hard=f"{params.hard_frac:.2f}", k_hard=params.k_hard,
+                            stage=params.stage)  # fmt: skip
+        if self.step % self.cfg.train.log_every_steps and self.batch_in_epoch < len(self.sampler):
+            return
+        n = self.window.pop("_n")
+        record = {k: v / n for k, v in self.window.items()}
+        record.update(lr=self.lr_schedule.get_last_lr()[0], steps_per_s=rate, epoch=self.epoch,
+                      scale=self.model.logit_scale.item(), **params.as_dict())  # fmt: skip
+        self.tracker.log(record, self.step)
+        self.window.clear()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
