@@ -308,6 +308,49 @@ def evaluate(
     typer.echo(f"results in {out}")
 
 
+@app.command("predict")
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint file or run folder (latest).")],
+    fasta: Annotated[Path, typer.Option(help="Query sequences (FASTA, unique ids).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    top_k: Annotated[int, typer.Option(help="Terms per protein and aspect (readable files).")] = 20,
+    aspects: Annotated[
+        str | None, typer.Option(help="Comma-separated aspects (default: the checkpoint's).")
+    ] = None,
+    attributions: Annotated[
+        bool, typer.Option(help="Also write per-residue importance of each reported term.")
+    ] = False,
+    propagate: Annotated[
+        bool, typer.Option(help="Make scores DAG-consistent (a parent >= its best child).")
+    ] = True,
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="'auto' (per-aspect best validation Fmax) or a score in [0, 1]."),
+    ] = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="Refit the calibration on the validation split first.")
+    ] = False,
+    keep_general: Annotated[
+        bool, typer.Option(help="Keep very general terms (binding, ...) in readable files.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Score every GO term of the chosen aspects for each sequence (unseen terms included).
+
+    Writes protgo.tsv (CAFA format, for `protgo evaluate`), predictions.tsv and
+    predictions.json (protein, aspect, GO id, name, score; best first) and, with
+    --attributions, attributions.json."""
+    from protgo.infer.predict import run_predict
+
+    asp = aspects.split(",") if aspects else None
+    info = run_predict(
+        checkpoint, fasta, out, top_k, asp, attributions, propagate, threshold,
+        data_dir.expanduser() if data_dir else None, calibrate, keep_general,
+    )  # fmt: skip
+    typer.echo(json.dumps({k: round(v, 2) if isinstance(v, float) else v
+                           for k, v in info.items()}))  # fmt: skip
+
+
 @curriculum_app.command("show")
 def curriculum_show(
     config: ConfigOpt = None,

@@ -1,0 +1,234 @@
+"""protgo predict on a tiny trained model: real GO terms and texts (packaged MiniLM), a tiny
+random ESM with 64-residue windows, families whose motif decides their GO term, one term
+held out of training (zero-shot)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protgo.errors import UserError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
+    from protgo.data import godb
+    from protgo.data.ontology import Ontology
+
+    go_sqlite = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
+    terms = godb.read_terms(go_sqlite)
+    onto = Ontology(terms)
+    leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
+    picked = random.Random(3).sample(leaves, n_targets + n_more)
+    keep = set(picked).union(*(onto.ancestors(t) for t in picked))
+    out = []
+    for t in terms:
+        if t.id in keep:
+            parents = {r: [p for p in ps if p in keep] for r, ps in t.parents.items()}
+            out.append(dataclasses.replace(t, parents={r: p for r, p in parents.items() if p}))
+    return out, picked[:n_targets]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_esm, real_data_dir):
+    """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred``."""
+    from protgo.config import load_config
+    from protgo.data.build import BuildOptions, build_dataset, user_sources
+    from protgo.data.fasta import write_fasta
+    from protgo.data.ontology import write_obo
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.residues import ESMResidueStore
+    from protgo.train.trainer import Trainer
+
+    data_dir = tmp_path_factory.mktemp("predict_data")
+    raw = data_dir / "raw_tiny"
+    raw.mkdir()
+    terms, targets = _subset_terms(real_data_dir, 6, 20)
+    rng = random.Random(1)
+    seqs, rows = {}, []
+    for f, term in enumerate(targets):
+        motif = "".join(rng.choice(AA) for _ in range(10))
+        for i in range(10):
+            bg = [rng.choice(AA) for _ in range(rng.randint(30, 50))]
+            bg[5:5] = motif
+            seqs[f"F{f}_{i}"] = "".join(bg)
+            rows.append(f"F{f}_{i}\t{term}\tIDA")
+    write_obo(terms, raw / "go.obo")
+    write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
+    (raw / "ann.tsv").write_text("\n".join(rows) + "\n")
+    src = user_sources(raw / "seqs.fasta", raw / "ann.tsv", raw / "go.obo")
+    opts = BuildOptions(aspects=("MF",), split="random", zero_shot_frac=0.2, seed=0)
+    build_dataset(data_dir / "datasets" / "tinypred", src, opts, "tinypred")
+    overrides = [f"residues.model={tiny_esm}", "residues.win_size=64", "data.dataset=tinypred",
+                 "data.aspects=[MF]", f"data.data_dir={data_dir}", "mining.few_shot_share=null",
+                 "phases.start_epochs=[0]", "train.epochs=2", "train.lr=3e-3",
+                 f"train.out_dir={data_dir / 'run'}", "train.batch_size=8"]  # fmt: skip
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides)
+    enc = ProteinEncoder(cfg.residues)
+    ESMResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)
+    embed_go("tinypred", 0, ["MF"], data_dir, cfg.go_text, progress=False)
+    Trainer(cfg, progress=False).fit()
+    return data_dir / "run" / "checkpoints" / "final.pt", data_dir, seqs
+
+
+def _long_protein(n: int = 300) -> str:
+    return "".join(random.Random(7).choice(AA) for _ in range(n))
+
+
+def test_predict_scores_every_term_consistently(trained, tmp_path):
+    from protgo.data.folder import DatasetFolder
+    from protgo.infer.predict import ROOTS, Predictor
+
+    ckpt, data_dir, seqs = trained
+    pred = Predictor(ckpt, data_dir)
+    folder = DatasetFolder.load("tinypred", data_dir)
+    zero = [t for t, c in folder.term_class.items() if c == "zero"]
+    assert zero, "the fixture holds one family's term out of training"
+    assert set(zero) <= set(pred.go_ids)  # unseen terms are scored like any other
+    assert not ROOTS & set(pred.go_ids)
+    queries = {"long": _long_protein(), "short": seqs["F0_1"]}
+    results = pred.predict(queries)
+    col = {g: j for j, g in enumerate(pred.go_ids)}
+    for r in results:
+        assert r.scores.shape == (len(pred.go_ids),)
+        assert np.all((r.scores >= 0) & (r.scores <= 1))
+        for g in pred.go_ids:  # parent >= best child
+            for p in pred.ontology.parents(g):
+                if p in col:
+                    assert r.scores[col[p]] >= r.scores[col[g]] - 1e-12
+        assert r.scores[[col[z] for z in zero]].max() > 0
+
+
+def test_long_protein_and_store_path_match_direct_embedding(trained):
+    from protgo.infer.predict import Predictor
+
+    ckpt, data_dir, seqs = trained
+    pred = Predictor(ckpt, data_dir)
+    long = _long_protein()
+    assert pred.encoder.win_size == 64  # 300 residues: several windows, stitched
+    res = pred.residues({"long": long})["long"]
+    assert res.shape == (len(long), pred.residue_dim)
+    ref = pred.encoder.embed(long).numpy().astype(np.float16)
+    np.testing.assert_array_equal(res, ref)
+    # A dataset sequence under another id comes from the store, and scores as if embedded now.
+    stored = pred.residues({"query": seqs["F1_2"]})["query"]
+    fresh = pred._embed({"query": seqs["F1_2"]}, progress=False)["query"]
+    np.testing.assert_allclose(stored.astype(np.float32), fresh.astype(np.float32), atol=2e-3)
+    a = pred.scores(pred.protein_vectors([stored])[0])
+    b = pred.scores(pred.protein_vectors([fresh])[0])
+    np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_run_predict_writes_files_and_attributions(trained, tmp_path):
+    from protgo.data.fasta import write_fasta
+    from protgo.data.folder import DatasetFolder
+    from protgo.eval.metrics import read_predictions
+    from protgo.infer.predict import run_predict
+
+    ckpt, data_dir, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    write_fasta([("long", _long_protein()), ("fam", seqs["F2_0"])], fasta)
+    out = tmp_path / "out"
+    info = run_predict(ckpt, fasta, out, top_k=3, attributions=True, threshold="auto",
+                       data_dir=data_dir, progress=False)  # fmt: skip
+    assert info["proteins"] == 2
+    assert (ckpt.parent / "final.pt.calibration.json").is_file()
+    onto = DatasetFolder.load("tinypred", data_dir).ontology
+    cafa = read_predictions(out / "protgo.tsv", onto)
+    assert set(cafa.pids) == {"long", "fam"}
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["meta"]["calibrated"] and "MF" in doc["meta"]["threshold"]
+    lines = (out / "predictions.tsv").read_text().splitlines()
+    assert lines[0] == "protein\taspect\tgo_id\tname\tscore"
+    for p in doc["proteins"]:
+        scores = [t["score"] for t in p["terms"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) <= 3
+    attr = json.loads((out / "attributions.json").read_text())
+    assert len(attr["long"]["attention"]) == 300
+    assert abs(sum(attr["long"]["attention"]) - 1) < 1e-3
+    for p in doc["proteins"]:
+        assert set(attr[p["protein"]]["masking"]) == {t["go_id"] for t in p["terms"]}
+
+
+def test_masking_attribution_finds_the_motif(trained):
+    """Residues whose masking lowers a term's score most are where the model looks."""
+    from protgo.infer.attribution import masking_map
+    from protgo.infer.predict import Predictor
+
+    ckpt, data_dir, seqs = trained
+    pred = Predictor(ckpt, data_dir)
+    res = pred.residues({"x": seqs["F3_4"]})["x"]
+    go = pred.go[:4].cpu()
+    occl = masking_map(pred.model, res, go, window=5)
+    assert occl.shape == (4, len(res))
+    # masking every residue of a window exactly reproduces a direct pooling without them
+    x = torch.from_numpy(res.astype(np.float32))[None]
+    mask = torch.ones(1, len(res), dtype=torch.bool)
+    mask[0, :5] = False
+    with torch.no_grad():
+        base = pred.model.encode_protein(x, torch.ones_like(mask))["protein"] @ go.T
+        cut = pred.model.encode_protein(x, mask)["protein"] @ go.T
+    assert np.isclose(occl[0, 0], float((base - cut)[0, 0]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "holds no records"),
+        (">a\nMKV\n>a\nMKL\n", "duplicate record id 'a'"),
+        (">a\nMKV\n>b\nMK1L\n", "protein 'b', position 3"),
+    ],
+)
+def test_bad_fasta_is_one_clear_error(trained, tmp_path, content, message):
+    from protgo.infer.predict import run_predict
+
+    ckpt, data_dir, _ = trained
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        run_predict(ckpt, fasta, out, data_dir=data_dir, progress=False)
+    assert not out.exists()
+
+
+def test_other_schema_version_is_refused(trained, tmp_path):
+    from protgo.infer.predict import run_predict
+
+    ckpt, data_dir, seqs = trained
+    state = torch.load(ckpt, weights_only=False)
+    state["schema_version"] = 99
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{seqs['F0_0']}\n")
+    with pytest.raises(UserError, match="schema version 99"):
+        run_predict(old, fasta, tmp_path / "out", data_dir=data_dir, progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="--threshold"):
+        run_predict(ckpt, fasta, tmp_path / "out", threshold="high", data_dir=data_dir)
+
+
+def test_cli_predict(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from protgo.cli import app
+
+    ckpt, data_dir, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q1\n{seqs['F4_1']}\n>q2\n{_long_protein(120)}\n")
+    res = CliRunner().invoke(app, ["predict", "--checkpoint", str(ckpt.parent.parent),
+                                   "--fasta", str(fasta), "--out", str(tmp_path / "o"),
+                                   "--top-k", "2", "--no-propagate",
+                                   "--data-dir", str(data_dir)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.rindex('{"proteins"') :])["proteins"] == 2
+    assert len((tmp_path / "o" / "predictions.tsv").read_text().splitlines()) == 1 + 2 * 2
