@@ -204,3 +204,12 @@ def test_model_learns_context_not_just_residue_frequencies(tmp_path):
     cfg = tiny_cfg(tmp_path, tmp_path / "chain.fasta", "chain", *sets)
     ev = pretrain(cfg).last_eval
     assert ev["heldout_ppl"] < 0.6 * ev["unigram_ppl"], ev
+
+
+def test_resume_on_a_changed_corpus_warns(tmp_path, corpus_fasta, capsys):
+    pretrain(tiny_cfg(tmp_path, corpus_fasta, "run", "train.stop_at_step=10"))
+    smaller = tmp_path / "smaller.fasta"
+    write_corpus(smaller, n=200)
+    state = pretrain(tiny_cfg(tmp_path, smaller, "run"), resume=True)
+    assert state.step == 20 and state.corpus_sizes[0] == 180
+    assert "corpus changed since the checkpoint" in capsys.readouterr().out

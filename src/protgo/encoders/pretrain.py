@@ -158,6 +158,7 @@ class TrainState:
     tokens_seen: int = 0  # residue tokens (no padding) passed through the model
     wall_s: float = 0.0  # training wall time over all sessions
     last_eval: dict | None = None
+    corpus_sizes: list[int] | None = None  # [train, held-out, excluded] when last saved
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -469,6 +470,13 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     state = load_checkpoint(ckpt, model, optimizer, gen) if resume else TrainState()
+    sizes = [len(corpus.train), len(corpus.heldout), corpus.n_excluded]
+    if state.corpus_sizes and state.corpus_sizes != sizes and rt.main:
+        # A rebuilt corpus or exclusion list changes the epoch order: the resume stays valid
+        # but is no longer exact (some sequences of this epoch may be seen twice or skipped).
+        tqdm.write(f"warning: corpus changed since the checkpoint ({state.corpus_sizes} -> "
+                   f"{sizes} train/held-out/excluded sequences); resuming anyway")  # fmt: skip
+    state.corpus_sizes = sizes
     if rt.main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     log = MetricsLog(out / "metrics.jsonl", state.step if resume else None) if rt.main else None
