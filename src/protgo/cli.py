@@ -351,6 +351,30 @@ def predict(
                            for k, v in info.items()}))  # fmt: skip
 
 
+@app.command("demo")
+def demo(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    max_proteins: Annotated[
+        int | None, typer.Option(help="Proteins in the subset (default: data.max_proteins).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The whole pipeline on a small human subset (configs/demo.yaml): fetch, build, embed,
+    encode GO, train, predict, evaluate against the baselines, report. Run it again after an
+    interruption: finished stages are skipped."""
+    from protgo.config import load_config
+    from protgo.demo import Demo
+
+    if config is None:
+        config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(config, overrides or [])
+    root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
+    table, report = Demo(cfg, root, max_proteins).run_all()
+    typer.echo(table)
+    typer.echo(f"report: {report}")
+
+
 @curriculum_app.command("show")
 def curriculum_show(
     config: ConfigOpt = None,

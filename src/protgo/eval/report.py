@@ -1,0 +1,246 @@
+"""One HTML page plus PNG files per run.
+
+Inputs are the files other stages write: ``results.tsv`` and ``curves.tsv`` of
+``protgo evaluate`` (method x aspect figures; precision-recall points), the run's
+``metrics.jsonl`` (training and validation records, refresh events), its config (for the
+curriculum schedule) and ``attributions.json`` of ``protgo predict --attributions``.
+Each plot is a function of those data, so a missing input drops its section, not the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from protgo.data.ontology import atomic_write_text
+
+# protgo first, then the baselines; colours fixed per method across every plot
+METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")
+COLOURS = {"protgo": "tab:red", "blend": "tab:purple", "diamond": "tab:blue",
+           "knn": "tab:green", "mlp": "tab:orange", "naive": "tab:gray"}  # fmt: skip
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Write a figure atomically (temp name, then rename)."""
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _methods(names) -> list[str]:
+    names = list(dict.fromkeys(names))
+    known = [m for m in METHOD_ORDER if m in names]
+    return known + sorted(m for m in names if m not in METHOD_ORDER)
+
+
+def plot_metric_bars(results, path: Path) -> Path:
+    """Fmax, weighted Fmax and Smin per aspect: one bar per method."""
+    plt = _plt()
+    metrics = [m for m in ("fmax", "wfmax", "smin") if m in results]
+    aspects = sorted(results["aspect"].unique())
+    methods = _methods(results["method"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for k, m in enumerate(methods):
+            sub = results[results["method"] == m].set_index("aspect")
+            vals = [float(sub[metric].get(a, np.nan)) for a in aspects]
+            x = np.arange(len(aspects)) + (k - (len(methods) - 1) / 2) * width
+            ax.bar(x, vals, width, label=m, color=COLOURS.get(m))
+        ax.set_xticks(range(len(aspects)), aspects)
+        better = "lower is better" if metric == "smin" else "higher is better"
+        ax.set_title(f"{metric} ({better})")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path)
+
+
+def plot_pr_curves(curves, results, path: Path) -> Path:
+    """Precision-recall over thresholds per aspect; a dot marks each method's Fmax point."""
+    plt = _plt()
+    aspects = sorted(curves["aspect"].unique())
+    fig, axes = plt.subplots(1, len(aspects), figsize=(4.5 * len(aspects), 4), squeeze=False)
+    for ax, aspect in zip(axes[0], aspects, strict=True):
+        for m in _methods(curves["method"]):
+            c = curves[(curves["method"] == m) & (curves["aspect"] == aspect)]
+            c = c[c["recall"].notna() & c["precision"].notna()].sort_values("tau")
+            if c.empty:
+                continue
+            ax.plot(c["recall"], c["precision"], label=m, color=COLOURS.get(m), lw=1.5)
+            best = results[(results["method"] == m) & (results["aspect"] == aspect)]
+            if not best.empty and "recall" in best:
+                ax.plot(best["recall"], best["precision"], "o", color=COLOURS.get(m))
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="recall", ylabel="precision",
+               title=f"{aspect}: precision-recall (dot: Fmax)")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_term_auc(results, path: Path) -> Path | None:
+    """Mean per-term ROC AUC of zero-shot and few-shot terms per method (0.5 = chance)."""
+    cols = [c for c in ("zero_auc", "few_auc") if c in results]
+    if not cols:
+        return None
+    plt = _plt()
+    aspects = sorted(results["aspect"].unique())
+    methods = _methods(results["method"])
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.8 * len(cols), 3.8), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, col in zip(axes[0], cols, strict=True):
+        for k, m in enumerate(methods):
+            sub = results[results["method"] == m].set_index("aspect")
+            vals = [float(sub[col].get(a, np.nan)) for a in aspects]
+            x = np.arange(len(aspects)) + (k - (len(methods) - 1) / 2) * width
+            ax.bar(x, vals, width, label=m, color=COLOURS.get(m))
+        ax.axhline(0.5, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(aspects)), aspects)
+        ax.set(ylim=(0, 1), title=f"{col.split('_')[0]}-shot terms: mean ROC AUC")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_training(records: list[dict], path: Path) -> Path | None:
+    """Loss parts over steps, validation Fmax per epoch, text-phase changes as lines."""
+    train = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "valid"]
+    if not train:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in train]
+    for key in ("total", "con", "attr", "ent", "dag", "vtrue", "distill"):
+        vals = [r.get(key) for r in train]
+        if any(v is not None for v in vals):
+            ax1.plot(steps, [np.nan if v is None else v for v in vals], label=key,
+                     lw=2 if key == "total" else 1)  # fmt: skip
+    phase_steps = sorted({r["step"] for r in records if r["kind"] == "event"
+                          and "text phase" in r.get("reason", "") and r["step"] > 0})  # fmt: skip
+    for ax in (ax1, ax2):
+        for s in phase_steps:
+            ax.axvline(s, color="grey", ls=":", lw=1)
+    ax1.set(xlabel="step", ylabel="loss (window mean)", title="training losses (dotted: phase)")
+    ax1.legend(fontsize=8)
+    if valid:
+        vs = [r["step"] for r in valid]
+        ax2.plot(vs, [r["fmax"] for r in valid], "o-", color="tab:red", label="valid Fmax")
+        if "fmax_random" in valid[0]:
+            ax2.plot(vs, [r["fmax_random"] for r in valid], "s--", color="grey",
+                     label="random scores")  # fmt: skip
+        ax2.legend(fontsize=8)
+    ax2.set(xlabel="step", ylabel="Fmax", title="validation (retrieval over all GO terms)")
+    return _save(fig, path)
+
+
+def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None:
+    """Per-residue importance for ``n`` proteins: pooling attention and the masking drop of
+    the protein's top term (a residue matters when hiding it lowers the term's score)."""
+    items = [(p, a) for p, a in attributions.items() if a.get("masking")][:n]
+    if not items:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(items), 1, figsize=(11, 2.6 * len(items)), squeeze=False)
+    for ax, (pid, a) in zip(axes[:, 0], items, strict=True):
+        term, drop = next(iter(a["masking"].items()))
+        x = np.arange(1, len(a["attention"]) + 1)
+        ax.plot(x, drop, color="tab:red", lw=1, label=f"masking drop: {term}")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set(ylabel="score drop", xlim=(1, len(x)))
+        twin = ax.twinx()
+        twin.fill_between(x, a["attention"], color="tab:blue", alpha=0.3, label="attention")
+        twin.set_ylabel("attention")
+        twin.set_ylim(bottom=0)
+        ax.set_title(f"{pid} ({len(x)} residues)", fontsize=10)
+        lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("residue")
+    return _save(fig, path)
+
+
+def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
+    """The run's curriculum schedule (the same plot as `protgo curriculum show`)."""
+    from protgo.mining.curriculum import CurriculumScheduler
+
+    train = [r for r in records if r["kind"] == "train"]
+    if cfg is None or not train:
+        return None
+    total = max(r["step"] for r in train)
+    per_epoch = max(1, total // max(1, cfg.train.epochs))
+    return CurriculumScheduler(cfg.curriculum, cfg.stages, total, per_epoch).plot(path)
+
+
+def _read_records(run_dir: Path | None) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _table_html(results) -> str:
+    cols = [c for c in ("method", "aspect", "fmax", "wfmax", "smin", "coverage", "zero_auc",
+                        "zero_aupr", "few_auc", "zero_terms") if c in results]  # fmt: skip
+    df = results[cols].copy()
+    df["_o"] = df["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(99)
+    df = df.sort_values(["aspect", "_o"]).drop(columns="_o")
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-", border=0)
+
+
+def build_report(
+    run_dir: Path | None, eval_dir: Path | None, cfg=None, out_dir: Path | None = None,
+    attributions: Path | None = None, title: str = "protgo run report",
+) -> Path:  # fmt: skip
+    """Write ``out_dir/index.html`` and its PNGs; returns the HTML path.
+
+    ``eval_dir`` holds ``results.tsv`` and ``curves.tsv`` (``protgo evaluate``); ``run_dir``
+    the training run (``metrics.jsonl``); either may be None."""
+    import pandas as pd
+
+    out = Path(out_dir or Path(run_dir or eval_dir) / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    records = _read_records(run_dir)
+    sections: list[tuple[str, str, Path | None]] = []  # (title, html, png)
+    if eval_dir is not None and (Path(eval_dir) / "results.tsv").is_file():
+        results = pd.read_csv(Path(eval_dir) / "results.tsv", sep="\t")
+        curves = pd.read_csv(Path(eval_dir) / "curves.tsv", sep="\t")
+        sections += [
+            ("Results (test split, cafaeval)", _table_html(results), None),
+            ("Fmax, weighted Fmax, Smin", "", plot_metric_bars(results, out / "metrics.png")),
+            ("Precision-recall", "", plot_pr_curves(curves, results, out / "pr_curves.png")),
+            ("Zero- and few-shot terms", "", plot_term_auc(results, out / "term_auc.png")),
+        ]
+    sections += [
+        ("Training", "", plot_training(records, out / "training.png")),
+        ("Curriculum", "", plot_curriculum(cfg, records, out / "curriculum.png")),
+    ]
+    if attributions is not None and Path(attributions).is_file():
+        attr = json.loads(Path(attributions).read_text())
+        sections.append(("Residue attributions", "", plot_attributions(attr, out / "attr.png")))
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for name, text, png in sections:
+        if not text and png is None:
+            continue
+        body.append(f"<h2>{html.escape(name)}</h2>{text}")
+        if png is not None:
+            body.append(f'<img src="{png.name}" alt="{html.escape(name)}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+             "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}")  # fmt: skip
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
