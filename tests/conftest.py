@@ -51,3 +51,13 @@ def tiny_esm(tmp_path_factory) -> Path:
     EsmForMaskedLM(cfg).eval().save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, tiny_esm, real_data_dir):
+    """(data_dir, overrides): the tiny training world of tests/train_world.py (dataset
+    ``tiny``, its residue store and GO caches), built once per session."""
+    from train_world import build_tiny_world
+
+    data_dir = tmp_path_factory.mktemp("train_data")
+    return data_dir, build_tiny_world(data_dir, tiny_esm, real_data_dir)

@@ -1,10 +1,8 @@
-"""End-to-end training on a tiny dataset: real GO terms and texts (packaged MiniLM), a tiny
-random ESM, sequences whose family motif decides their GO term."""
+"""End-to-end training on the tiny world of tests/train_world.py (fixture ``tiny_world`` in
+conftest.py): real GO terms and texts, a tiny random ESM, motif-defined families."""
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from pathlib import Path
 
 import pytest
@@ -14,72 +12,6 @@ from protgo.config import load_config
 from protgo.train.phases import RELOAD_ORDER
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-AA = "ACDEFGHIKLMNPQRSTVWY"
-N_FAMILIES, PER_FAMILY, N_DISTRACTORS = 12, 12, 60
-
-
-def _subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
-    """``n_targets`` specific MF terms, ``n_more`` unannotated ones (retrieval distractors),
-    and every ancestor: a few hundred real GO terms."""
-    from protgo.data import godb
-    from protgo.data.ontology import Ontology
-
-    go_sqlite = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
-    terms = godb.read_terms(go_sqlite)
-    onto = Ontology(terms)
-    leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
-    picked = random.Random(0).sample(leaves, n_targets + n_more)
-    targets = picked[:n_targets]
-    keep = set(picked).union(*(onto.ancestors(t) for t in picked))
-    out = []
-    for t in terms:
-        if t.id in keep:
-            parents = {r: [p for p in ps if p in keep] for r, ps in t.parents.items()}
-            out.append(dataclasses.replace(t, parents={r: p for r, p in parents.items() if p}))
-    return out, targets
-
-
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory, tiny_esm, real_data_dir):
-    """(data_dir, overrides): dataset ``tiny``, its residue store and GO caches (3 phases)."""
-    from protgo.data.build import BuildOptions, build_dataset, user_sources
-    from protgo.data.fasta import write_fasta
-    from protgo.data.ontology import write_obo
-    from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.go_vectors import embed_go
-    from protgo.stores.residues import ESMResidueStore
-
-    data_dir = tmp_path_factory.mktemp("train_data")
-    raw = data_dir / "raw_tiny"
-    raw.mkdir()
-    terms, targets = _subset_terms(real_data_dir, N_FAMILIES, N_DISTRACTORS)
-    rng = random.Random(1)
-    seqs, rows = {}, []
-    for f, term in enumerate(targets):
-        motif = "".join(rng.choice(AA) for _ in range(12))
-        for i in range(PER_FAMILY):
-            bg = [rng.choice(AA) for _ in range(rng.randint(20, 40))]
-            for _ in range(3):
-                at = rng.randint(0, len(bg))
-                bg[at:at] = motif
-            pid = f"F{f:02d}_{i}"
-            seqs[pid] = "".join(bg)
-            rows.append(f"{pid}\t{term}\tIDA")
-    write_obo(terms, raw / "go.obo")
-    write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
-    (raw / "ann.tsv").write_text("\n".join(rows) + "\n")
-    src = user_sources(raw / "seqs.fasta", raw / "ann.tsv", raw / "go.obo")
-    opts = BuildOptions(aspects=("MF",), split="random", zero_shot_frac=0.0, seed=0)
-    build_dataset(data_dir / "datasets" / "tiny", src, opts, "tiny")
-    overrides = [f"residues.model={tiny_esm}", "data.dataset=tiny", "data.aspects=[MF]",
-                 f"data.data_dir={data_dir}", "mining.few_shot_share=null"]  # fmt: skip
-    cfg = load_config(CONFIGS / "tiny.yaml", overrides)
-    enc = ProteinEncoder(cfg.residues)
-    store = ESMResidueStore.create(data_dir, enc.settings())
-    store.embed(enc, seqs, progress=False)
-    for phase in range(len(cfg.go_text.phase_relations)):
-        embed_go("tiny", phase, ["MF"], data_dir, cfg.go_text, progress=False)
-    return data_dir, overrides
 
 
 def _cfg(world, tmp_path, *more):
@@ -92,7 +24,7 @@ def test_tiny_run_learns(tiny_world, tmp_path):
     from protgo.train.trainer import Trainer
 
     cfg = _cfg(tiny_world, tmp_path / "run", "train.epochs=4", "train.lr=3e-3",
-               "train.log_every_steps=1", "phases.start_epochs=[0,2,3]")  # fmt: skip
+               "train.log_every_steps=1", "phases.start_epochs=[0,2]")  # fmt: skip
     trainer = Trainer(cfg, progress=False)
     last = trainer.fit()
     train = read_metrics(tmp_path / "run", "train")
@@ -110,12 +42,16 @@ def test_tiny_run_learns(tiny_world, tmp_path):
     assert "phase 1" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_exact_resume(tiny_world, tmp_path):
+@pytest.mark.parametrize("backend", ["cache", "bank"])
+def test_exact_resume(tiny_world, tmp_path, backend):
+    """Stopped mid-epoch 1 (text phase 1); with the ``bank`` backend mining searches the bank
+    as at the epoch start while the bank itself has moved on: both come back."""
     from protgo.train.tracking import read_metrics
     from protgo.train.trainer import Trainer
 
     more = ("train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every_steps=1",
-            "phases.start_epochs=[0,1,2]", "loss.lambda_distill=0.5")  # fmt: skip
+            "phases.start_epochs=[0,1]", "loss.lambda_distill=0.5",
+            f"mining.backend={backend}")  # fmt: skip
     straight = Trainer(_cfg(tiny_world, tmp_path / "a", *more), progress=False)
     straight.fit()
     cfg_b = _cfg(tiny_world, tmp_path / "b", *more)

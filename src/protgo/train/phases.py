@@ -29,6 +29,20 @@ from protgo.stores.go_vectors import GoLookupCache, MemoryBank, embed_go
 from protgo.stores.vector_resources import VectorResources
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
+_GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go
+
+
+def go_cache(cfg: Config, data_dir: Path, phase: int):
+    """:func:`embed_go` for one phase, remembered for the process: finding a cache on disk
+    loads the text encoder and tokenises every text (seconds), and a run asks for the same
+    phase several times (model size, start, resume)."""
+    c = cfg
+    key = (c.data.dataset, phase, tuple(c.data.aspects), str(Path(data_dir).resolve()),
+           c.go_text.model_dump_json())  # fmt: skip
+    if key not in _GO_CACHES:
+        _GO_CACHES[key] = embed_go(c.data.dataset, phase, c.data.aspects, data_dir, c.go_text,
+                                   progress=False)  # fmt: skip
+    return _GO_CACHES[key]
 
 
 class PhaseManager:
@@ -73,8 +87,7 @@ class PhaseManager:
     ) -> None:
         self.phase = phase
         c = self.cfg
-        cache, directory = embed_go(c.data.dataset, phase, c.data.aspects, self.data_dir,
-                                    c.go_text, progress=False)  # fmt: skip
+        cache, directory = go_cache(c, self.data_dir, phase)
         self.cache = GoLookupCache(cache)
         self._done("go_texts", reason, step, phase=phase, terms=len(cache), cache=str(directory))
         resources = VectorResources(self.cache, None, c.mining, source="cache")

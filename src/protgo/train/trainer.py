@@ -4,10 +4,11 @@ Each step: curriculum parameters -> mine -> forward -> total loss -> backward ->
 optimiser and LR-schedule step. Each epoch: memory-bank refresh, phase check, validation
 (losses and retrieval Fmax on the valid split), checkpoint. See :meth:`Trainer.fit`.
 
-Under ``torchrun`` (WORLD_SIZE > 1) every rank trains on its share of the batches
-(:class:`~protgo.mining.dataset.FewShotBatchSampler` splits them by rank), gradients are
-averaged with one all-reduce per step, memory-bank updates are gathered so every rank's bank
-stays identical, and only rank 0 tracks and writes checkpoints.
+Under ``torchrun`` (WORLD_SIZE > 1) ``train.batch_size`` is per rank: the sampler draws
+global batches of ``world * batch_size`` proteins (the very batches of one process with that
+batch size) and each rank trains on every ``world``-th protein of them (:class:`RankSlices`);
+gradients are averaged with one all-reduce per step, memory-bank updates are gathered so
+every rank's bank stays identical, and only rank 0 tracks and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from protgo.model.losses import (
     multi_positive_info_nce,
 )
 from protgo.train.checkpoints import CheckpointManager, load_checkpoint, rng_state, set_rng_state
-from protgo.train.phases import PhaseManager
+from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.tracking import Tracker
 
 TENSOR_KEYS = ("residues", "mask", "cand_idx", "cand_pos", "cand_weight", "cand_valid",
@@ -64,10 +65,28 @@ def dist_info() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+class RankSlices:
+    """This rank's share of each global batch: items ``rank::world`` of a sampler's batches of
+    ``world * train.batch_size``, so N ranks see exactly the batches one process with an
+    N-times larger batch sees (and as many steps per epoch)."""
+
+    def __init__(self, sampler: FewShotBatchSampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield batch[self.rank :: self.world]
+
+
 class Trainer:
     def __init__(self, cfg: Config, data_dir: Path | None = None, progress: bool = True):
         from protgo.data.folder import DatasetFolder
-        from protgo.stores.go_vectors import embed_go
         from protgo.stores.residues import ESMResidueStore
 
         self.cfg, self.progress = cfg, progress
@@ -79,17 +98,18 @@ class Trainer:
         self.ontology = self.folder.ontology
         store = ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
-        go_dim = embed_go(cfg.data.dataset, 0, cfg.data.aspects, self.data_dir, cfg.go_text,
-                          progress=False)[0].dim  # fmt: skip
+        go_dim = go_cache(cfg, self.data_dir, 0)[0].dim
         self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
         self._broadcast_parameters()
         self.criterion = AlignmentLoss(cfg.loss)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
-        self.sampler = FewShotBatchSampler.for_dataset(
-            self.train_ds, cfg.train.batch_size, seed=cfg.train.seed, rank=self.rank,
-            world_size=self.world,
+        self.sampler = RankSlices(
+            FewShotBatchSampler.for_dataset(
+                self.train_ds, cfg.train.batch_size * self.world, seed=cfg.train.seed
+            ),
+            self.rank, self.world,
         )  # fmt: skip
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
@@ -361,9 +381,15 @@ class Trainer:
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
             "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
             "builder_rng": self.phases.builder.rng.bit_generator.state, "best": self.best,
+            # (N, A) what mining searches: the bank as at epoch start (backend "bank")
+            "search_matrix": self.phases.resources.matrix if self._bank_search else None,
             "seen": sorted(self.seen), "window": dict(self.window),
             "config": self.cfg.model_dump(mode="json"),
         }  # fmt: skip
+
+    @property
+    def _bank_search(self) -> bool:
+        return self.phases.resources.source == "bank"
 
     def _maybe_step_checkpoint(self) -> None:
         every = self.cfg.train.checkpoint_every_steps
@@ -388,10 +414,14 @@ class Trainer:
         self.phases.tracker = self.tracker
         reason = f"resume from {path} at step {self.step}"
         self.phases.load_phase(state["phase"], reason, self.step, self._rebuild_loaders)
-        self.phases.bank.load_state_dict(state["bank"])
-        if self.phases.resources.source == "bank":
-            self.phases.resources.refresh()  # mid-epoch: the bank as saved, not as at epoch start
+        if self._bank_search:
+            # Mining searched the bank as it was at the start of the epoch: rebuild the index
+            # from that copy, then restore the bank as saved (momentum updates since).
+            bank = state["bank"]
+            self.phases.bank.load_state_dict({**bank, "matrix": state["search_matrix"]})
+            self.phases.resources.refresh()
             self.phases.builder.set_resources(self.phases.resources)
+        self.phases.bank.load_state_dict(state["bank"])
         self.collator.rng.bit_generator.state = state["collator_rng"]
         self.phases.builder.rng.bit_generator.state = state["builder_rng"]
         set_rng_state(state["rng"])

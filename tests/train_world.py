@@ -1,0 +1,99 @@
+"""The tiny training world shared by test_trainer.py and test_ddp.py (fixture ``tiny_world``
+in conftest.py): real GO terms and texts (packaged MiniLM), a tiny random ESM, sequences
+whose family motif decides their GO term.
+
+Sized for speed: two text phases, GO texts cut to ``TEXT_MAX_TOKENS`` tokens, a few dozen
+distractor terms. ``python tests/train_world.py DIR TINY_ESM`` builds it outside pytest (for
+a manual ``torchrun`` run) and prints the overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+AA = "ACDEFGHIKLMNPQRSTVWY"
+N_FAMILIES, PER_FAMILY, N_DISTRACTORS = 12, 12, 30
+TEXT_MAX_TOKENS = 32  # MiniLM cost grows with text length; names + definition starts suffice
+PHASES = "go_text.phase_relations=[[],[is_a]]"  # two phases: every phase test needs only one switch
+
+
+def subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
+    """``n_targets`` specific MF terms, ``n_more`` unannotated ones (retrieval distractors),
+    and every ancestor: a couple of hundred real GO terms."""
+    from protgo.data import godb
+    from protgo.data.ontology import Ontology
+
+    go_sqlite = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
+    terms = godb.read_terms(go_sqlite)
+    onto = Ontology(terms)
+    leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
+    picked = random.Random(0).sample(leaves, n_targets + n_more)
+    targets = picked[:n_targets]
+    keep = set(picked).union(*(onto.ancestors(t) for t in picked))
+    out = []
+    for t in terms:
+        if t.id in keep:
+            parents = {r: [p for p in ps if p in keep] for r, ps in t.parents.items()}
+            out.append(dataclasses.replace(t, parents={r: p for r, p in parents.items() if p}))
+    return out, targets
+
+
+def family_sequences(targets: list[str]) -> tuple[dict[str, str], list[str]]:
+    """PER_FAMILY sequences per target term, each holding its family's motif three times."""
+    rng = random.Random(1)
+    seqs, rows = {}, []
+    for f, term in enumerate(targets):
+        motif = "".join(rng.choice(AA) for _ in range(12))
+        for i in range(PER_FAMILY):
+            bg = [rng.choice(AA) for _ in range(rng.randint(20, 40))]
+            for _ in range(3):
+                at = rng.randint(0, len(bg))
+                bg[at:at] = motif
+            pid = f"F{f:02d}_{i}"
+            seqs[pid] = "".join(bg)
+            rows.append(f"{pid}\t{term}\tIDA")
+    return seqs, rows
+
+
+def build_tiny_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path) -> list[str]:
+    """Dataset ``tiny`` in ``data_dir`` with its residue store and GO caches (every phase);
+    returns the config overrides (for configs/tiny.yaml) that point at it."""
+    from protgo.config import load_config
+    from protgo.data.build import BuildOptions, build_dataset, user_sources
+    from protgo.data.fasta import write_fasta
+    from protgo.data.ontology import write_obo
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.residues import ESMResidueStore
+
+    raw = Path(data_dir) / "raw_tiny"
+    raw.mkdir(parents=True, exist_ok=True)
+    terms, targets = subset_terms(real_data_dir, N_FAMILIES, N_DISTRACTORS)
+    seqs, rows = family_sequences(targets)
+    write_obo(terms, raw / "go.obo")
+    write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
+    (raw / "ann.tsv").write_text("\n".join(rows) + "\n")
+    src = user_sources(raw / "seqs.fasta", raw / "ann.tsv", raw / "go.obo")
+    opts = BuildOptions(aspects=("MF",), split="random", zero_shot_frac=0.0, seed=0)
+    build_dataset(Path(data_dir) / "datasets" / "tiny", src, opts, "tiny")
+    overrides = [f"residues.model={tiny_esm}", "data.dataset=tiny", "data.aspects=[MF]",
+                 f"data.data_dir={data_dir}", "mining.few_shot_share=null", PHASES,
+                 "phases.start_epochs=[0,1]", f"go_text.max_length={TEXT_MAX_TOKENS}"]  # fmt: skip
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides)
+    enc = ProteinEncoder(cfg.residues)
+    store = ESMResidueStore.create(Path(data_dir), enc.settings())
+    store.embed(enc, seqs, progress=False)
+    for phase in range(len(cfg.go_text.phase_relations)):
+        embed_go("tiny", phase, ["MF"], Path(data_dir), cfg.go_text, progress=False)
+    return overrides
+
+
+if __name__ == "__main__":
+    from protgo.config import default_data_dir
+
+    print(" ".join(f"--set {o}" for o in build_tiny_world(Path(sys.argv[1]), Path(sys.argv[2]),
+                                                          default_data_dir())))  # fmt: skip
