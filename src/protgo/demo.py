@@ -64,9 +64,9 @@ class Demo:
         self.stage(5, "train", self._final() is not None, self.train)
         self.stage(6, "predict", self._predicted(), self.predict)
         self.stage(7, "evaluate", (self.run / "eval" / "results.tsv").is_file(), self.evaluate)
-        self.stage(8, "report", False, self.report)
+        self.stage(8, "report", self._reported(), self.report)
         self.timings["total"] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(self.run / "demo_timings.json", json.dumps(self.timings, indent=1))
+        self._save_timings()
         return results_table(self.run / "eval" / "results.tsv"), self.run / "report" / "index.html"
 
     # ---- stages ---------------------------------------------------------------------------
@@ -153,6 +153,18 @@ class Demo:
     def _final(self) -> Path | None:
         path = self.run / "checkpoints" / "final.pt"
         return path if path.is_file() else None
+
+    def _reported(self) -> bool:
+        page, results = self.run / "report" / "index.html", self.run / "eval" / "results.tsv"
+        return page.is_file() and page.stat().st_mtime >= results.stat().st_mtime
+
+    def _save_timings(self) -> None:
+        """Seconds per stage; a resumed demo adds its stages to the earlier runs' record."""
+        path = self.run / "demo_timings.json"
+        runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+        runs.append(self.timings)
+        stages = {k: sum(r.get(k, 0.0) for r in runs) for k in (*STAGES, "total")}
+        atomic_write_text(path, json.dumps({"seconds": stages, "runs": runs}, indent=1) + "\n")
 
     def _predicted(self) -> bool:
         pred = self.run / "predict"
