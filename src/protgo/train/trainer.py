@@ -9,10 +9,18 @@ global batches of ``world * batch_size`` proteins (the very batches of one proce
 batch size) and each rank trains on every ``world``-th protein of them (:class:`RankSlices`);
 gradients are averaged with one all-reduce per step, memory-bank updates are gathered so
 every rank's bank stays identical, and only rank 0 tracks and writes checkpoints.
+
+``--resume`` continues exactly, mid-epoch too: with ``mining.backend=bank`` mining searches
+a copy of the bank taken at the epoch start, so checkpoints hold that copy
+(``search_matrix``) next to the bank itself and the index is rebuilt from it.
+
+``Trainer.timings`` sums the wall time of each step part (data, mining, forward, backward,
+optimizer: clip, AdamW, LR schedule, bank update); benchmarks/train_step.py reports them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -85,7 +93,10 @@ class RankSlices:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data_dir: Path | None = None, progress: bool = True):
+    def __init__(
+        self, cfg: Config, data_dir: Path | None = None, progress: bool = True, store=None
+    ):
+        """``store``: a residue store to use instead of the one of ``cfg.residues``."""
         from protgo.data.folder import DatasetFolder
         from protgo.stores.residues import ESMResidueStore
 
@@ -96,7 +107,7 @@ class Trainer:
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
         self.ontology = self.folder.ontology
-        store = ESMResidueStore.for_config(cfg.residues, self.data_dir)
+        store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
         go_dim = go_cache(cfg, self.data_dir, 0)[0].dim
         self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
@@ -132,6 +143,7 @@ class Trainer:
         self.best: float | None = None
         self.seen: set[str] = set()
         self.window: dict[str, float] = defaultdict(float)  # running sums since the last log
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per step part, summed
 
     # ---- setup --------------------------------------------------------------------------
     def _datasets(self, store) -> tuple[ProteinEmbDataset, ProteinEmbDataset]:
@@ -224,9 +236,12 @@ class Trainer:
         self.model.train()
         bar = self._bar(len(batches))
         start = time.perf_counter()
-        for n, batch in enumerate(loader, 1):
+        batches_in = iter(loader)
+        for n in range(1, len(batches) + 1):
             if max_steps is not None and self.step >= max_steps:
                 return False
+            with self._timed("data"):
+                batch = next(batches_in)
             parts, params = self.train_step(batch)
             self.batch_in_epoch += 1
             self._log_step(parts, params, batch, n / (time.perf_counter() - start), bar)
@@ -237,25 +252,40 @@ class Trainer:
 
     def train_step(self, batch: dict) -> tuple[dict, object]:
         params = self.curriculum(self.step)  # 1. curriculum parameters
-        batch = self.mine(batch, params)  # 2. mine negatives
-        go_text = self.phases.cache.matrix[batch["go_rows"]].to(self.device)  # (U, Dt)
-        out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])  # 3.
-        loss, parts = self.criterion(  # 4. total loss
-            self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
-            params.lambda_attr, self._teacher_logits(batch, go_text),
-        )  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # 5. backward
-        self._average_gradients()
-        if self.cfg.train.grad_clip:  # 6. clip
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            parts["grad_norm"] = float(norm)
-        self.optimizer.step()  # 7. optimiser and LR schedule
-        self.lr_schedule.step()
-        self.step += 1
-        self._after_step(batch, out)
+        with self._timed("mining"):
+            batch = self.mine(batch, params)  # 2. mine negatives
+        with self._timed("forward"):
+            go_text = self.phases.cache.matrix[batch["go_rows"]].to(self.device)  # (U, Dt)
+            out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])  # 3.
+            loss, parts = self.criterion(  # 4. total loss
+                self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
+                params.lambda_attr, self._teacher_logits(batch, go_text),
+            )  # fmt: skip
+        with self._timed("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # 5. backward
+            self._average_gradients()
+        with self._timed("optimizer"):
+            if self.cfg.train.grad_clip:  # 6. clip
+                norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.cfg.train.grad_clip
+                )
+                parts["grad_norm"] = float(norm)
+            self.optimizer.step()  # 7. optimiser and LR schedule
+            self.lr_schedule.step()
+            self.step += 1
+            self._after_step(batch, out)
         parts.update({f"neg_{k}": v for k, v in batch["stats"].items()})  # negative sources
         return parts, params
+
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        """Add the block's wall time to ``timings[part]`` (read by benchmarks/train_step.py)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] += time.perf_counter() - start
 
     def mine(self, batch: dict, params) -> dict:
         """Add negatives (on CPU, main process); move the tensors to the device."""
