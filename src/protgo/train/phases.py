@@ -27,6 +27,7 @@ from protgo.config import Config
 from protgo.mining.batch_builder import BatchBuilder
 from protgo.stores.go_vectors import GoLookupCache, MemoryBank, embed_go
 from protgo.stores.vector_resources import VectorResources
+from protgo.train.checkpoints import rng_state, set_rng_state
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
 _GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go
@@ -40,8 +41,12 @@ def go_cache(cfg: Config, data_dir: Path, phase: int):
     key = (c.data.dataset, phase, tuple(c.data.aspects), str(Path(data_dir).resolve()),
            c.go_text.model_dump_json())  # fmt: skip
     if key not in _GO_CACHES:
+        # Loading the encoder draws random numbers (weight init before the weights load);
+        # keep the run's random streams as if the cache had been in memory.
+        state = rng_state()
         _GO_CACHES[key] = embed_go(c.data.dataset, phase, c.data.aspects, data_dir, c.go_text,
                                    progress=False)  # fmt: skip
+        set_rng_state(state)
     return _GO_CACHES[key]
 
 

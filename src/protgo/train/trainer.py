@@ -110,6 +110,9 @@ class Trainer:
         store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
         go_dim = go_cache(cfg, self.data_dir, 0)[0].dim
+        # Seeded again here: whether the GO cache was already in memory (phases.go_cache)
+        # changes how much random state the steps above used.
+        _seed_everything(cfg.train.seed)
         self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
         self._broadcast_parameters()
         self.criterion = AlignmentLoss(cfg.loss)
