@@ -163,9 +163,10 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
         ax.axhline(0, color="black", lw=0.5)
         ax.set(ylabel="score drop", xlim=(1, len(x)))
         twin = ax.twinx()
-        twin.fill_between(x, a["attention"], color="tab:blue", alpha=0.3, label="attention")
-        twin.set_ylabel("attention")
-        twin.set_ylim(bottom=0)
+        # attention x L: 1 where the weight is uniform, so peaks stand out at any length
+        rel = np.asarray(a["attention"]) * len(x)
+        twin.plot(x, rel, color="tab:blue", alpha=0.6, lw=1, label="attention x L (1: uniform)")
+        twin.set_ylabel("attention x L")
         ax.set_title(f"{pid} ({len(x)} residues)", fontsize=10)
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper right")

@@ -67,7 +67,8 @@ def explain(
     attn = attention_map(model, residues)
     occl = masking_map(model, residues, go, window)
     return {
-        "attention": [round(float(v), 5) for v in attn],
-        "masking": {g: [round(float(v), 5) for v in occl[k]] for k, g in enumerate(go_ids)},
+        # 4 significant digits: attention is ~1/L, so fixed decimals would flatten long proteins
+        "attention": [float(f"{v:.4g}") for v in attn],
+        "masking": {g: [float(f"{v:.4g}") for v in occl[k]] for k, g in enumerate(go_ids)},
         "window": window,
     }
