@@ -300,8 +300,17 @@ def evaluate(
     folder = DatasetFolder.load(dataset, _data_dir(data_dir))
     out = out or Path("runs") / f"evaluate-{folder.root.name}-{split}"
     table = evaluate_command(
-        folder, split, list(pred or []), baselines, out, valid_pred=valid_pred, store=store,
-        threads=threads, knn_k=knn_k, config=config, overrides=overrides or [],
+        folder,
+        split,
+        list(pred or []),
+        baselines,
+        out,
+        valid_pred=valid_pred,
+        store=store,
+        threads=threads,
+        knn_k=knn_k,
+        config=config,
+        overrides=overrides or [],
         data_dir=_data_dir(data_dir),
     )
     typer.echo(table)

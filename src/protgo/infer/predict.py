@@ -24,7 +24,6 @@ checkpoint's own ``calibration`` entry when the trainer put one there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ import torch
 
 from protgo.data.ontology import atomic_write_text
 from protgo.errors import UserError
+from protgo.model.pooling import pad_residues
+from protgo.stores.residues import file_sha256
 
 ROOTS = frozenset({"GO:0003674", "GO:0008150", "GO:0005575"})
 # Terms so general that nearly every protein carries them; left out of the readable output by
@@ -298,17 +299,6 @@ def platt(cos: np.ndarray, truth: np.ndarray, steps: int = 200) -> tuple[float, 
     return float(a), float(b)
 
 
-def pad_residues(arrays: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L, D) fp32 zero-padded residues and (B, L) bool mask."""
-    L = max(len(a) for a in arrays)
-    x = torch.zeros(len(arrays), L, arrays[0].shape[1])
-    mask = torch.zeros(len(arrays), L, dtype=torch.bool)
-    for b, a in enumerate(arrays):
-        x[b, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-        mask[b, : len(a)] = True
-    return x.to(device), mask.to(device)
-
-
 def go_text_vectors(
     cfg, phase: int, aspects: list[str], data_dir: Path
 ) -> tuple[list[str], list[str], np.ndarray]:
@@ -351,14 +341,6 @@ def _check_aspects(aspects: Iterable[str] | None, trained: list[str]) -> list[st
     if bad or not out:
         raise UserError(f"--aspects takes BP, MF and/or CC, got {', '.join(bad) or 'nothing'}")
     return sorted(set(out), key=("BP", "MF", "CC").index)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- reading input, writing output ------------------------------------------------------------

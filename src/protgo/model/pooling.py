@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,3 +82,14 @@ class AttentionPooling(nn.Module):
         v = torch.einsum("bqhd,hjd->bqhj", ctx, wv) + bv  # (B, Q, H, dh)
         v = v.reshape(B, self.n_queries * self.dim)  # heads concatenated per query
         return self.norm(self.out(self.dropout(v)))
+
+
+def pad_residues(arrays: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, D) fp32 zero-padded residues and (B, L) bool mask."""
+    L = max(len(a) for a in arrays)
+    x = torch.zeros(len(arrays), L, arrays[0].shape[1])
+    mask = torch.zeros(len(arrays), L, dtype=torch.bool)
+    for b, a in enumerate(arrays):
+        x[b, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+        mask[b, : len(a)] = True
+    return x.to(device), mask.to(device)

@@ -45,6 +45,7 @@ from protgo.model.losses import (
     dag_pairs,
     multi_positive_info_nce,
 )
+from protgo.model.pooling import pad_residues
 from protgo.train.checkpoints import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.tracking import Tracker
@@ -392,15 +393,8 @@ class Trainer:
         store, out = self.valid_ds.store, []
         for i in range(0, len(pids), self.cfg.train.batch_size):
             arrays = [store.get(p) for p in pids[i : i + self.cfg.train.batch_size]]
-            L = max(len(a) for a in arrays)
-            x = torch.zeros(len(arrays), L, arrays[0].shape[1])
-            mask = torch.zeros(len(arrays), L, dtype=torch.bool)
-            for b, a in enumerate(arrays):
-                x[b, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-                mask[b, : len(a)] = True
-            out.append(
-                self.model.encode_protein(x.to(self.device), mask.to(self.device))["protein"]
-            )
+            x, mask = pad_residues(arrays, self.device)
+            out.append(self.model.encode_protein(x, mask)["protein"])
         return pids, torch.cat(out)
 
     # ---- checkpoints ----------------------------------------------------------------------
