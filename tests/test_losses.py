@@ -198,6 +198,27 @@ def test_homology_teacher_transfers_labels(tiny_obo):
     assert p[0].item() == pytest.approx(0.751 / (0.751 + 0.251), rel=1e-6)
 
 
+def test_binary_term_loss_matches_loop():
+    B, K = 4, 6
+    g = torch.Generator().manual_seed(3)
+    truth = torch.rand(B, K, generator=g) > 0.7
+    truth[0, 0] = True
+    logits = torch.randn(B, K, generator=g) * 2
+
+    def ref(lg):
+        total = 0.0
+        for b in range(B):
+            for k in range(K):
+                p = 1 / (1 + torch.exp(-lg[b, k]))
+                total = total - (torch.log(p) if truth[b, k] else torch.log(1 - p))
+        return total / truth.sum()
+
+    _check(lambda lg: L.binary_term_loss(lg, truth), ref, logits)
+    # no positive at all: summed over pairs, not divided by zero
+    none = torch.zeros(B, K, dtype=torch.bool)
+    assert torch.isfinite(L.binary_term_loss(logits, none))
+
+
 def test_alignment_loss_total_is_weighted_sum():
     from protgo.config import ModelConfig
     from protgo.model.aligner import ProtGoAligner
@@ -220,12 +241,15 @@ def test_alignment_loss_total_is_weighted_sum():
     crit = L.AlignmentLoss(cfg)
     pairs = torch.tensor([[1, 0]])
     teacher = (torch.randn(B, C), torch.ones(B, dtype=torch.bool))
-    total, parts = crit(model, out, batch, go_text, pairs, 0.2, teacher)
+    bce = {"text": go_text, "truth": go_pos.T}  # (U, Dt), (B, U)
+    total, parts = crit(model, out, batch, go_text, pairs, 0.2, teacher, bce_terms=bce)
     weights = {"con": cfg.lambda_con, "ent": cfg.lambda_ent, "dag": 0.3,
-               "vtrue": cfg.lambda_vtrue, "attr": 0.2, "distill": 0.5}  # fmt: skip
+               "vtrue": cfg.lambda_vtrue, "attr": 0.2, "distill": 0.5,
+               "bce": cfg.lambda_bce}  # fmt: skip
     want = sum(w * parts[k] for k, w in weights.items())
     assert total.item() == pytest.approx(want, rel=1e-9)
     total.backward()
     assert model.pool.queries.grad is not None and model.log_scale.grad is not None
+    assert model.term_bias.weight.grad.abs().sum() > 0 and model.log_bias_scale.grad is not None
     _, parts0 = crit(model, out, batch, go_text, pairs, 0.0)
-    assert "attr" not in parts0 and "distill" not in parts0
+    assert "attr" not in parts0 and "distill" not in parts0 and "bce" not in parts0

@@ -94,3 +94,24 @@ def test_aligner_forward_dict_and_scores():
     assert model.logit_scale.item() == pytest.approx(100.0)  # capped as in CLIP
     all_scores = torch.arange(12.0).view(3, 4)
     torch.testing.assert_close(candidate_scores(all_scores, cand)[2], torch.tensor([10.0, 0, 0]))
+
+
+def test_term_logits_add_a_text_prior_to_scaled_cosines():
+    torch.manual_seed(3)
+    cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, init_term_bias=-4.0,
+                      init_bias_scale=8.0)  # fmt: skip
+    model = ProtGoAligner(cfg, residue_dim=8, go_dim=6).eval()
+    x, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool)
+    text = torch.randn(4, 6)
+    protein = model.encode_protein(x, mask)["protein"]
+    go = model.encode_go(text)
+    cos = protein @ go.T
+    # at start every term has the same prior, so logits rank terms as cosines do
+    torch.testing.assert_close(model.term_logits(protein, go, text), 8.0 * cos - 4.0)
+    with torch.no_grad():
+        model.term_bias.weight.copy_(torch.arange(6.0))
+    want = 8.0 * cos + (text @ torch.arange(6.0) - 4.0)  # the prior comes from the text
+    torch.testing.assert_close(model.term_logits(protein, go, text), want)
+    plain = ProtGoAligner(cfg.model_copy(update={"term_bias": False}), 8, 6)
+    assert plain.term_bias is None
+    torch.testing.assert_close(plain.term_logits(protein, go, text), cos)

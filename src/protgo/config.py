@@ -117,6 +117,11 @@ class ModelConfig(Section):
     dropout: float = 0.1
     init_logit_scale: float = 14.3  # exp(scale) caps at 100 as in CLIP; 1/0.07 at start
     residue_chunk: int = 4096  # pooling chunk over residues, bounds memory for long proteins
+    # A per-term prior logit from the GO text vector (a linear head, so unseen terms get one):
+    # prediction scores are sigmoid(bias_scale * cos + bias(text)), comparable across terms.
+    term_bias: bool = True
+    init_term_bias: float = -5.0  # log-odds of a typical term's share of proteins at start
+    init_bias_scale: float = 10.0  # bias_scale at start (learned; cosines span [-1, 1])
 
 
 class LossConfig(Section):
@@ -131,6 +136,10 @@ class LossConfig(Section):
     lambda_ent: float = 0.01
     lambda_dag: float = 0.1
     lambda_vtrue: float = 0.2
+    # Binary cross-entropy of model.term_logits against each protein's propagated annotations
+    # over the aspect's terms (zero-shot terms left out); needs model.term_bias.
+    lambda_bce: float = 1.0
+    bce_max_terms: int = 4096  # more terms than this: the batch's GO ids plus a random sample
 
 
 class StagesConfig(Section):

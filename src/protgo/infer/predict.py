@@ -9,13 +9,15 @@ vector comes from its text, not from training labels.
    may differ from the dataset's) is read from it; any other is embedded with the same ESM
    and window settings, in memory (the training store is never written by ``predict``);
 2. pooling + projection: the model's attention pooling and protein head, (N, A) unit vectors;
-3. scores: cosine with the projected GO vectors (T, A); calibrated per aspect (Platt scaling
-   fitted on the validation split) when a calibration is available, else ``(cos + 1) / 2``
-   as the trainer's validation uses;
+3. scores: the model's term logits, ``bias_scale * cos + bias(text)`` with the projected GO
+   vectors (T, A) and each term's prior (plain cosines for a model without ``term_bias``);
+   calibrated per aspect (Platt scaling fitted on the validation split) when a calibration
+   is available, else ``sigmoid(logit)`` (``(cos + 1) / 2`` without a term bias), as the
+   trainer's validation scores;
 4. consistency: a parent scores at least its best child (:meth:`Ontology.propagate_matrix`),
    unless ``propagate=False``; roots are never reported.
 
-Calibration (``--threshold auto``): logistic ``sigmoid(a * cos + b)`` per aspect on the
+Calibration (``--threshold auto``): logistic ``sigmoid(a * logit + b)`` per aspect on the
 validation split's (protein, term) pairs, and the threshold that gives the best validation
 Fmax on the calibrated, propagated scores. It is stored next to the checkpoint
 (``<checkpoint>.calibration.json``, keyed by the checkpoint's bytes) or read from the
@@ -113,8 +115,9 @@ class Predictor:
         self.model.to(self.device).eval()
         self.residue_dim = residue_dim
         with torch.no_grad():
-            go = torch.from_numpy(text[keep]).to(self.device)
-            self.go = self.model.encode_go(go)  # (T, A) unit vectors
+            self.go_text = torch.from_numpy(text[keep]).to(self.device)  # (T, Dt)
+            self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
+        self.logit_input = "cos" if self.model.term_bias is None else "logit"
 
     def _open_store(self):
         """The residue store of the checkpoint's ESM settings, or None if there is none."""
@@ -187,22 +190,29 @@ class Predictor:
         return vecs, attn
 
     # ---- scores -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, vecs: torch.Tensor, cols: np.ndarray | None = None) -> np.ndarray:
+        """(N, A) protein vectors -> (N, T) float64 term logits (cosines without a term
+        bias) over ``go_ids`` (or its columns ``cols``)."""
+        go, text = (self.go, self.go_text) if cols is None else (self.go[cols], self.go_text[cols])
+        out = self.model.term_logits(vecs.to(self.device), go, text)
+        return out.cpu().numpy().astype(np.float64)
+
     def scores(self, vecs: torch.Tensor, propagate: bool = True) -> np.ndarray:
         """(N, A) protein vectors -> (N, T) scores in [0, 1] over ``go_ids``."""
-        cos = (vecs.to(self.device) @ self.go.T).cpu().numpy().astype(np.float64)  # (N, T)
-        out = self.calibrate_cos(cos)
+        out = self.calibrate_logits(self.logits(vecs))
         if propagate:
             out = self.ontology.propagate_matrix(out, self.go_ids)
         return out
 
-    def calibrate_cos(self, cos: np.ndarray) -> np.ndarray:
+    def calibrate_logits(self, logit: np.ndarray) -> np.ndarray:
         if not self.calibration:
-            return (cos + 1.0) / 2.0
-        out = np.empty_like(cos)
+            return (logit + 1.0) / 2.0 if self.logit_input == "cos" else _sigmoid(logit)
+        out = np.empty_like(logit)
         for aspect in np.unique(self.go_aspects):
             cols = self.go_aspects == aspect
             a, b = self.calibration["aspects"][aspect]["platt"]
-            out[:, cols] = 1.0 / (1.0 + np.exp(-(a * cos[:, cols] + b)))
+            out[:, cols] = _sigmoid(a * logit[:, cols] + b)
         return out
 
     def thresholds(self) -> dict[str, float]:
@@ -243,7 +253,8 @@ class Predictor:
         if not path.is_file():
             return None
         cal = json.loads(path.read_text())
-        return cal if cal.get("checkpoint_sha256") == file_sha256(self.checkpoint) else None
+        same = cal.get("checkpoint_sha256") == file_sha256(self.checkpoint)
+        return cal if same and cal.get("input", "cos") == self.logit_input else None
 
     def fit_calibration(self, max_proteins: int = 2000) -> dict:
         """Platt scaling and best-Fmax thresholds per aspect on the validation split; saved
@@ -258,7 +269,8 @@ class Predictor:
                 f"calibration needs the valid proteins of '{self.cfg.data.dataset}' in the "
                 "residue store: run `protgo embed residues` for that dataset first"
             )
-        result = {"checkpoint_sha256": file_sha256(self.checkpoint), "aspects": {}}
+        result = {"checkpoint_sha256": file_sha256(self.checkpoint), "input": self.logit_input,
+                  "aspects": {}}  # fmt: skip
         for aspect in sorted(set(self.go_aspects)):
             pids = annotated_in(ann, valid, onto, aspect)[:max_proteins]
             if len(pids) < 5:
@@ -266,10 +278,10 @@ class Predictor:
             cols = np.flatnonzero(self.go_aspects == aspect)
             terms = [self.go_ids[j] for j in cols]
             vecs, _ = self.protein_vectors([self._store.get(p) for p in pids])
-            cos = (vecs @ self.go[cols].cpu().T).numpy().astype(np.float64)  # (N, Ta)
+            logit = self.logits(vecs, cols)  # (N, Ta)
             truth = truth_matrix(ann, pids, terms, onto)
-            a, b = platt(cos, truth)
-            probs = onto.propagate_matrix(1 / (1 + np.exp(-(a * cos + b))), terms)
+            a, b = platt(logit, truth, init=(10.0, -5.0) if self.logit_input == "cos" else (1, 0))
+            probs = onto.propagate_matrix(_sigmoid(a * logit + b), terms)
             best = fmax_smin(probs, truth)
             result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                          "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
@@ -278,14 +290,21 @@ class Predictor:
         return result
 
 
-def platt(cos: np.ndarray, truth: np.ndarray, steps: int = 200) -> tuple[float, float]:
-    """(a, b) of ``sigmoid(a * cos + b)`` fitted to ``truth`` by logistic regression.
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def platt(
+    cos: np.ndarray, truth: np.ndarray, steps: int = 200, init: tuple[float, float] = (10, -5)
+) -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a * cos + b)`` fitted to ``truth`` by logistic regression
+    (``cos``: cosines or term logits; ``init``: the starting (a, b)).
 
     Positives are few (a protein has ~10 of thousands of terms), but the plain likelihood is
     what makes scores probabilities, so the classes are not reweighted."""
     x = torch.from_numpy(cos.ravel()).double()
     y = torch.from_numpy(truth.ravel().astype(np.float64))
-    ab = torch.tensor([10.0, -5.0], dtype=torch.float64, requires_grad=True)
+    ab = torch.tensor([float(v) for v in init], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
@@ -325,12 +344,15 @@ def _config_of(state: dict, path: Path):
     from protgo.config import Config
 
     try:
-        return Config.model_validate(state["config"])
+        cfg = Config.model_validate(state["config"])
     except Exception as exc:  # noqa: BLE001 - any mismatch has the same remedy
         raise UserError(
             f"checkpoint {path} holds a config this protgo cannot read ({type(exc).__name__}); "
             "use the protgo version that trained it"
         ) from None
+    # checkpoints from before model.term_bias have no term-bias head: plain cosine scores
+    cfg.model.term_bias = "term_bias.weight" in state["model"]
+    return cfg
 
 
 def _check_aspects(aspects: Iterable[str] | None, trained: list[str]) -> list[str]:

@@ -2,6 +2,14 @@
 
 Both heads end L2-normalised, so a score is a cosine; logits are ``scale * cosine`` with a
 learned scale (stored as its log, capped at 100 as in CLIP).
+
+Cosines rank terms for one protein but are not comparable across terms: "protein binding"
+(most human proteins) and a rare enzyme activity need different thresholds, and CAFA Fmax
+uses one threshold for all. With ``model.term_bias`` each term also gets a prior, a logit bias
+read from its text vector by a linear head (so unseen terms get one too), and
+:meth:`ProtGoAligner.term_logits` gives per-(protein, term) binary logits
+``bias_scale * cos + bias(text)``, trained with binary cross-entropy
+(:func:`protgo.model.losses.binary_term_loss`) and used for prediction.
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ class ProtGoAligner(nn.Module):
         self.protein_head = ProjectionHead(residue_dim, cfg.align_dim, cfg.dropout)
         self.go_head = ProjectionHead(go_dim, cfg.align_dim, cfg.dropout)
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
+        self.term_bias: nn.Linear | None = None
+        if cfg.term_bias:
+            # Zero weights: every term starts at the same prior, the typical share of proteins
+            # carrying a term, so the first binary-loss gradients are not all "push down".
+            self.term_bias = nn.Linear(go_dim, 1)
+            nn.init.zeros_(self.term_bias.weight)
+            nn.init.constant_(self.term_bias.bias, cfg.init_term_bias)
+            self.log_bias_scale = nn.Parameter(torch.tensor(math.log(cfg.init_bias_scale)))
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -60,6 +76,17 @@ class ProtGoAligner(nn.Module):
     def encode_go(self, go_vectors: torch.Tensor) -> torch.Tensor:
         """(U, Dt) text vectors -> (U, A) unit vectors."""
         return self.go_head(go_vectors)
+
+    def term_logits(
+        self, protein: torch.Tensor, go: torch.Tensor, go_text: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, A) proteins, (T, A) projected GO vectors, (T, Dt) their text vectors -> (B, T)
+        binary logits ``bias_scale * cos + bias(text)``; plain cosines without a term bias."""
+        cos = protein @ go.T  # (B, T)
+        if self.term_bias is None:
+            return cos
+        bias = self.term_bias(go_text.to(self.term_bias.weight.dtype)).squeeze(-1)  # (T,)
+        return self.log_bias_scale.exp().clamp(max=MAX_LOGIT_SCALE) * cos + bias
 
     def forward(
         self, residues: torch.Tensor, mask: torch.Tensor, go_vectors: torch.Tensor,

@@ -16,6 +16,9 @@ Shapes: B proteins, C candidates per protein, U unique GO ids of the batch, A al
   its parent (hinge).
 * :func:`vtrue_anchor` -- the pairwise cosines among the batch's projected GO vectors stay
   close to those among their text vectors.
+* :func:`binary_term_loss` -- binary cross-entropy of per-(protein, term) logits (with the
+  term prior, :meth:`ProtGoAligner.term_logits`) against propagated annotations: what makes
+  scores comparable across terms and proteins, as CAFA's single-threshold Fmax needs.
 """
 
 from __future__ import annotations
@@ -147,6 +150,14 @@ def vtrue_anchor(go: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     diff = (g @ g.T - t @ t.T) ** 2  # (U, U)
     off = ~torch.eye(U, dtype=torch.bool, device=go.device)
     return diff[off].mean()
+
+
+def binary_term_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean over proteins of the summed binary cross-entropy over terms, divided by the mean
+    positive count, so the loss neither grows with the number of terms scored nor lets the
+    many negatives drown the few positives; (B, K) logits and truth."""
+    per_pair = F.binary_cross_entropy_with_logits(logits, truth.to(logits.dtype), reduction="none")
+    return per_pair.sum() / truth.sum().clamp(min=1)
 
 
 def dag_pairs(go_ids: Sequence[str], ontology) -> torch.Tensor:
@@ -310,6 +321,18 @@ class VtrueLoss(nn.Module):
         return {}
 
 
+class TermBCELoss(nn.Module):
+    def forward(self, model, out: dict, terms: dict) -> tuple[torch.Tensor, dict]:
+        """``terms``: ``text`` (K, Dt) vectors of the scored terms and ``truth`` (B, K)."""
+        go = model.encode_go(terms["text"])  # (K, A)
+        logits = model.term_logits(out["protein"], go, terms["text"])  # (B, K)
+        value = binary_term_loss(logits, terms["truth"])
+        return value, {"bce_terms": float(len(go))}
+
+    def get_config_dict(self) -> dict:
+        return {}
+
+
 class AlignmentLoss(nn.Module):
     """The weighted total; a term with weight 0 is not computed. ``parts`` holds every
     computed term (unweighted) and the total, as floats for logging."""
@@ -323,11 +346,13 @@ class AlignmentLoss(nn.Module):
         self.ent = EntropyLoss()
         self.dag = DagLoss()
         self.vtrue = VtrueLoss()
+        self.bce = TermBCELoss()
 
     def forward(
         self, model, out: dict, batch: dict, go_text: torch.Tensor, pairs: torch.Tensor,
-        lambda_attr: float, teacher=None, generator=None,
+        lambda_attr: float, teacher=None, generator=None, bce_terms: dict | None = None,
     ) -> tuple[torch.Tensor, dict]:  # fmt: skip
+        """``bce_terms``: terms and truth of the binary loss (:class:`TermBCELoss`); None: off."""
         c = self.cfg
         terms = [
             ("con", c.lambda_con, lambda: self.con(out, batch)),
@@ -338,6 +363,8 @@ class AlignmentLoss(nn.Module):
         ]
         if teacher is not None:
             terms.append(("distill", c.lambda_distill, lambda: self.distill(out, batch, *teacher)))
+        if bce_terms is not None:
+            terms.append(("bce", c.lambda_bce, lambda: self.bce(model, out, bce_terms)))
         total = _zero(out["logits"])
         parts: dict[str, float] = {}
         for name, weight, fn in terms:

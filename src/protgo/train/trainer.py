@@ -264,6 +264,7 @@ class Trainer:
             loss, parts = self.criterion(  # 4. total loss
                 self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
                 params.lambda_attr, self._teacher_logits(batch, go_text),
+                bce_terms=self._bce_terms(batch),
             )  # fmt: skip
         with self._timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -310,6 +311,40 @@ class Trainer:
             return self.teacher.logits(batch, go_text)
         logits, rows = self.teacher.logits(batch, self.cfg.loss.tau)
         return logits.to(self.device), rows.to(self.device)
+
+    def _bce_terms(self, batch: dict) -> dict | None:
+        """The binary loss's terms: every term of the text cache but the zero-shot ones, or
+        the batch's GO ids plus a random sample when there are more than
+        ``loss.bce_max_terms``; ``text`` (K, Dt) and ``truth`` (B, K) from the propagated
+        training annotations. None when the loss is off."""
+        if self.cfg.loss.lambda_bce == 0 or self.model.term_bias is None:
+            return None
+        cache = self.phases.cache
+        if getattr(self, "_bce_cache", None) is not cache:  # a new text phase: new rows
+            zero, self._prop_memo = self.train_ds.fewzero.zero, {}
+            self._bce_rows = np.array([r for r, g in enumerate(cache.ids) if g not in zero])
+            self._bce_col = {g: r for r, g in enumerate(cache.ids)}
+            self._bce_cache = cache
+        rows = self._bce_rows
+        if len(rows) > self.cfg.loss.bce_max_terms:
+            # seeded by step, so a resumed run draws the same sample
+            rng = np.random.default_rng([self.cfg.train.seed, self.step])
+            extra = rng.choice(rows, self.cfg.loss.bce_max_terms, replace=False)
+            rows = np.union1d(np.asarray(batch["go_rows"]), extra)
+        pos = {r: k for k, r in enumerate(rows.tolist())}
+        truth = torch.zeros(len(batch["pids"]), len(rows), dtype=torch.bool)
+        for b, pid in enumerate(batch["pids"]):
+            ks = [pos[r] for r in self._propagated(pid) if r in pos]
+            truth[b, ks] = True
+        return {"text": cache.matrix[torch.from_numpy(rows)].to(self.device),
+                "truth": truth.to(self.device)}  # fmt: skip
+
+    def _propagated(self, pid: str) -> list[int]:
+        """Cache rows of a training protein's propagated annotations (memoised per phase)."""
+        if pid not in self._prop_memo:
+            terms = self.ontology.propagate(self.annotations.get(pid, ()))
+            self._prop_memo[pid] = [self._bce_col[g] for g in terms if g in self._bce_col]
+        return self._prop_memo[pid]
 
     def _after_step(self, batch: dict, out: dict) -> None:
         """Bank momentum update (gathered over ranks), EMA teacher, GO ids seen."""
@@ -370,18 +405,27 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Retrieval over every GO term of the aspects: Fmax of (cos + 1) / 2 scores against
-        the propagated valid annotations, next to random scores; InfoNCE over all terms."""
+        """Retrieval over every GO term of the aspects but the roots, scored as ``predict``
+        scores before calibration (sigmoid of the term logits, or (cos + 1) / 2 without a
+        term bias) and propagated: Fmax against the propagated valid annotations, next to
+        random scores (propagated alike); InfoNCE over all terms."""
         from protgo.eval.metrics import fmax_smin, truth_matrix
 
         self.model.eval()
         pids, vecs = self.encode_proteins(self.valid_ds.pids)
-        go = self.model.encode_go(self.phases.cache.matrix.to(self.device))  # (T, A)
+        cache = self.phases.cache
+        onto = self.ontology
+        keep = [j for j, g in enumerate(cache.ids) if g in onto and onto.parents(g)]  # no roots
+        terms, text = [cache.ids[j] for j in keep], cache.matrix[keep].to(self.device)
+        go = self.model.encode_go(text)  # (T, A)
         cos = (vecs @ go.T).cpu()  # (N, T)
-        terms = self.phases.cache.ids
+        logits = self.model.term_logits(vecs, go, text).cpu()
+        score = (cos + 1) / 2 if self.model.term_bias is None else torch.sigmoid(logits)
         truth = truth_matrix(self.annotations, pids, terms, self.ontology)
-        fmax = fmax_smin(((cos + 1) / 2).numpy(), truth)["fmax"]
+        fmax = fmax_smin(self.ontology.propagate_matrix(score.double().numpy(), terms), truth)
+        fmax = fmax["fmax"]
         rand = np.random.default_rng(0).random(cos.shape)
+        rand = self.ontology.propagate_matrix(rand, terms)
         con = multi_positive_info_nce(self.model.logit_scale.cpu() * cos, torch.from_numpy(truth))
         self.model.train()
         return {"epoch": self.epoch, "fmax": fmax, "fmax_random": fmax_smin(rand, truth)["fmax"],
