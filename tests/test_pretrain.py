@@ -91,6 +91,24 @@ def test_resume_equals_straight_run(tmp_path, corpus_fasta):
     assert la == pytest.approx(lb, abs=1e-4)  # and the log holds each step once
 
 
+def test_continue_from_an_exported_model(tmp_path, corpus_fasta):
+    first = pretrain(tiny_cfg(tmp_path, corpus_fasta, "first"))
+    export = tmp_path / "first" / "model"
+    more = tiny_cfg(tmp_path, corpus_fasta, "more", f"train.init_from={export}")
+    state = pretrain(more)
+    assert state.init_tokens == first.tokens_seen and state.step == 20
+    evals = [r for r in read_metrics(tmp_path / "more") if "heldout_ppl" in r]
+    # A continued model goes on from where the first ended (from random weights: ppl 23 at
+    # step 10 here, above the first run's final 21).
+    assert evals[0]["heldout_ppl"] < first.last_eval["heldout_ppl"]
+    card = (tmp_path / "more" / "model" / "TRAINING.md").read_text()
+    assert f"Continued from `{export}`" in card
+    assert f"{first.tokens_seen + state.tokens_seen:,} tokens in all" in card
+    wrong = tiny_cfg(tmp_path, corpus_fasta, "wrong", f"train.init_from={export}", "model.layers=3")
+    with pytest.raises(UserError, match="model.layers=2"):
+        pretrain(wrong)
+
+
 def test_resume_without_checkpoint_is_a_user_error(tmp_path, corpus_fasta):
     with pytest.raises(UserError, match="no checkpoint"):
         pretrain(tiny_cfg(tmp_path, corpus_fasta, "none"), resume=True)

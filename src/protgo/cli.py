@@ -79,7 +79,10 @@ def data_build(
     ] = "human-exp",
     source: Annotated[
         str | None,
-        typer.Option(help="human-exp or swissprot-2014 (default: the name), for named subsets."),
+        typer.Option(
+            help="human-exp, swissprot-2014 or web (default: the name); web needs "
+            "`protgo data fetch --source web` first."
+        ),
     ] = None,
     aspects: Annotated[str, typer.Option(help="Comma-separated aspects to keep.")] = "BP,MF,CC",
     max_proteins: Annotated[int | None, typer.Option(help="Random subset of this size.")] = None,
@@ -107,6 +110,9 @@ def data_build(
         Path | None, typer.Option(help="Your own TSV: protein, GO id, optional evidence.")
     ] = None,
     obo: Annotated[Path | None, typer.Option(help="The ontology for your own data.")] = None,
+    all_evidence: Annotated[
+        bool, typer.Option(help="--source web: keep every evidence code, IEA included.")
+    ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build a dataset folder (go.obo, proteins.fasta, annotations, splits, terms, IA)."""
@@ -133,9 +139,12 @@ def data_build(
         p = sources.debian_paths(root)
         src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
         split = split or "random"
+    elif (source or name) == "web":
+        p = sources.web_paths(root)
+        src = build.web_sources(p.go_obo, p.uniprot_tsv, p.root / "fetch.json", all_evidence)
     else:
         raise UserError(
-            f"no source for dataset '{name}': name or --source human-exp or swissprot-2014, "
+            f"no source for dataset '{name}': name or --source human-exp, swissprot-2014 or web, "
             "or give --fasta, --annotations and --obo"
         )
     opts = build.BuildOptions(

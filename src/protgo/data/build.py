@@ -7,7 +7,8 @@ counts), written last so that a folder with ``dataset.json`` is complete.
 
 Sources: ``human-exp`` (human proteins with experimental GO from org.Hs.eg.db, sequences from
 Swiss-Prot 2014), ``swissprot-2014`` (all metastudent proteins, weak labels including IEA),
-or the user's own FASTA + annotation TSV + OBO.
+``web`` (reviewed UniProt and the current GO fetched with ``--source web``, experimental
+evidence by default), or the user's own FASTA + annotation TSV + OBO.
 """
 
 from __future__ import annotations
@@ -96,6 +97,25 @@ def metastudent_sequences(metastudent_dir: Path) -> dict[str, str]:
             if acc not in seqs:
                 seqs[acc] = db.sequence(i)
     return seqs
+
+
+def web_sources(go_obo: Path, uniprot_tsv: Path, fetch_json: Path, all_evidence: bool) -> Sources:
+    """Reviewed UniProt entries and the current GO from ``protgo data fetch --source web``;
+    experimental (and high-throughput) evidence only unless ``all_evidence``."""
+    from protgo.data.sources import read_uniprot_go_tsv
+
+    sequences, rows = read_uniprot_go_tsv(uniprot_tsv)
+    codes = EXPERIMENTAL + HIGH_THROUGHPUT
+    if not all_evidence:
+        rows = [r for r in rows if r[2] in codes]
+    fetched = json.loads(Path(fetch_json).read_text())
+    prov = {
+        "go_source": f"{fetched['go_url']} ({fetched['go_data_version']})",
+        "annotation_source": f"{fetched['uniprot_url']} (fetched {fetched['fetched_at']})",
+        "sequence_source": "UniProtKB/Swiss-Prot (same download)",
+        "evidence_codes": "all" if all_evidence else list(codes),
+    }
+    return Sources(parse_obo(go_obo), sequences, rows, prov)
 
 
 def swissprot_sources(go_sqlite: Path, metastudent_dir: Path) -> Sources:

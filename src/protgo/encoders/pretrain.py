@@ -67,6 +67,9 @@ class PlmTrainConfig(Section):
     checkpoint_every_minutes: float | None = 10.0
     log_every: int = 20
     eval_sequences: int = 300  # held-out sequences scored at each checkpoint
+    # Continue pretraining a saved EsmForMaskedLM (a directory or hub id) instead of starting
+    # from random weights; the model section must describe its architecture.
+    init_from: str | None = None
 
 
 class PlmConfig(Section):
@@ -88,6 +91,41 @@ def build_model(cfg: PlmModelConfig):
         attention_probs_dropout_prob=cfg.dropout,
     )  # fmt: skip
     return EsmForMaskedLM(config)
+
+
+def load_init_model(source: str, cfg: PlmModelConfig):
+    """A saved ``EsmForMaskedLM`` to continue from; its architecture must match ``cfg``."""
+    from transformers import EsmForMaskedLM
+
+    from protgo.errors import UserError
+
+    try:
+        model = EsmForMaskedLM.from_pretrained(source, dtype=torch.float32)
+    except OSError as err:
+        msg = f"train.init_from: cannot load an ESM masked LM from '{source}' ({err})"
+        raise UserError(msg) from None
+    c = model.config
+    have = {"layers": c.num_hidden_layers, "hidden": c.hidden_size,
+            "heads": c.num_attention_heads, "ffn": c.intermediate_size}  # fmt: skip
+    want = {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads,
+            "ffn": cfg.ffn or 4 * cfg.hidden}  # fmt: skip
+    if have != want or c.vocab_size != len(ESM2_VOCAB):
+        wrong = ", ".join(f"model.{k}={have[k]}" for k in have if have[k] != want[k])
+        raise UserError(
+            f"train.init_from '{source}' does not match the config: set {wrong or 'its vocab'} "
+            "(ESM-2 vocabulary of 33 tokens required)"
+        )
+    return model
+
+
+def _prior_training(source: str) -> tuple[int, float]:
+    """Tokens seen and wall seconds recorded in ``source/training.json`` (0, 0 if none)."""
+    info = Path(source) / "training.json"
+    if not info.is_file():
+        return 0, 0.0
+    state = json.loads(info.read_text())["state"]
+    tokens = state.get("init_tokens", 0) + state["tokens_seen"]
+    return int(tokens), float(state.get("init_wall_s", 0.0) + state["wall_s"])
 
 
 def warmup_cosine_lr(optimizer, base_lr: float, warmup: int, total: int, min_frac: float):
@@ -159,6 +197,8 @@ class TrainState:
     wall_s: float = 0.0  # training wall time over all sessions
     last_eval: dict | None = None
     corpus_sizes: list[int] | None = None  # [train, held-out, excluded] when last saved
+    init_tokens: int = 0  # tokens seen by the train.init_from model before this run
+    init_wall_s: float = 0.0  # and its training wall time
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -289,7 +329,8 @@ def load_checkpoint(path: Path, model, optimizer, gen) -> TrainState:
 def _hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}), {threads} thread(s)"
 
 
 def training_md(cfg: PlmConfig, corpus: Corpus, state: TrainState, n_params: int) -> str:
@@ -314,11 +355,12 @@ Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmFor
 
 ## Training
 - Steps: {state.step} of {cfg.train.max_steps}; tokens seen: {state.tokens_seen:,}
-  (residues, padding excluded); epoch {state.epoch}.
+  (residues, padding excluded); epoch {state.epoch}.{_continued(cfg, state)}
 - Optimiser: AdamW lr {cfg.train.lr}, betas {tuple(cfg.train.betas)}, weight decay
   {cfg.train.weight_decay}, {cfg.train.warmup_steps} warm-up steps then cosine decay to
   {cfg.train.min_lr_frac} x lr; token budget {cfg.train.batch_tokens} per batch.
-- Hardware: {_hardware()}; wall time {state.wall_s / 3600:.2f} h.
+- Hardware: {_hardware()}; wall time {state.wall_s / 3600:.2f} h
+  ({(state.init_wall_s + state.wall_s) / 3600:.2f} h in all).
 
 ## Held-out masked-token perplexity
 - Model: {ppl}; amino-acid unigram: {uni}
@@ -327,6 +369,15 @@ Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmFor
 
 Reproduce: `protgo plm pretrain --config <config>`; evaluate: `protgo plm evaluate --model DIR`.
 """
+
+
+def _continued(cfg: PlmConfig, state: TrainState) -> str:
+    if not cfg.train.init_from:
+        return ""
+    return (
+        f"\n- Continued from `{cfg.train.init_from}`, which had seen {state.init_tokens:,} "
+        f"tokens:\n  {state.init_tokens + state.tokens_seen:,} tokens in all."
+    )
 
 
 def export_model(model, directory: Path, cfg: PlmConfig, corpus: Corpus, state: TrainState) -> None:
@@ -463,13 +514,20 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     rt = setup_runtime(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     corpus = load_corpus(cfg.data, exclude_ids)
-    model = build_model(cfg.model).to(rt.device)
+    init = cfg.train.init_from
+    model = load_init_model(init, cfg.model) if init else build_model(cfg.model)
+    model = model.to(rt.device)
     optimizer = make_optimizer(model, cfg.train)
     gen = torch.Generator().manual_seed(cfg.train.seed + rt.rank)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
-    state = load_checkpoint(ckpt, model, optimizer, gen) if resume else TrainState()
+    if resume:
+        state = load_checkpoint(ckpt, model, optimizer, gen)
+    else:
+        state = TrainState()
+        if init:
+            state.init_tokens, state.init_wall_s = _prior_training(init)
     sizes = [len(corpus.train), len(corpus.heldout), corpus.n_excluded]
     if state.corpus_sizes and state.corpus_sizes != sizes and rt.main:
         # A rebuilt corpus or exclusion list changes the epoch order: the resume stays valid
