@@ -4,7 +4,6 @@ held out of training (zero-shot)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from pathlib import Path
@@ -12,29 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_world import subset_terms
 
 from protgo.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def _subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
-    from protgo.data import godb
-    from protgo.data.ontology import Ontology
-
-    go_sqlite = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
-    terms = godb.read_terms(go_sqlite)
-    onto = Ontology(terms)
-    leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
-    picked = random.Random(3).sample(leaves, n_targets + n_more)
-    keep = set(picked).union(*(onto.ancestors(t) for t in picked))
-    out = []
-    for t in terms:
-        if t.id in keep:
-            parents = {r: [p for p in ps if p in keep] for r, ps in t.parents.items()}
-            out.append(dataclasses.replace(t, parents={r: p for r, p in parents.items() if p}))
-    return out, picked[:n_targets]
 
 
 def build_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, name: str):
@@ -46,7 +28,7 @@ def build_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, name: str):
 
     raw = data_dir / f"raw_{name}"
     raw.mkdir(parents=True)
-    terms, targets = _subset_terms(real_data_dir, 6, 20)
+    terms, targets = subset_terms(real_data_dir, 6, 20, seed=3)
     rng = random.Random(1)
     seqs, rows = {}, []
     for f, term in enumerate(targets):

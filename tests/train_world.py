@@ -21,7 +21,7 @@ TEXT_MAX_TOKENS = 32  # MiniLM cost grows with text length; names + definition s
 PHASES = "go_text.phase_relations=[[],[is_a]]"  # two phases: every phase test needs only one switch
 
 
-def subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
+def subset_terms(real_data_dir: Path, n_targets: int, n_more: int, seed: int = 0):
     """``n_targets`` specific MF terms, ``n_more`` unannotated ones (retrieval distractors),
     and every ancestor: a couple of hundred real GO terms."""
     from protgo.data import godb
@@ -31,7 +31,7 @@ def subset_terms(real_data_dir: Path, n_targets: int, n_more: int):
     terms = godb.read_terms(go_sqlite)
     onto = Ontology(terms)
     leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
-    picked = random.Random(0).sample(leaves, n_targets + n_more)
+    picked = random.Random(seed).sample(leaves, n_targets + n_more)
     targets = picked[:n_targets]
     keep = set(picked).union(*(onto.ancestors(t) for t in picked))
     out = []

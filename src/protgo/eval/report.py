@@ -50,6 +50,17 @@ def _methods(names) -> list[str]:
     return known + sorted(m for m in names if m not in METHOD_ORDER)
 
 
+def _grouped_bars(ax, results, column: str, aspects: list[str], methods: list[str]) -> None:
+    """One group of bars per aspect, one bar per method, for one results column."""
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        sub = results[results["method"] == m].set_index("aspect")
+        vals = [float(sub[column].get(a, np.nan)) for a in aspects]
+        x = np.arange(len(aspects)) + (k - (len(methods) - 1) / 2) * width
+        ax.bar(x, vals, width, label=m, color=COLOURS.get(m))
+    ax.set_xticks(range(len(aspects)), aspects)
+
+
 def plot_metric_bars(results, path: Path) -> Path:
     """Fmax, weighted Fmax and Smin per aspect: one bar per method."""
     plt = _plt()
@@ -57,14 +68,8 @@ def plot_metric_bars(results, path: Path) -> Path:
     aspects = sorted(results["aspect"].unique())
     methods = _methods(results["method"])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
-    width = 0.8 / len(methods)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for k, m in enumerate(methods):
-            sub = results[results["method"] == m].set_index("aspect")
-            vals = [float(sub[metric].get(a, np.nan)) for a in aspects]
-            x = np.arange(len(aspects)) + (k - (len(methods) - 1) / 2) * width
-            ax.bar(x, vals, width, label=m, color=COLOURS.get(m))
-        ax.set_xticks(range(len(aspects)), aspects)
+        _grouped_bars(ax, results, metric, aspects, methods)
         better = "lower is better" if metric == "smin" else "higher is better"
         ax.set_title(f"{metric} ({better})")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -102,15 +107,9 @@ def plot_term_auc(results, path: Path) -> Path | None:
     aspects = sorted(results["aspect"].unique())
     methods = _methods(results["method"])
     fig, axes = plt.subplots(1, len(cols), figsize=(4.8 * len(cols), 3.8), squeeze=False)
-    width = 0.8 / len(methods)
     for ax, col in zip(axes[0], cols, strict=True):
-        for k, m in enumerate(methods):
-            sub = results[results["method"] == m].set_index("aspect")
-            vals = [float(sub[col].get(a, np.nan)) for a in aspects]
-            x = np.arange(len(aspects)) + (k - (len(methods) - 1) / 2) * width
-            ax.bar(x, vals, width, label=m, color=COLOURS.get(m))
+        _grouped_bars(ax, results, col, aspects, methods)
         ax.axhline(0.5, color="black", lw=0.8, ls="--")
-        ax.set_xticks(range(len(aspects)), aspects)
         ax.set(ylim=(0, 1), title=f"{col.split('_')[0]}-shot terms: mean ROC AUC")
     axes[0][0].legend(fontsize=8, loc="lower left")
     return _save(fig, path)
