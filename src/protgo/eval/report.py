@@ -21,6 +21,10 @@ from protgo.data.ontology import atomic_write_text
 METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")
 COLOURS = {"protgo": "tab:red", "blend": "tab:purple", "diamond": "tab:blue",
            "knn": "tab:green", "mlp": "tab:orange", "naive": "tab:gray"}  # fmt: skip
+# One distinct colour per loss part (the default cycle repeats similar hues past six lines).
+LOSS_COLOURS = {"total": "black", "con": "tab:blue", "bce": "tab:orange", "attr": "tab:green",
+                "ent": "tab:purple", "dag": "tab:brown", "vtrue": "tab:pink",
+                "distill": "tab:olive"}  # fmt: skip
 
 
 def _plt():
@@ -124,10 +128,10 @@ def plot_training(records: list[dict], path: Path) -> Path | None:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in train]
-    for key in ("total", "con", "attr", "ent", "dag", "vtrue", "distill"):
+    for key, colour in LOSS_COLOURS.items():
         vals = [r.get(key) for r in train]
         if any(v is not None for v in vals):
-            ax1.plot(steps, [np.nan if v is None else v for v in vals], label=key,
+            ax1.plot(steps, [np.nan if v is None else v for v in vals], label=key, color=colour,
                      lw=2 if key == "total" else 1)  # fmt: skip
     phase_steps = sorted({r["step"] for r in records if r["kind"] == "event"
                           and "text phase" in r.get("reason", "") and r["step"] > 0})  # fmt: skip
