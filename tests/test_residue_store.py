@@ -157,12 +157,23 @@ def test_changed_model_or_layer_never_reuses_vectors(tmp_path, tiny_esm, enc, se
         store.embed(layer1, seqs, progress=False)
 
 
-def test_for_config_finds_the_store_without_the_model(reference, tiny_esm):
+def test_for_config_finds_the_store_without_the_model(reference, tiny_esm, tmp_path):
     data_dir = reference.root.parents[2]
     cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16)
     assert ESMResidueStore.for_config(cfg, data_dir).root == reference.root
     with pytest.raises(UserError, match="run `protgo embed residues` first"):
         ESMResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
+    # The same model directory retrained since it was embedded: the error says so.
+    from transformers import EsmForMaskedLM
+
+    changed = tmp_path / "retrained" / tiny_esm.name
+    shutil.copytree(tiny_esm, changed)
+    model = EsmForMaskedLM.from_pretrained(changed)
+    with torch.no_grad():
+        model.esm.encoder.layer[0].intermediate.dense.weight.add_(0.01)
+    model.save_pretrained(changed)
+    with pytest.raises(UserError, match="the model changed since it was embedded"):
+        ESMResidueStore.for_config(cfg.model_copy(update={"model": str(changed)}), data_dir)
 
 
 def test_bad_sequence_fails_before_any_work(tmp_path, enc):

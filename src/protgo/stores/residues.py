@@ -102,8 +102,16 @@ class ESMResidueStore:
 
         root = store_dir(data_dir, describe_model(cfg)[1])
         if not (root / "manifest.json").is_file():
+            # Same model name, layer and window but another digest: other weights or input.
+            others = [d.name for d in root.parent.glob(root.name.rsplit("-", 1)[0] + "-*")]
+            why = (
+                f" (stores {', '.join(sorted(others))} hold this model name with other weights "
+                "or settings: the model changed since it was embedded)"
+                if others
+                else ""
+            )
             raise UserError(
-                f"no residue store for model '{cfg.model}' with these settings at {root}; "
+                f"no residue store for model '{cfg.model}' with these settings at {root}{why}; "
                 "run `protgo embed residues` first"
             )
         return cls(root, **kw)
