@@ -147,3 +147,40 @@ def test_real_human_exp_dataset(real_data_dir):
     assert info["split_method"]["min_seq_id"] == 0.3
     assert info["zero_shot_held_out"] > 100
     assert info["provenance"]["go_source_date"] == "2022-07-01"
+
+
+@pytest.mark.parametrize("all_evidence", [False, True])
+def test_build_from_the_web_fetch(tmp_path, tiny_obo, all_evidence):
+    """`data build --source web` on the files `data fetch --source web` leaves in raw/web."""
+    from typer.testing import CliRunner
+
+    from protgo.cli import app
+
+    fasta, ann = _family_data(tmp_path)
+    seqs = read_fasta(fasta)
+    items: dict[str, list[str]] = {p: [f"{LEAVES[3]} IEA"] for p in seqs}
+    for line in ann.read_text().splitlines()[1:]:
+        pid, go, ev = line.split("\t")
+        if pid in seqs:
+            items[pid].append(f"{go} {ev}")
+    web = tmp_path / "data" / "raw" / "web"
+    web.mkdir(parents=True)
+    (web / "go-basic.obo").write_text(tiny_obo.read_text())
+    (web / "uniprot_sprot_go.tsv").write_text(
+        "protein\tsequence\tgo\n"
+        + "".join(f"{p}\t{s}\t{'; '.join(items[p])}\n" for p, s in seqs.items())
+    )
+    files = {n: (web / n).stat().st_size for n in ("go-basic.obo", "uniprot_sprot_go.tsv")}
+    record = {"go_url": "u", "go_data_version": "v", "uniprot_url": "u", "fetched_at": "t"}
+    (web / "fetch.json").write_text(json.dumps({**record, "files": files}))
+    args = ["data", "build", "--name", "web-mine", "--source", "web", "--split", "random",
+            "--data-dir", str(tmp_path / "data"), "--zero-shot-frac", "0"]  # fmt: skip
+    res = CliRunner().invoke(app, args + (["--all-evidence"] if all_evidence else []))
+    assert res.exit_code == 0, res.output
+    ds = DatasetFolder.load(tmp_path / "data" / "datasets" / "web-mine")
+    evidence = {
+        line.split("\t")[3]
+        for line in ds.root.joinpath("annotations.tsv").read_text().splitlines()[1:]
+    }
+    assert ("IEA" in evidence) == all_evidence
+    assert len(ds.sequences) == 48
