@@ -161,8 +161,9 @@ def test_for_config_finds_the_store_without_the_model(reference, tiny_esm, tmp_p
     data_dir = reference.root.parents[2]
     cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16)
     assert ESMResidueStore.for_config(cfg, data_dir).root == reference.root
-    with pytest.raises(UserError, match="run `protgo embed residues` first"):
+    with pytest.raises(UserError, match="run `protgo embed residues` first") as err:
         ESMResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
+    assert "model changed" not in str(err.value)  # another layer is not another model
     # The same model directory retrained since it was embedded: the error says so.
     from transformers import EsmForMaskedLM
 

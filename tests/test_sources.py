@@ -110,12 +110,11 @@ def test_web_sources_keep_experimental_evidence_unless_asked(server, tmp_path):
     from protgo.data.build import web_sources
 
     paths = _fetch(server, tmp_path)
-    fetch_json = paths.root / "fetch.json"
-    exp = web_sources(paths.go_obo, paths.uniprot_tsv, fetch_json, all_evidence=False)
+    exp = web_sources(paths, all_evidence=False)
     assert ("P31946", "GO:0005737", "IDA") in exp.rows
     assert all(ev not in ("IEA", "") for _, _, ev in exp.rows)
     assert "releases/2024-01-17" in exp.provenance["go_source"]
-    every = web_sources(paths.go_obo, paths.uniprot_tsv, fetch_json, all_evidence=True)
+    every = web_sources(paths, all_evidence=True)
     assert len(every.rows) == 8 and set(exp.rows) < set(every.rows)
     assert len(every.sequences) == 5 and {t.id for t in every.terms} >= {"GO:0005737"}
 

@@ -140,8 +140,7 @@ def data_build(
         src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
         split = split or "random"
     elif (source or name) == "web":
-        p = sources.web_paths(root)
-        src = build.web_sources(p.go_obo, p.uniprot_tsv, p.root / "fetch.json", all_evidence)
+        src = build.web_sources(sources.web_paths(root), all_evidence)
     else:
         raise UserError(
             f"no source for dataset '{name}': name or --source human-exp, swissprot-2014 or web, "

@@ -29,6 +29,7 @@ from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.ontology import Ontology, Term, atomic_write_text, parse_obo, write_obo
+from protgo.data.sources import WebPaths, read_uniprot_go_tsv
 from protgo.errors import UserError
 
 EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
@@ -99,23 +100,21 @@ def metastudent_sequences(metastudent_dir: Path) -> dict[str, str]:
     return seqs
 
 
-def web_sources(go_obo: Path, uniprot_tsv: Path, fetch_json: Path, all_evidence: bool) -> Sources:
+def web_sources(paths: WebPaths, all_evidence: bool) -> Sources:
     """Reviewed UniProt entries and the current GO from ``protgo data fetch --source web``;
     experimental (and high-throughput) evidence only unless ``all_evidence``."""
-    from protgo.data.sources import read_uniprot_go_tsv
-
-    sequences, rows = read_uniprot_go_tsv(uniprot_tsv)
+    sequences, rows = read_uniprot_go_tsv(paths.uniprot_tsv)
     codes = EXPERIMENTAL + HIGH_THROUGHPUT
     if not all_evidence:
         rows = [r for r in rows if r[2] in codes]
-    fetched = json.loads(Path(fetch_json).read_text())
+    fetched = json.loads(paths.fetch_json.read_text())
     prov = {
         "go_source": f"{fetched['go_url']} ({fetched['go_data_version']})",
         "annotation_source": f"{fetched['uniprot_url']} (fetched {fetched['fetched_at']})",
         "sequence_source": "UniProtKB/Swiss-Prot (same download)",
         "evidence_codes": "all" if all_evidence else list(codes),
     }
-    return Sources(parse_obo(go_obo), sequences, rows, prov)
+    return Sources(parse_obo(paths.go_obo), sequences, rows, prov)
 
 
 def swissprot_sources(go_sqlite: Path, metastudent_dir: Path) -> Sources:

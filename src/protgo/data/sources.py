@@ -266,15 +266,21 @@ class WebPaths:
     def under(cls, root: Path) -> WebPaths:
         return cls(root, root / "go-basic.obo", root / "uniprot_sprot_go.tsv")
 
+    @property
+    def fetch_json(self) -> Path:
+        return self.root / "fetch.json"
+
     def files(self) -> dict[str, Path]:
         return {"go-basic.obo": self.go_obo, "uniprot_sprot_go.tsv": self.uniprot_tsv}
 
 
 def web_paths(data_dir: Path) -> WebPaths:
-    base = Path(data_dir).expanduser() / "raw" / "web"
-    if not (base / "fetch.json").is_file():
-        raise UserError(f"web data not fetched into {base}: run `protgo data fetch --source web`")
-    return WebPaths.under(base)
+    paths = WebPaths.under(Path(data_dir).expanduser() / "raw" / "web")
+    if not paths.fetch_json.is_file():
+        raise UserError(
+            f"web data not fetched into {paths.root}: run `protgo data fetch --source web`"
+        )
+    return paths
 
 
 def fetch_web(
@@ -303,13 +309,13 @@ def fetch_web(
         "files": {name: p.stat().st_size for name, p in paths.files().items()},
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    atomic_write_text(paths.root / "fetch.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(paths.fetch_json, json.dumps(record, indent=1) + "\n")
     return paths
 
 
 def _web_done(paths: WebPaths) -> bool:
     try:
-        record = json.loads((paths.root / "fetch.json").read_text())
+        record = json.loads(paths.fetch_json.read_text())
         return all(p.stat().st_size == record["files"][n] for n, p in paths.files().items())
     except (OSError, ValueError, KeyError):
         return False

@@ -514,7 +514,7 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     rt = setup_runtime(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     corpus = load_corpus(cfg.data, exclude_ids)
-    init = cfg.train.init_from
+    init = None if resume else cfg.train.init_from  # a resume takes its weights from the checkpoint
     model = load_init_model(init, cfg.model) if init else build_model(cfg.model)
     model = model.to(rt.device)
     optimizer = make_optimizer(model, cfg.train)

@@ -103,7 +103,8 @@ class ESMResidueStore:
         root = store_dir(data_dir, describe_model(cfg)[1])
         if not (root / "manifest.json").is_file():
             # Same model name, layer and window but another digest: other weights or input.
-            others = [d.name for d in root.parent.glob(root.name.rsplit("-", 1)[0] + "-*")]
+            prefix = root.name.rsplit("-", 1)[0]
+            others = [d.name for d in root.parent.glob(prefix + "-*") if d != root]
             why = (
                 f" (stores {', '.join(sorted(others))} hold this model name with other weights "
                 "or settings: the model changed since it was embedded)"
