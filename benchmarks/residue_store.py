@@ -7,7 +7,7 @@ some longer than the window, with the same model and the same padded batches:
 * store: ``ESMResidueStore.embed`` (cleaning, planning, tokenising, batching, forward,
   stitching, fp16 memmap writes, checksums, fsync, manifest merge).
 
-The model is ``models/protgo-esm-small`` when it exists, else a random-init ESM-2 8M
+The model is the shipped ``protgo-esm-small`` unless ``--random-init``: a random-init ESM-2 8M
 architecture (6 layers, 320 dims, 20 heads), saved once and loaded through the real path.
 
     python benchmarks/residue_store.py [--n-proteins 150] [--win-size 256] [--model DIR]
@@ -157,9 +157,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.random_init or args.model is None:
-            default = Path("models/protgo-esm-small")
-            use_default = default.is_dir() and not args.random_init
-            args.model = str(default) if use_default else make_model(work)
+            args.model = "protgo-esm-small" if not args.random_init else make_model(work)
         # Alternate the paths and keep each one's fastest run: other jobs share the CPU.
         runs = {"bare": [], "store": []}
         for _ in range(args.repeats):

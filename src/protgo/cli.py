@@ -179,7 +179,9 @@ def plm_pretrain(
 
 @plm_app.command("evaluate")
 def plm_evaluate(
-    model: Annotated[Path, typer.Option("--model", help="A saved model directory.")],
+    model: Annotated[
+        str, typer.Option("--model", help="A saved model directory or a shipped model's name.")
+    ],
     fasta: Annotated[
         Path | None, typer.Option(help="Score these sequences instead of the held-out split.")
     ] = None,

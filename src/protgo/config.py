@@ -44,7 +44,8 @@ class DataConfig(Section):
 
 
 class ResiduesConfig(Section):
-    model: str = "models/protgo-esm-small"  # hub id or local directory of an ESM checkpoint
+    # An ESM checkpoint: a model shipped with protgo (by name), a local directory or a hub id
+    model: str = "protgo-esm-small"
     layer: int = -1  # hidden layer to store; -1 is the last
     win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
     win_stride: int | None = None  # None: three quarters of the window

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from protgo.config import Config
-from protgo.data.ontology import atomic_write_text
+from protgo.io import atomic_write_text
 
 STAGES = ("fetch", "build", "residues", "go", "train", "predict", "evaluate", "report")
 

@@ -28,9 +28,10 @@ from tqdm import tqdm
 from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.fasta import read_fasta, write_fasta
-from protgo.data.ontology import Ontology, Term, atomic_write_text, parse_obo, write_obo
+from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.sources import WebPaths, read_uniprot_go_tsv
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
 HIGH_THROUGHPUT = ("HTP", "HDA", "HMP", "HGI", "HEP")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from protgo.data.ontology import atomic_write_text
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 
 def iter_fasta(path: Path) -> Iterator[tuple[str, str]]:

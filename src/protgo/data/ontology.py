@@ -9,8 +9,6 @@ equals GO.db's ``go_*_offspring`` tables.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 PROPAGATION = ("is_a", "part_of")
 REGULATES = ("regulates", "positively_regulates", "negatively_regulates")
@@ -135,22 +134,6 @@ def write_obo(terms: Iterable[Term], path: Path, header: Mapping[str, str] = ())
             if rel != "is_a":
                 lines += [f"relationship: {rel} {p}" for p in ps]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path`` then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Ontology:

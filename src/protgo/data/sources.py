@@ -32,8 +32,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from protgo.data.ontology import atomic_write_text, parse_obo
+from protgo.data.ontology import parse_obo
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------
 # Debian source

@@ -24,9 +24,12 @@ from pydantic import Field
 from tqdm import tqdm
 
 from protgo.config import Section, default_data_dir, dump_config
-from protgo.data.ontology import atomic_write_text
 from protgo.encoders import mlm_corpus as mc
 from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
+from protgo.encoders.protein import resolve_model_dir
+from protgo.errors import UserError
+from protgo.io import atomic_write_text, read_jsonl
+from protgo.train.checkpoints import atomic_torch_save, safe_torch_load
 
 SCHEMA_VERSION = 1
 
@@ -97,10 +100,8 @@ def load_init_model(source: str, cfg: PlmModelConfig):
     """A saved ``EsmForMaskedLM`` to continue from; its architecture must match ``cfg``."""
     from transformers import EsmForMaskedLM
 
-    from protgo.errors import UserError
-
     try:
-        model = EsmForMaskedLM.from_pretrained(source, dtype=torch.float32)
+        model = EsmForMaskedLM.from_pretrained(resolve_model_dir(source), dtype=torch.float32)
     except OSError as err:
         msg = f"train.init_from: cannot load an ESM masked LM from '{source}' ({err})"
         raise UserError(msg) from None
@@ -283,14 +284,8 @@ def evaluate_mlm(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, model, optimizer, state: TrainState, gen, cfg: PlmConfig) -> None:
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "schema_version": SCHEMA_VERSION,
             "model": model.state_dict(),
@@ -306,14 +301,13 @@ def save_checkpoint(path: Path, model, optimizer, state: TrainState, gen, cfg: P
 
 
 def load_checkpoint(path: Path, model, optimizer, gen) -> TrainState:
-    from protgo.errors import UserError
-
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("schema_version") != SCHEMA_VERSION:
+    ckpt = safe_torch_load(path, "PLM checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("schema_version") != SCHEMA_VERSION:
         raise UserError(
-            f"checkpoint {path} has schema {ckpt.get('schema_version')}, "
+            f"checkpoint {path} has schema "
+            f"{ckpt.get('schema_version') if isinstance(ckpt, dict) else None}, "
             f"expected {SCHEMA_VERSION}; start a new run in another out_dir"
         )
     model.load_state_dict(ckpt["model"])
@@ -481,8 +475,8 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.is_file():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]  # fmt: skip
+            rows, _ = read_jsonl(path)  # a torn last line (a crash mid-write) is dropped
+            keep = [json.dumps(r) for r in rows if r.get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(f"{line}\n" for line in keep))
         elif resume_step is None:
             path.unlink(missing_ok=True)
@@ -630,11 +624,7 @@ def evaluate_model_dir(
     """
     from transformers import EsmForMaskedLM
 
-    from protgo.errors import UserError
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"--model {model_dir} is not a model directory (no config.json)")
+    model_dir = resolve_model_dir(str(model_dir))
     if threads:
         torch.set_num_threads(threads)
     model = EsmForMaskedLM.from_pretrained(model_dir, dtype=torch.float32)

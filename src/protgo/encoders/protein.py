@@ -30,6 +30,7 @@ import numpy as np
 
 from protgo.config import ResiduesConfig
 from protgo.errors import UserError
+from protgo.resources import shipped_model, shipped_model_names
 
 if TYPE_CHECKING:
     import torch
@@ -107,15 +108,29 @@ def stitch_segments(length: int, win_size: int, win_stride: int) -> list[Segment
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A local directory, or a hub id found in the local cache (downloaded only when online)."""
+    """The directory of an ESM model given as a local directory, a model shipped with protgo
+    (by name, e.g. ``protgo-esm-small``; see :mod:`protgo.resources`) or a hub id
+    (``owner/name``: the local Hugging Face cache first, the network only when online).
+
+    Nothing but an explicit ``owner/name`` ever reaches the hub, so a shipped model resolves
+    the same from any working directory."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"model directory {path} has no config.json; is it a checkpoint?")
         return path.resolve()
+    shipped = shipped_model(model)
+    if shipped is not None:
+        return shipped
+    if not _is_hub_id(model):
+        raise UserError(
+            f"ESM model '{model}' not found: no such directory, and not a model shipped with "
+            f"protgo ({', '.join(shipped_model_names()) or 'none'}). Pass a local checkpoint "
+            "directory, a shipped model's name, or a hub id such as facebook/esm2_t6_8M_UR50D."
+        )
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.bin"]
+    patterns = ["*.json", "*.txt", "*.safetensors"]
     try:
         return Path(snapshot_download(model, local_files_only=True, allow_patterns=patterns))
     except Exception:
@@ -127,11 +142,17 @@ def resolve_model_dir(model: str) -> Path:
         except Exception:
             pass
     raise UserError(
-        f"ESM model '{model}' not found: it is not a local directory and not in the Hugging Face "
-        "cache. Pass a local checkpoint directory (--model DIR), a hub id such as "
-        "facebook/esm2_t6_8M_UR50D with internet access (HF_HUB_OFFLINE unset), or train the "
-        "project's own model with `protgo plm pretrain`."
+        f"ESM model '{model}' not found: it is not a local directory, not a shipped model and "
+        "not in the Hugging Face cache. Pass a local checkpoint directory (--model DIR), a hub "
+        "id such as facebook/esm2_t6_8M_UR50D with internet access (HF_HUB_OFFLINE unset), or "
+        "train the project's own model with `protgo plm pretrain`."
     )
+
+
+def _is_hub_id(model: str) -> bool:
+    """``owner/name`` (one slash, no path-like start): what a hub id looks like."""
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "~"))
 
 
 def model_fingerprint(model_dir: Path) -> str:

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from protgo.data.fasta import write_fasta
-from protgo.data.ontology import Ontology, atomic_write_text
+from protgo.data.ontology import Ontology
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
+from protgo.io import atomic_write_text
 
 Annotations = Mapping[str, Iterable[str]]
 

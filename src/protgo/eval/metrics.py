@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.data.ontology import Ontology, atomic_write_text
+from protgo.data.ontology import Ontology
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 TH_STEP = 0.01
 ASPECTS = ("BP", "MF", "CC")

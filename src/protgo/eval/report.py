@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.data.ontology import atomic_write_text
+from protgo.io import atomic_write_text
 
 # protgo first, then the baselines; colours fixed per method across every plot
 METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")

@@ -37,10 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protgo.data.ontology import atomic_write_text
 from protgo.errors import UserError
+from protgo.io import atomic_write_text, file_sha256
 from protgo.model.pooling import pad_residues
-from protgo.stores.residues import file_sha256
 
 ROOTS = frozenset({"GO:0003674", "GO:0008150", "GO:0005575"})
 # Terms so general that nearly every protein carries them; left out of the readable output by

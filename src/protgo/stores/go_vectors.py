@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from protgo.config import GoTextConfig
-from protgo.data.ontology import atomic_write_text
 from protgo.errors import UserError
+from protgo.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,20 @@ vectors)::
     shards/<name>.mean.npy  (n, D) fp32 mean-pooled vector per protein (for the baselines)
     shards/<name>.json      the shard's entries and checksums; written last, so it marks the
                             shard as complete
+    shards/<name>.lock      held by the one process writing the shard (see stores.shards)
 
 A run plans the missing sequences (sorted by length, cut into shards of about ``shard_bytes``)
 from ``manifest.json``, which only changes when a run is merged. So a killed run, restarted,
 makes the same plan, skips the shards it completed and ends with the same files; and ranks
 launched by ``torchrun`` make the same plan and each write shards ``k % world_size == rank``.
 The rank that finds every shard of the plan complete merges them into the manifest.
+Two runs started on the same store (by mistake or on purpose) make the same plan too and
+split it: each shard is written by whichever run takes its lock first, the other waits for
+the shards it could not take and merges when all are complete.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import re
@@ -33,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.data.ontology import atomic_write_text
 from protgo.encoders.protein import ProteinEncoder, clean_sequence, sequence_hash
 from protgo.errors import UserError
+from protgo.io import atomic_write_text, file_lock, write_json
+from protgo.stores.residue_plan import Plan, make_plan, merge_into
+from protgo.stores.shards import check_shard, is_complete, lock_path, shard_paths, write_shard
 
 FORMAT_VERSION = 1
 
@@ -92,7 +97,7 @@ class ESMResidueStore:
         elif json.loads(meta.read_text()) != dict(settings):
             raise UserError(f"{meta} holds other settings than requested; remove {root}")
         if not (root / "manifest.json").is_file():
-            _write_json(root / "manifest.json", {"shards": {}, "entries": {}, "proteins": {}})
+            write_json(root / "manifest.json", {"shards": {}, "entries": {}, "proteins": {}})
         return cls(root, **kw)
 
     @classmethod
@@ -172,18 +177,19 @@ class ESMResidueStore:
 
     def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._maps:
-            problem = check_shard(self.root, shard, self.shards[shard], self.dim, deep=False)
+            info = self.shards[shard]
+            problem = check_shard(self.root, shard, info, self.dim, deep=False)
             if problem is None and self.verify_mode == "checksum":
-                problem = check_shard(self.root, shard, self.shards[shard], self.dim, deep=True)
+                problem = _verified_once(self.root, shard, info, self.dim)
             if problem:
                 raise UserError(
                     f"residue store {self.root}: {problem}; run `protgo embed residues` "
                     "again to re-embed it"
                 )
-            base = self.root / "shards" / shard
+            vectors, means, _ = shard_paths(self.root, shard)
             self._maps[shard] = (
-                np.load(f"{base}.npy", mmap_mode="r"),  # (rows, D) fp16, paged in on demand
-                np.load(f"{base}.mean.npy", mmap_mode="r"),  # (n, D) fp32
+                np.load(vectors, mmap_mode="r"),  # (rows, D) fp16, paged in on demand
+                np.load(means, mmap_mode="r"),  # (n, D) fp32
             )
         return self._maps[shard]
 
@@ -211,8 +217,6 @@ class ESMResidueStore:
 
         Every stored shard is checked against its checksum first (reads the whole store once),
         so vectors of a corrupt shard are embedded again rather than kept."""
-        from protgo.stores.residue_plan import make_plan, merge_plan, write_shard
-
         if encoder.settings() != self.settings:
             raise UserError(f"encoder settings differ from store {self.root}'s store.json")
         if not 0 <= rank < world_size:
@@ -220,18 +224,48 @@ class ESMResidueStore:
         t0 = time.perf_counter()
         cleans = {pid: clean_sequence(pid, seq) for pid, seq in sequences.items()}
         self._drop_bad_shards()
-        plan = make_plan(self, cleans, shard_bytes)
+        self.reload()
+        plan = make_plan(self.entries, cleans, self.dim, shard_bytes)
         mine = [k for k in range(len(plan.shards)) if k % world_size == rank]
-        todo = [k for k in mine if not plan.is_complete(self.root, k, self.dim)]
-        total = sum(len(c) for k in todo for _, c in plan.shards[k])
+        total = sum(len(c) for k in mine for _, c in plan.shards[k])
         bar = _progress_bar(total, f"embed rank {rank}/{world_size}", progress)
-        for k in todo:
-            write_shard(self.root, plan, k, encoder, batch_tokens or encoder.cfg.batch_tokens, bar)
+        written = self._write_plan(plan, mine, encoder, batch_tokens or encoder.cfg.batch_tokens,
+                                   bar)  # fmt: skip
         bar.close()
-        merged = merge_plan(self, plan, cleans)
+        with self.locked():
+            self.reload()
+            manifest = {"shards": self.shards, "entries": self.entries, "proteins": self.proteins}
+            merged = merge_into(manifest, self.root, plan, cleans)
+            if merged:
+                self.write_manifest()
+        residues = sum(len(c) for k in written for _, c in plan.shards[k])
         return EmbedReport(
-            len(cleans), len(plan.shards), len(todo), total, time.perf_counter() - t0, merged
-        )
+            len(cleans), len(plan.shards), len(written), residues, time.perf_counter() - t0,
+            merged,
+        )  # fmt: skip
+
+    def _write_plan(self, plan: Plan, mine: list[int], encoder, batch_tokens: int, bar):
+        """Write the shards of ``mine`` that are not complete; returns those written.
+
+        A shard whose lock another process holds is being written by it: this run goes on
+        with the others, then waits for that lock and writes the shard only if the other
+        process did not finish it (it was killed)."""
+        outcome = {k: self._write_shard(plan, k, encoder, batch_tokens, bar, False) for k in mine}
+        for k in [k for k, v in outcome.items() if v == "busy"]:
+            outcome[k] = self._write_shard(plan, k, encoder, batch_tokens, bar, True)
+        return [k for k, v in outcome.items() if v == "written"]
+
+    def _write_shard(self, plan: Plan, k: int, encoder, batch_tokens: int, bar, wait: bool):
+        """ "written", "complete" (already), or "busy" (locked by another process)."""
+        name = plan.name(k)
+        with file_lock(lock_path(self.root, name), blocking=wait) as got:
+            if not got:
+                return "busy"
+            if is_complete(self.root, name, self.dim):
+                bar.update(sum(len(c) for _, c in plan.shards[k]))
+                return "complete"
+            write_shard(self.root, name, plan.shards[k], encoder, batch_tokens, bar)
+            return "written"
 
     def _drop_bad_shards(self) -> None:
         """Forget entries of corrupt shards so this run re-embeds them (the reason is printed)."""
@@ -249,48 +283,31 @@ class ESMResidueStore:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """An exclusive lock on the manifest (other processes merging into the same store)."""
-        with open(self.root / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
     def write_manifest(self) -> None:
         data = {"shards": self.shards, "entries": self.entries, "proteins": self.proteins}
-        _write_json(self.root / "manifest.json", data)
+        write_json(self.root / "manifest.json", data)
 
 
-def check_shard(root: Path, name: str, info: Mapping, dim: int, deep: bool) -> str | None:
-    """None if the shard's files exist with the recorded shape (and, if deep, checksums)."""
-    base = root / "shards" / name
-    for path, shape, key in (
-        (Path(f"{base}.npy"), (info["rows"], dim), "sha256"),
-        (Path(f"{base}.mean.npy"), (info["n"], dim), "mean_sha256"),
-    ):
-        if not path.is_file():
-            return f"shard file {path} is missing"
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except ValueError:  # numpy: the file is shorter than its header says
-            return f"shard file {path} is truncated"
-        if arr.shape != tuple(shape):
-            return f"shard file {path} has shape {arr.shape}, expected {tuple(shape)}"
-        if deep and file_sha256(path) != info[key]:
-            return f"shard file {path} fails its checksum (corrupt)"
-    return None
+# Shards whose checksums this process has verified: (file, size, mtime, sha256) of both files.
+_VERIFIED: set[tuple] = set()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+def _verified_once(root: Path, name: str, info: Mapping, dim: int) -> str | None:
+    """:func:`check_shard` with checksums, done once per shard file per process (a file
+    rewritten since, by size or mtime, is checked again)."""
+    key = tuple(
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns, info[k])
+        for p, k in zip(shard_paths(root, name)[:2], ("sha256", "mean_sha256"), strict=True)
+    )
+    if key in _VERIFIED:
+        return None
+    problem = check_shard(root, name, info, dim, deep=True)
+    if problem is None:
+        _VERIFIED.add(key)
+    return problem
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

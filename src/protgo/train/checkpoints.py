@@ -11,31 +11,39 @@ resolved config. Files live in ``<run>/checkpoints/``:
   that checkpoint is on disk, so a kill mid-write leaves the previous one as the latest.
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed.
+
+Loading never runs code: files are read with ``torch.load(weights_only=True)``, which accepts
+tensors and plain Python data only, so every state is stored as such (RNG states as tensors,
+lists and ints). A file that holds anything else (a pickle crafted to run code, or a file of
+another program) is refused with one error. Both trainers (the aligner's and the PLM
+pretraining) save and load through this module.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from protgo.data.ontology import atomic_write_text
 from protgo.errors import UserError
+from protgo.io import atomic_write, atomic_write_text
 
 SCHEMA_VERSION = 1
 Kind = Literal["step", "epoch", "best", "final"]
 
 
 def rng_state() -> dict:
+    """Python, numpy and torch RNG states as plain data (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"] = {**np_state["state"], "key": np_state["state"]["key"].tolist()}
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np_state,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -43,7 +51,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    key = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**np_state, "state": {**np_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -51,30 +61,55 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def safe_torch_load(path: Path, what: str, map_location: str | torch.device = "cpu"):
+    """``torch.load`` that never runs code (weights_only); any failure is one UserError
+    naming the file (``what``: "checkpoint", "PLM checkpoint", ...)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        code = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if code is not None:
+            raise UserError(
+                f"{what} {path} asks to load Python objects, not only tensors and plain data, "
+                f"so protgo refuses it (loading could run code: {code}); use a file written "
+                "by protgo"
+            ) from None
+        why = next((ln for ln in lines if ln.startswith("Unsupported")), type(exc).__name__)
+        raise UserError(
+            f"{what} {path} cannot be read (not a checkpoint, or damaged: {why}); resume from "
+            "another checkpoint of the run"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file has the same remedy
+        raise UserError(
+            f"{what} {path} cannot be read ({type(exc).__name__}: {exc}); resume from "
+            "another checkpoint of the run"
+        ) from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint file, or the latest one of a run or checkpoint folder."""
-    path = resolve_checkpoint(Path(path))
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file has the same remedy
-        raise UserError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); resume from "
-            "another checkpoint of the run"
-        ) from None
+    """A checkpoint file, or the latest readable one of a run or checkpoint folder.
+
+    Given a folder, a newest checkpoint that cannot be read (cut short, corrupt) is skipped
+    for the previous one, and the fallback is printed; a file given by name must be good."""
+    path = Path(path)
+    if path.is_file():
+        return _load_one(path, map_location)
+    candidates = _candidates(path)
+    for cand, fallback in zip(candidates, [*candidates[1:], None], strict=True):
+        try:
+            return _load_one(cand, map_location)
+        except UserError as err:
+            if fallback is None:
+                raise
+            print(f"warning: {err}; falling back to {fallback}")
+
+
+def _load_one(path: Path, map_location) -> dict:
+    state = safe_torch_load(path, "checkpoint", map_location)
     version = state.get("schema_version") if isinstance(state, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -84,14 +119,38 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def _candidates(path: Path) -> list[Path]:
+    """The latest checkpoint of a run (or checkpoints) folder, then every other one, newest
+    first."""
+    latest = resolve_checkpoint(path)
+    others = sorted(
+        (p for p in latest.parent.glob("*.pt") if p != latest),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
+    return [latest, *others]
+
+
 def resolve_checkpoint(path: Path) -> Path:
-    """A file as is; a run folder or its ``checkpoints/`` folder -> the latest checkpoint."""
+    """A file as is; a run folder or its ``checkpoints/`` folder -> the checkpoint that
+    ``latest.json`` names (or, when that pointer is damaged, the newest ``.pt`` file)."""
+    path = Path(path)
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
         pointer = folder / "latest.json"
-        if pointer.is_file():
-            return folder / json.loads(pointer.read_text())["file"]
+        if not pointer.is_file():
+            continue
+        try:
+            named = folder / json.loads(pointer.read_text())["file"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            named = None
+        if named is not None and named.is_file():
+            return named
+        files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
+        if files:
+            print(f"warning: {pointer} is damaged or names a missing file; using {files[-1]}")
+            return files[-1]
     raise UserError(
         f"no checkpoint at {path}: give a .pt file or a run folder holding checkpoints/latest.json"
     )

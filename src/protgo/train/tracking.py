@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from protgo.config import TrackingConfig
+from protgo.io import atomic_write_text, read_jsonl
 
 log = logging.getLogger("protgo.train")
 
@@ -44,11 +45,11 @@ class Tracker:
         """On resume, forget records written after the checkpoint (they will be redone)."""
         if not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]  # fmt: skip
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(self.path)
+        rows, torn = read_jsonl(self.path)
+        if torn:
+            log.warning("%s: dropped a torn last line (a write cut short)", self.path)
+        keep = [json.dumps(r, default=float) for r in rows if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def _add_log_file(self) -> None:
         target = str(self.run_dir / "train.log")
@@ -120,6 +121,5 @@ class Tracker:
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (of one ``kind`` when given)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows, _ = read_jsonl(Path(run_dir) / "metrics.jsonl")
     return [r for r in rows if kind is None or r["kind"] == kind]

@@ -1,0 +1,33 @@
+"""Files that ship inside the protgo package: the trained models under ``protgo/models/``.
+
+They are package data, found relative to the installed package (never the working
+directory), so a command finds them from any folder and from an installed wheel.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+# protgo <= 0.1 configs and checkpoints named the shipped model by its old path in the
+# repository; those names keep resolving to the packaged copy.
+_LEGACY_PREFIX = "models/"
+
+
+def models_dir() -> Path:
+    return Path(str(resources.files("protgo") / "models"))
+
+
+def shipped_model_names() -> list[str]:
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file())
+
+
+def shipped_model(name: str) -> Path | None:
+    """The directory of the shipped model ``name`` (``protgo-esm-small``), or None."""
+    name = name.removeprefix(_LEGACY_PREFIX)
+    if name in shipped_model_names():
+        return models_dir() / name
+    return None
