@@ -45,10 +45,17 @@ SetOpt = Annotated[
 ]
 
 
-def _data_dir(path: Path | None) -> Path:
+def _data_dir(path: Path | None, cfg=None) -> Path:
+    """The data directory: --data-dir, else the config's data.data_dir, else $PROTGO_DATA or
+    ~/.cache/protgo; a regular file in its place is an error."""
     from protgo.config import default_data_dir
+    from protgo.io import check_output_path
 
-    return path.expanduser() if path else default_data_dir()
+    if path is not None:
+        root = path.expanduser()
+    else:
+        root = cfg.data.resolved_data_dir() if cfg is not None else default_data_dir()
+    return check_output_path(root, "data directory", folder=True)
 
 
 @data_app.command("fetch")
@@ -118,6 +125,7 @@ def data_build(
     """Build a dataset folder (go.obo, proteins.fasta, annotations, splits, terms, IA)."""
     from protgo.data import build, sources
 
+    build.check_dataset_name(name)
     root = _data_dir(data_dir)
     chosen = tuple(a.strip().upper() for a in aspects.split(","))
     if not chosen or not set(chosen) <= {"BP", "MF", "CC"}:
@@ -127,6 +135,13 @@ def data_build(
         if not exclude_ids.is_file():
             raise UserError(f"--exclude-ids file {exclude_ids} not found")
         excluded = frozenset(exclude_ids.read_text().split())
+    default_split = "random" if (source or name) == "swissprot-2014" else "cluster"
+    opts = build.BuildOptions(
+        aspects=chosen,
+        max_proteins=max_proteins, seed=seed, split=split or default_split,
+        min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
+        drop_protein_binding_only=not keep_protein_binding_only,
+    )  # fmt: skip
     own = [fasta, annotations, obo]
     if any(own):
         if not all(own):
@@ -138,7 +153,6 @@ def data_build(
     elif (source or name) == "swissprot-2014":
         p = sources.debian_paths(root)
         src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
-        split = split or "random"
     elif (source or name) == "web":
         src = build.web_sources(sources.web_paths(root), all_evidence)
     else:
@@ -146,12 +160,6 @@ def data_build(
             f"no source for dataset '{name}': name or --source human-exp, swissprot-2014 or web, "
             "or give --fasta, --annotations and --obo"
         )
-    opts = build.BuildOptions(
-        aspects=chosen,
-        max_proteins=max_proteins, seed=seed, split=split or "cluster",
-        min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
-        drop_protein_binding_only=not keep_protein_binding_only,
-    )  # fmt: skip
     out = root / "datasets" / name
     summary = build.build_dataset(out, src, opts, name)
     typer.echo(f"dataset '{name}' written to {out}")
@@ -217,19 +225,20 @@ def embed_residues(
     (RANK, WORLD_SIZE, LOCAL_RANK), and the last rank to finish merges the manifest."""
     import os
 
-    from protgo.config import load_config
+    from protgo.config import load_config, updated
     from protgo.data.folder import DatasetFolder
     from protgo.encoders.protein import ProteinEncoder
     from protgo.stores.residues import ESMResidueStore
 
-    cfg = load_config(config, overrides or []).residues
-    given = {"model": model, "layer": layer, "win_size": win_size, "win_stride": win_stride,
-             "batch_tokens": batch_tokens, "device": device}  # fmt: skip
-    cfg = cfg.model_copy(update={k: v for k, v in given.items() if v is not None})
+    if max_proteins is not None and max_proteins < 1:
+        raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
+    full = load_config(config, overrides or [])
+    cfg = updated(full.residues, "residues", model=model, layer=layer, win_size=win_size,
+                  win_stride=win_stride, batch_tokens=batch_tokens, device=device)  # fmt: skip
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if cfg.device == "cuda" and world > 1:
-        cfg = cfg.model_copy(update={"device": f"cuda:{os.environ.get('LOCAL_RANK', 0)}"})
-    root = _data_dir(data_dir)
+        cfg = updated(cfg, "residues", device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+    root = _data_dir(data_dir, full)
     seqs = DatasetFolder.load(dataset, root).sequences
     if max_proteins is not None:
         seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
@@ -269,7 +278,7 @@ def embed_go_texts(
     if bad:
         raise UserError(f"--aspects must be among BP, MF, CC; got {', '.join(bad)}")
     start = time.perf_counter()
-    cache, directory = embed_go(dataset, phase, asp, _data_dir(data_dir), cfg.go_text, force)
+    cache, directory = embed_go(dataset, phase, asp, _data_dir(data_dir, cfg), cfg.go_text, force)
     state = "cached" if cache.from_disk else "encoded"
     typer.echo(f"GO vectors {state}: {len(cache)} terms x {cache.dim} dims in {directory}")
     info = {"phase": phase, "aspects": asp, "n_truncated": cache.manifest.get("n_truncated"),
@@ -304,25 +313,20 @@ def evaluate(
 ) -> None:
     """Score predictions (and baselines) with cafaeval: Fmax, weighted Fmax, Smin, coverage
     per aspect, plus zero-/few-shot term AUC. Writes results.tsv and curves.tsv."""
+    from protgo.config import load_config
     from protgo.data.folder import DatasetFolder
     from protgo.eval.baselines import evaluate_command
+    from protgo.io import check_output_path
 
-    folder = DatasetFolder.load(dataset, _data_dir(data_dir))
-    out = out or Path("runs") / f"evaluate-{folder.root.name}-{split}"
+    cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set
+    root = _data_dir(data_dir, cfg)
+    folder = DatasetFolder.load(dataset, root)
+    out = check_output_path(out or Path("runs") / f"evaluate-{folder.root.name}-{split}",
+                            "--out", folder=True)  # fmt: skip
     table = evaluate_command(
-        folder,
-        split,
-        list(pred or []),
-        baselines,
-        out,
-        valid_pred=valid_pred,
-        store=store,
-        threads=threads,
-        knn_k=knn_k,
-        config=config,
-        overrides=overrides or [],
-        data_dir=_data_dir(data_dir),
-    )
+        folder, split, list(pred or []), baselines, out, valid_pred=valid_pred, store=store,
+        threads=threads, knn_k=knn_k, residues=cfg.residues, data_dir=root,
+    )  # fmt: skip
     typer.echo(table)
     typer.echo(f"results in {out}")
 
@@ -417,7 +421,7 @@ def curriculum_show(
     from protgo.mining.curriculum import show_schedule
 
     cfg = load_config(config, overrides or [])
-    text, path = show_schedule(cfg, steps_per_epoch, at, png, _data_dir(data_dir))
+    text, path = show_schedule(cfg, steps_per_epoch, at, png, _data_dir(data_dir, cfg))
     typer.echo(text)
     typer.echo(f"plot written to {path}")
 
@@ -430,6 +434,9 @@ def train(
         Path | None,
         typer.Option(help="Checkpoint file or run folder (its latest checkpoint) to resume."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start anew in a run folder that holds a run (removes it).")
+    ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train the aligner (curriculum mining, text phases, checkpoints, metrics.jsonl).
@@ -440,7 +447,7 @@ def train(
 
     cfg = load_config(config, overrides or [])
     trainer = Trainer(cfg, data_dir.expanduser() if data_dir else None)
-    last = trainer.fit(resume=resume)
+    last = trainer.fit(resume=resume, overwrite=overwrite)
     if trainer.rank == 0:
         typer.echo(json.dumps(last))
         typer.echo(f"run folder {trainer.run_dir}")

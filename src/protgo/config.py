@@ -7,11 +7,12 @@ config. Unknown keys and wrong types fail with a message naming the key and the 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from protgo.errors import UserError
 
@@ -31,13 +32,38 @@ def default_data_dir() -> Path:
 
 
 Aspect = Literal["BP", "MF", "CC"]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]  # a probability or share, in [0, 1]
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]  # dropout, decay, momentum: in [0, 1)
+Pos = Annotated[int, Field(ge=1)]  # a count or size that must be at least 1
+NonNeg = Annotated[float, Field(ge=0.0)]  # a loss weight or scale
+
+
+def check_device(name: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and only one this torch build can use."""
+    if name == "cpu":
+        return name
+    if not re.fullmatch(r"cuda(:\d+)?|mps", name):
+        raise ValueError(f"'{name}' is not a device: use cpu, cuda, cuda:N or mps")
+    import torch  # only for a non-CPU device: keeps config loading light
+
+    if name.startswith("cuda"):
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"'{name}' is not available (this torch sees "
+                             f"{torch.cuda.device_count()} CUDA devices): use cpu")  # fmt: skip
+    elif not torch.backends.mps.is_available():
+        raise ValueError("'mps' is not available on this machine: use cpu")
+    return name
+
+
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class DataConfig(Section):
     dataset: str = "human-exp"
     data_dir: Path | None = None  # None: $PROTGO_DATA or ~/.cache/protgo
     aspects: list[Aspect] = ["BP", "MF", "CC"]
-    max_proteins: int | None = None
+    max_proteins: Pos | None = None
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser() if self.data_dir else default_data_dir()
@@ -49,20 +75,20 @@ class ResiduesConfig(Section):
     layer: int = -1  # hidden layer to store; -1 is the last
     win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
     win_stride: int | None = None  # None: three quarters of the window
-    batch_tokens: int = 8192
+    batch_tokens: Pos = 8192
     dtype: Literal["fp32", "bf16"] = "fp32"
-    device: str = "cpu"
-    threads: int | None = None
+    device: Device = "cpu"
+    threads: Pos | None = None
     # fp16 vectors per store shard; shards are the unit of resume and of work split across ranks
-    shard_mb: int = 256
+    shard_mb: Pos = 256
 
 
 class GoTextConfig(Section):
     encoder: str = "all-MiniLM-L6-v2"  # the packaged encoder, or a path / hub id
-    max_length: int = 128
-    batch_size: int = 64
+    max_length: Pos = 128
+    batch_size: Pos = 64
     quantize_int8: bool = False  # dynamic int8 on CPU; checked for agreement in tests
-    device: str = "cpu"
+    device: Device = "cpu"
     # Relation tokens that each text phase adds (phase 0 is always `name: definition`).
     # "regulates" brings in regulates, positively_regulates and negatively_regulates, each
     # with its own token ([REGULATES], [POS_REGULATES], [NEG_REGULATES]).
@@ -71,53 +97,55 @@ class GoTextConfig(Section):
         ["is_a"],
         ["is_a", "part_of", "regulates"],
     ]
-    max_related: int = 4  # at most this many related names per relation, so texts stay short
+    max_related: Pos = 4  # at most this many related names per relation, so texts stay short
 
 
 class MiningConfig(Section):
-    n_candidates: int = 64  # fixed candidate count per protein, so batches stack
-    max_positives: int = 16  # positives kept per protein (sampled by specificity when more)
-    max_ancestors: int = 0  # DAG expansion of positives (0: off)
-    gamma: float = 0.5  # weight decay per level of expansion
-    stoplist_share: float = 0.5  # ancestors annotated to more than this share are not expanded to
+    n_candidates: Pos = 64  # fixed candidate count per protein, so batches stack
+    max_positives: Pos = 16  # positives kept per protein (sampled by specificity when more)
+    max_ancestors: Annotated[int, Field(ge=0)] = 0  # DAG expansion of positives (0: off)
+    gamma: Prob = 0.5  # weight decay per level of expansion
+    stoplist_share: Prob = 0.5  # ancestors annotated to more than this share are not expanded to
     # Target share of few-shot terms among a batch's positive (protein, term) pairs; the
     # sampler over- or under-samples proteins carrying few-shot terms to meet it (None: off).
-    few_shot_share: float | None = 0.2
-    sibling_share: float = 0.25  # share of the hard slots given to siblings when siblings are on
-    sibling_temp: float = 0.1  # softmax temperature of sibling sampling over current scores
-    max_residues: int | None = None  # crop longer proteins to a random window (None: keep all)
+    few_shot_share: Prob | None = 0.2
+    sibling_share: Prob = 0.25  # share of the hard slots given to siblings when siblings are on
+    sibling_temp: Annotated[float, Field(gt=0.0)] = (
+        0.1  # softmax temperature of sibling sampling over current scores
+    )
+    max_residues: Pos | None = None  # crop longer proteins to a random window (None: keep all)
     backend: Literal["cache", "bank"] = "cache"
     index: Literal["exact", "hnsw", "ivf", "torch"] = "exact"  # torch: matmul+topk, no FAISS
-    faiss_threads: int = 2
-    hnsw_m: int = 32  # graph degree of the HNSW index
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128  # raise for recall, lower for speed
-    ivf_nlist: int = 256  # IVF cells; needs at least this many GO vectors to train
-    ivf_nprobe: int = 16
-    sibling_queue_size: int = 256
+    faiss_threads: Pos = 2
+    hnsw_m: Pos = 32  # graph degree of the HNSW index
+    hnsw_ef_construction: Pos = 80
+    hnsw_ef_search: Pos = 128  # raise for recall, lower for speed
+    ivf_nlist: Pos = 256  # IVF cells; needs at least this many GO vectors to train
+    ivf_nprobe: Pos = 16
+    sibling_queue_size: Pos = 256
 
 
 class CurriculumConfig(Section):
     schedule: Literal["cosine", "linear"] = "cosine"
-    warmup_epochs: float = 1.0
-    hard_frac: tuple[float, float] = (0.2, 0.8)
-    shortlist_M: tuple[int, int] = (64, 256)
-    k_hard: tuple[int, int] = (16, 64)
-    random_k: tuple[int, int] = (32, 8)
+    warmup_epochs: NonNeg = 1.0
+    hard_frac: tuple[Prob, Prob] = (0.2, 0.8)
+    shortlist_M: tuple[Pos, Pos] = (64, 256)
+    k_hard: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 64)
+    random_k: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (32, 8)
     inbatch_easy: tuple[bool, bool] = (True, False)
-    inbatch_until: float = 0.5  # share of training after which in-batch easy negatives stop
+    inbatch_until: Prob = 0.5  # share of training after which in-batch easy negatives stop
     hier_up: tuple[int, int] = (3, 1)  # ancestor mask radius: strict -> relaxed
     hier_down: tuple[int, int] = (3, 1)
-    siblings_from: float = 0.6  # share of training after which siblings are mined
+    siblings_from: Prob = 0.6  # share of training after which siblings are mined
 
 
 class ModelConfig(Section):
-    align_dim: int = 768
-    n_queries: int = 4
-    n_heads: int = 4
-    dropout: float = 0.1
+    align_dim: Pos = 768
+    n_queries: Pos = 4
+    n_heads: Pos = 4
+    dropout: Rate = 0.1
     init_logit_scale: float = 14.3  # exp(scale) caps at 100 as in CLIP; 1/0.07 at start
-    residue_chunk: int = 4096  # pooling chunk over residues, bounds memory for long proteins
+    residue_chunk: Pos = 4096  # pooling chunk over residues, bounds memory for long proteins
     # A per-term prior logit from the GO text vector (a linear head, so unseen terms get one):
     # prediction scores are sigmoid(bias_scale * cos + bias(text)), comparable across terms.
     term_bias: bool = True
@@ -126,52 +154,52 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    lambda_con: float = 1.0
-    lambda_distill: float = 0.0
-    tau: float = 1.5
+    lambda_con: NonNeg = 1.0
+    lambda_distill: NonNeg = 0.0
+    tau: Annotated[float, Field(gt=0.0)] = 1.5
     teacher: Literal["homology", "ema"] = "ema"
-    ema_decay: float = 0.999
-    lambda_attr: float = 0.1
-    attr_top_frac: float = 0.1
-    attr_margin: float = 0.05
-    lambda_ent: float = 0.01
-    lambda_dag: float = 0.1
-    lambda_vtrue: float = 0.2
+    ema_decay: Rate = 0.999
+    lambda_attr: NonNeg = 0.1
+    attr_top_frac: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    attr_margin: NonNeg = 0.05
+    lambda_ent: NonNeg = 0.01
+    lambda_dag: NonNeg = 0.1
+    lambda_vtrue: NonNeg = 0.2
     # Binary cross-entropy of model.term_logits against each protein's propagated annotations
     # over the aspect's terms (zero-shot terms left out); needs model.term_bias.
-    lambda_bce: float = 1.0
-    bce_max_terms: int = 4096  # more terms than this: the batch's GO ids plus a random sample
+    lambda_bce: NonNeg = 1.0
+    bce_max_terms: Pos = 4096  # more terms than this: the batch's GO ids plus a random sample
 
 
 class StagesConfig(Section):
     # Stage boundaries as shares of training; λ_attr ramps start->max over A-B, holds in C,
     # is off in D.
-    boundaries: tuple[float, float, float] = (0.1, 0.3, 0.5)
-    lambda_attr_start: float = 0.0
-    lambda_attr_max: float = 0.1
+    boundaries: tuple[Prob, Prob, Prob] = (0.1, 0.3, 0.5)
+    lambda_attr_start: NonNeg = 0.0
+    lambda_attr_max: NonNeg = 0.1
 
 
 class PhasesConfig(Section):
     # Epoch at which each text phase starts; phase i starts at start_epochs[i].
-    start_epochs: list[int] = [0, 2, 4]
-    bank_momentum: float = 0.9
+    start_epochs: list[Annotated[int, Field(ge=0)]] = [0, 2, 4]
+    bank_momentum: Rate = 0.9
     partial_refresh: bool = True
 
 
 class TrainConfig(Section):
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float | None = 1.0
+    epochs: Pos = 6
+    batch_size: Pos = 32
+    lr: Annotated[float, Field(gt=0.0)] = 3e-4
+    weight_decay: NonNeg = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = 1.0
     seed: int = 0
-    num_workers: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
     out_dir: Path = Path("runs/default")
-    keep_last: int = 3
-    checkpoint_every_steps: int | None = None
-    log_every_steps: int = 10  # one metrics.jsonl record (window means) per this many steps
-    device: str = "cpu"
+    keep_last: Pos = 3
+    checkpoint_every_steps: Pos | None = None
+    log_every_steps: Pos = 10  # one metrics.jsonl record (window means) per this many steps
+    device: Device = "cpu"
 
 
 class TrackingConfig(Section):
@@ -194,15 +222,26 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def _format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
+    """One line: the source, then each bad key with what is wrong and the value given."""
+    parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        key = prefix + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}' (check the spelling against configs/default.yaml)")
+            parts.append(f"unknown key '{key}' (check the spelling against configs/default.yaml)")
         else:
-            lines.append(f"  '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            parts.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def updated(section: Section, name: str, **values) -> Section:
+    """A copy of ``section`` (the config section ``name``) with the values that are not None,
+    validated like the YAML: command-line options pass the same checks as config keys."""
+    raw = {**section.model_dump(), **{k: v for k, v in values.items() if v is not None}}
+    try:
+        return type(section).model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "(command-line options)", f"{name}.")) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -213,7 +252,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if len(path) < 2:
         raise ConfigError(f"override '{text}' must name a section and a key, e.g. train.lr=1e-4")
-    return path, yaml.safe_load(raw)
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({first}); quote strings and "
+            "close lists, e.g. --set 'train.lr=1e-4' or --set 'data.aspects=[MF, BP]'"
+        ) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -110,7 +110,8 @@ class Demo:
         trainer = Trainer(self.cfg, self.data_dir)
         if latest is not None:
             print(f"  resuming from {latest}", flush=True)
-        last = trainer.fit(resume=latest)
+        # nothing to resume: a run killed before its first checkpoint starts anew
+        last = trainer.fit(resume=latest, overwrite=latest is None)
         print(f"  last validation: {json.dumps(last)}", flush=True)
 
     def predict(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -30,8 +31,9 @@ from protgo.data.blastdb import BlastDb
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.sources import WebPaths, read_uniprot_go_tsv
+from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, iter_text_lines
 
 EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
 HIGH_THROUGHPUT = ("HTP", "HDA", "HMP", "HGI", "HEP")
@@ -54,6 +56,21 @@ class BuildOptions:
     few_max: int = 10  # terms with 1..few_max training proteins are few-shot
     # CAFA rule: an MF annotation to protein binding alone does not make an MF target.
     drop_protein_binding_only: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.max_proteins is None or self.max_proteins >= 1, "--max-proteins",
+             f"must be at least 1, got {self.max_proteins}"),
+            (0.0 <= self.zero_shot_frac < 1.0, "--zero-shot-frac",
+             f"must be in [0, 1), got {self.zero_shot_frac}"),
+            (0.0 < self.min_seq_id <= 1.0, "--min-seq-id",
+             f"must be in (0, 1], got {self.min_seq_id}"),
+            (self.split in ("cluster", "random"), "--split",
+             f"must be 'cluster' or 'random', got '{self.split}'"),
+        ]  # fmt: skip
+        for ok, flag, why in checks:
+            if not ok:
+                raise UserError(f"{flag} {why}")
 
 
 @dataclass
@@ -141,21 +158,52 @@ def user_sources(fasta: Path, annotations: Path, obo: Path) -> Sources:
     path = Path(annotations)
     if not path.is_file():
         raise UserError(f"annotation file {path} not found")
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 2 or not parts[1].startswith("GO:"):
-                if lineno == 1:
-                    continue  # a header line
-                raise UserError(
-                    f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]', "
-                    f"got {line.strip()!r}"
-                )
-            rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "NA"))
     prov = {"sequence_source": str(fasta), "annotation_source": str(path), "go_source": str(obo)}
+    for lineno, line in iter_text_lines(path, "annotation file"):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 2 or not parts[1].startswith("GO:"):
+            if not rows and "annotation_header" not in prov:
+                # the first line that is not an annotation is taken as a header (kept on record)
+                prov["annotation_header"] = line.strip()[:200]
+                print(f"note: {path}:{lineno} taken as a header and skipped: {line.strip()!r}")
+                continue
+            raise UserError(
+                f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]', "
+                f"got {line.strip()!r}"
+            )
+        rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "NA"))
     return Sources(parse_obo(obo), read_fasta(fasta), rows, prov)
+
+
+def check_dataset_name(name: str) -> str:
+    """A dataset name (a folder under ``<data_dir>/datasets/``), never a path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise UserError(
+            f"--name {name!r} is not a dataset name: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit), e.g. --name my-data; the dataset is written "
+            "to <data_dir>/datasets/<name>"
+        )
+    return name
+
+
+def check_residues(sequences: dict[str, str], pids: list[str]) -> None:
+    """Every kept protein's residues are ones the protein encoder accepts (one error listing
+    the first offenders), so a bad record fails the build, not the embedding hours later."""
+    bad = []
+    for p in pids:
+        try:
+            clean_sequence(p, sequences[p])
+        except UserError as err:
+            bad.append(str(err).split(";")[0])
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise UserError(
+            f"{len(bad)} sequences hold residues the protein encoder cannot read: "
+            f"{'; '.join(bad[:5])}{more}. It accepts the 20 amino acids and X B Z U O "
+            "(lowercase allowed, a trailing '*' stripped): fix or remove these records"
+        )
 
 
 def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) -> dict:
@@ -168,6 +216,13 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
         labels = {p: labels[p] for p in pids}
     if len(pids) < 10:
         raise UserError(f"only {len(pids)} proteins have a sequence and usable GO annotations")
+    check_residues(src.sequences, pids)
+    if onto.dangling:
+        counts["dangling_parent_edges"] = sum(onto.dangling.values())
+        print(
+            f"warning: {counts['dangling_parent_edges']} parent links of the ontology name "
+            f"terms it does not hold ({onto.dangling}); they are dropped"
+        )
     splits, split_info = _split(pids, src.sequences, opts)
     train_labels = {p: set(labels[p]) for p in pids if splits[p] == "train"}
     ia = onto.information_accretion(train_labels)
@@ -231,7 +286,7 @@ def _split(pids: list[str], sequences: dict[str, str], opts: BuildOptions):
     if opts.split == "random":
         groups = [[p] for p in pids]
         info = {"method": "random"}
-    elif opts.split == "cluster":
+    else:
         groups = cluster_sequences({p: sequences[p] for p in pids}, opts.min_seq_id, opts.coverage)
         info = {
             "method": "mmseqs2 easy-cluster",
@@ -239,8 +294,6 @@ def _split(pids: list[str], sequences: dict[str, str], opts: BuildOptions):
             "coverage": opts.coverage,
             "clusters": len(groups),
         }
-    else:
-        raise UserError(f"--split must be 'cluster' or 'random', got '{opts.split}'")
     rng = random.Random(opts.seed)
     rng.shuffle(groups)
     target = [f * len(pids) for f in opts.fractions]

@@ -6,32 +6,31 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, iter_text_lines
 
 
 def iter_fasta(path: Path) -> Iterator[tuple[str, str]]:
-    """Yield (id, sequence); the id is the header's first word. Sequences are not validated
-    here (the residue store checks residues against what ESM accepts)."""
+    """Yield (id, sequence); the id is the header's first word. The file may be gzipped.
+    Residues are not validated here (``encoders.protein.clean_sequence`` does that)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"FASTA file {path} not found")
     pid: str | None = None
     chunks: list[str] = []
     start = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.rstrip("\r\n")
-            if line.startswith(">"):
-                if pid is not None:
-                    yield _record(path, start, pid, chunks)
-                header = line[1:].strip()
-                if not header:
-                    raise UserError(f"{path}:{lineno}: empty FASTA header")
-                pid, chunks, start = header.split()[0], [], lineno
-            elif line.strip():
-                if pid is None:
-                    raise UserError(f"{path}:{lineno}: sequence line before any '>' header")
-                chunks.append(line.strip())
+    for lineno, raw in iter_text_lines(path, "FASTA file"):
+        line = raw.rstrip("\r\n")
+        if line.startswith(">"):
+            if pid is not None:
+                yield _record(path, start, pid, chunks)
+            header = line[1:].strip()
+            if not header:
+                raise UserError(f"{path}:{lineno}: empty FASTA header")
+            pid, chunks, start = header.split()[0], [], lineno
+        elif line.strip():
+            if pid is None:
+                raise UserError(f"{path}:{lineno}: sequence line before any '>' header")
+            chunks.append(line.strip())
     if pid is not None:
         yield _record(path, start, pid, chunks)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, iter_text_lines
 
 PROPAGATION = ("is_a", "part_of")
 REGULATES = ("regulates", "positively_regulates", "negatively_regulates")
@@ -64,30 +64,29 @@ def parse_obo(path: Path) -> list[Term]:
     terms: list[Term] = []
     cur: Term | None = None
     in_term = False
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("!"):
-                continue
-            if line.startswith("["):
-                if not line.endswith("]"):
-                    raise UserError(f"{path}:{lineno}: malformed stanza header {line!r}")
-                in_term = line == "[Term]"
-                cur = None
-                continue
-            if not in_term:
-                continue
-            if ":" not in line:
-                raise UserError(f"{path}:{lineno}: expected 'tag: value', got {line!r}")
-            tag, value = line.split(":", 1)
-            value = value.split(" ! ", 1)[0].strip()
-            if tag == "id":
-                cur = Term(id=value)
-                terms.append(cur)
-                continue
-            if cur is None:
-                raise UserError(f"{path}:{lineno}: '{tag}' comes before the stanza's id")
-            _apply_tag(cur, tag, value, path, lineno)
+    for lineno, raw in iter_text_lines(path, "ontology file"):
+        line = raw.strip()
+        if not line or line.startswith("!"):
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise UserError(f"{path}:{lineno}: malformed stanza header {line!r}")
+            in_term = line == "[Term]"
+            cur = None
+            continue
+        if not in_term:
+            continue
+        if ":" not in line:
+            raise UserError(f"{path}:{lineno}: expected 'tag: value', got {line!r}")
+        tag, value = line.split(":", 1)
+        value = value.split(" ! ", 1)[0].strip()
+        if tag == "id":
+            cur = Term(id=value)
+            terms.append(cur)
+            continue
+        if cur is None:
+            raise UserError(f"{path}:{lineno}: '{tag}' comes before the stanza's id")
+        _apply_tag(cur, tag, value, path, lineno)
     return terms
 
 
@@ -155,12 +154,44 @@ class Ontology:
             for a in t.alt_ids:
                 self.alt_map[a] = t.id
         self._children: dict[str, dict[str, list[str]]] = {}
+        # Edges to terms not in the ontology (dropped; counted for dataset.json)
+        self.dangling: dict[str, int] = {}
         for t in self.terms.values():
             for rel, ps in t.parents.items():
                 for p in ps:
                     if p in self.terms:
                         self._children.setdefault(p, {}).setdefault(rel, []).append(t.id)
+                    else:
+                        self.dangling[rel] = self.dangling.get(rel, 0) + 1
         self._anc_cache: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+        cycle = self.find_cycle()
+        if cycle:
+            raise UserError(
+                f"the ontology has a cycle ({' -> '.join(cycle)}): GO is a DAG, so a term may "
+                "not be its own ancestor; fix the relations of these terms in the OBO file"
+            )
+
+    def find_cycle(self) -> list[str] | None:
+        """A cycle over every relation as [t0, t1, ..., t0] (each the next one's child), or
+        None for a DAG. Iterative depth-first search, linear in terms + edges."""
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        for start in self.terms:
+            if start in state:
+                continue
+            path, stack = [start], [iter(self.parents(start, ALL_RELATIONS))]
+            state[start] = 1
+            while stack:
+                nxt = next(stack[-1], None)
+                if nxt is None:
+                    state[path.pop()] = 2
+                    stack.pop()
+                elif state.get(nxt) == 1:
+                    return [*path[path.index(nxt) :], nxt]
+                elif nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(self.parents(nxt, ALL_RELATIONS)))
+        return None
 
     @classmethod
     def from_obo(cls, path: Path) -> Ontology:

@@ -126,7 +126,8 @@ def resolve_model_dir(model: str) -> Path:
         raise UserError(
             f"ESM model '{model}' not found: no such directory, and not a model shipped with "
             f"protgo ({', '.join(shipped_model_names()) or 'none'}). Pass a local checkpoint "
-            "directory, a shipped model's name, or a hub id such as facebook/esm2_t6_8M_UR50D."
+            "directory, a shipped model's name, a hub id such as facebook/esm2_t6_8M_UR50D, or "
+            "train the project's own model with `protgo plm pretrain`."
         )
     from huggingface_hub import snapshot_download
 

@@ -426,15 +426,17 @@ def parse_baselines(text: str) -> list[str]:
 
 
 def _mean_embeddings(
-    store: Path | None, config: Path | None, overrides: list[str], data_dir: Path, pids: list[str]
+    store: Path | None, residues, data_dir: Path, pids: list[str]
 ) -> dict[str, np.ndarray]:
-    from protgo.config import load_config
+    """Mean vectors of ``pids`` from the store folder ``store``, else the store of the
+    ``ResiduesConfig`` ``residues``."""
+    from protgo.config import ResiduesConfig
     from protgo.stores.residues import ESMResidueStore
 
     if store is not None:
         st = ESMResidueStore(store)
     else:
-        st = ESMResidueStore.for_config(load_config(config, overrides).residues, data_dir)
+        st = ESMResidueStore.for_config(residues or ResiduesConfig(), data_dir)
     have = [p for p in pids if p in st]
     if len(have) < len(pids):
         raise UserError(
@@ -454,8 +456,7 @@ def evaluate_command(
     store: Path | None = None,
     threads: int = 2,
     knn_k: int = 10,
-    config: Path | None = None,
-    overrides: list[str] = (),
+    residues=None,
     data_dir: Path | None = None,
 ) -> str:
     """`protgo evaluate`: run the chosen baselines into ``out/baselines/``, score them with the
@@ -483,7 +484,7 @@ def evaluate_command(
         names.remove("blend")
     emb = None
     if {"knn", "mlp"} & set(names):
-        emb = _mean_embeddings(store, config, list(overrides), data_dir, folder.ids())
+        emb = _mean_embeddings(store, residues, data_dir, folder.ids())
     timings, made = {}, {}
     for name in [n for n in names if n != "blend"]:
         t0 = time.perf_counter()

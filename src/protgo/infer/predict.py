@@ -53,6 +53,7 @@ GENERAL = frozenset({
     "GO:0005622",  # intracellular anatomical structure
 })  # fmt: skip
 CAFA_MAX_TERMS = 1500  # CAFA's cap of terms per protein
+CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
 
 
 @dataclass
@@ -101,7 +102,12 @@ class Predictor:
         keep = [i for i, g in enumerate(ids) if g not in ROOTS and g in self.ontology]
         self.go_ids = [ids[i] for i in keep]
         self.go_aspects = np.array([aspects[i] for i in keep])
-        weights = state["model"]
+        weights = state.get("model")
+        if not isinstance(weights, dict) or "pool.key.weight" not in weights:
+            raise UserError(
+                f"checkpoint {self.checkpoint} holds no aligner weights (no 'model' entry with "
+                "pool.key.weight): give a checkpoint written by `protgo train`"
+            )
         residue_dim = int(weights["pool.key.weight"].shape[1])
         self.model = ProtGoAligner(self.cfg.model, residue_dim, text.shape[1])
         try:
@@ -123,7 +129,8 @@ class Predictor:
         from protgo.stores.residues import ESMResidueStore
 
         try:
-            return ESMResidueStore.for_config(self.cfg.residues, self.data_dir, verify="size")
+            # Each shard read is checked against its checksum once per process.
+            return ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
         except UserError:
             return None
 
@@ -238,6 +245,7 @@ class Predictor:
             res = self.residues(part, progress)
             vecs, _ = self.protein_vectors([res[p] for p in part])
             sc = self.scores(vecs, propagate)
+            _check_finite(sc, list(part))
             out += [ProteinResult(p, part[p], sc[k]) for k, p in enumerate(part)]
             bar.update(len(part))
         bar.close()
@@ -287,6 +295,18 @@ class Predictor:
         atomic_write_text(self._calibration_path(), json.dumps(result, indent=1) + "\n")
         self.calibration = result
         return result
+
+
+def _check_finite(scores: np.ndarray, pids: list[str]) -> None:
+    """Scores that are NaN or infinite mean damaged inputs (residue vectors, GO vectors or
+    weights): fail naming the proteins, never drop them from the output."""
+    bad = [p for p, row in zip(pids, np.isfinite(scores).all(axis=1), strict=True) if not row]
+    if bad:
+        raise UserError(
+            f"non-finite scores for {len(bad)} proteins ({', '.join(bad[:5])}): their residue "
+            "vectors, the GO vectors or the checkpoint are damaged; run `protgo embed "
+            "residues` and `protgo embed go --force` again, or use another checkpoint"
+        )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -423,7 +443,9 @@ def write_outputs(out: Path, files: Mapping[str, str]) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def cafa_lines(pred: Predictor, results: list[ProteinResult], min_score: float = 0.001) -> str:
+def cafa_lines(
+    pred: Predictor, results: list[ProteinResult], min_score: float = CAFA_MIN_SCORE
+) -> str:
     """``protein<TAB>GO<TAB>score``, best first, at most CAFA's 1500 terms per protein."""
     lines = []
     for r in results:
@@ -460,7 +482,12 @@ def run_predict(
     if attributions:
         files["attributions.json"] = attributions_json(pred, results, rows)
     write_outputs(out, files)
+    silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
+    if silent:
+        print(f"note: {len(silent)} proteins score no term at or above {CAFA_MIN_SCORE} and "
+              f"have no line in protgo.tsv: {', '.join(silent[:10])}")  # fmt: skip
     return {"proteins": len(results), "terms_scored": len(pred.go_ids), "seconds": seconds,
+            "proteins_without_cafa_lines": len(silent),
             "proteins_per_s": len(results) / max(seconds, 1e-9), "out": str(out),
             "files": sorted(files)}  # fmt: skip
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,11 +24,11 @@ import torch
 
 from protgo.config import GoTextConfig
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: manifest.json holds the sha256 of vectors.npy and ids.tsv
 Projection = Callable[[torch.Tensor], torch.Tensor]  # (B, D_text) -> (B, D_aligned)
 
 
@@ -93,39 +91,59 @@ class GoVectorCache:
         return sub
 
     def save(self, directory: Path) -> None:
+        """``vectors.npy`` and ``ids.tsv``, then ``manifest.json`` with their checksums."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vectors.", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, self.vectors)
-            os.replace(tmp, directory / "vectors.npy")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(directory / "vectors.npy", lambda fh: np.save(fh, self.vectors))
         rows = "".join(f"{g}\t{a}\n" for g, a in zip(self.ids, self.aspects, strict=True))
         atomic_write_text(directory / "ids.tsv", rows)
-        manifest = {**self.manifest, "n": len(self), "dim": self.dim}
+        manifest = {**self.manifest, "version": MANIFEST_VERSION, "n": len(self), "dim": self.dim,
+                    "sha256": {f: file_sha256(directory / f) for f in CACHE_FILES}}  # fmt: skip
         atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
 
     @classmethod
     def load(cls, directory: Path) -> GoVectorCache:
+        """The cache in ``directory``, its files checked against the manifest's checksums
+        (about 0.1 s for all of GO); a damaged cache is one UserError with the fix."""
         directory = Path(directory)
         if not (directory / "manifest.json").is_file():
             raise UserError(f"no GO vector cache in {directory}: run `protgo embed go` first")
         manifest = json.loads((directory / "manifest.json").read_text())
+        problem = _cache_problem(directory, manifest)
+        if problem:
+            raise UserError(
+                f"GO vector cache {directory} is {problem}: run `protgo embed go --force` for "
+                "its dataset, phase and aspects (or delete the folder) to encode it again"
+            )
         pairs = [ln.split("\t") for ln in (directory / "ids.tsv").read_text().splitlines()]
         vectors = np.load(directory / "vectors.npy")
         if vectors.shape != (manifest["n"], manifest["dim"]) or len(pairs) != manifest["n"]:
             raise UserError(
                 f"GO vector cache {directory} is corrupt (shape {vectors.shape}, "
                 f"{len(pairs)} ids, manifest says {manifest['n']}x{manifest['dim']}): "
-                "delete it and run `protgo embed go` again"
+                "run `protgo embed go --force` to encode it again"
             )
         cache = cls([p[0] for p in pairs], [p[1] for p in pairs], vectors, manifest)
         cache.from_disk = True
         return cache
+
+
+CACHE_FILES = ("vectors.npy", "ids.tsv")
+
+
+def _cache_problem(directory: Path, manifest: dict) -> str | None:
+    """None when the cache's files match the manifest's checksums; else what is wrong."""
+    if manifest.get("version") != MANIFEST_VERSION:
+        return f"from another protgo version (manifest version {manifest.get('version')})"
+    sums = manifest.get("sha256") or {}
+    for name in CACHE_FILES:
+        path = directory / name
+        if not path.is_file():
+            return f"incomplete ({name} is missing)"
+        if file_sha256(path) != sums.get(name):
+            return f"corrupt ({name} fails its checksum)"
+    return None
 
 
 def _slug(text: str) -> str:
@@ -180,11 +198,16 @@ def load_or_build(
     manifest = cache_manifest(store, encoder)
     reason = "forced" if force else _stale_reason(directory, manifest)
     if reason is None:
-        cache = GoVectorCache.load(directory)
-        if cache.ids == store.ids:
-            log.info("GO vector cache hit: %s", directory)
-            return cache
-        reason = "ids differ"
+        try:
+            cache = GoVectorCache.load(directory)
+        except UserError as err:  # damaged on disk: encode it again
+            print(f"warning: {err}; encoding it again")
+            reason = "damaged"
+        else:
+            if cache.ids == store.ids:
+                log.info("GO vector cache hit: %s", directory)
+                return cache
+            reason = "ids differ"
     log.info(
         "encoding %d GO texts (phase %s) into %s: %s",
         len(store.ids),

@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch.distributed as dist
 
 from protgo.config import Config
 from protgo.errors import UserError
+from protgo.io import check_output_path
 from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
 from protgo.mining.dataset import FewShotBatchSampler, FewZeroConfig, ProteinEmbDataset, Specificity
@@ -197,8 +199,15 @@ class Trainer:
         return out
 
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self, resume: Path | None = None, max_steps: int | None = None) -> dict:
-        """Train to the end (or ``max_steps`` global steps); returns the last metrics."""
+    def fit(
+        self, resume: Path | None = None, max_steps: int | None = None, overwrite: bool = False
+    ) -> dict:
+        """Train to the end (or ``max_steps`` global steps); returns the last metrics.
+
+        A run folder that already holds a run is refused unless ``resume`` continues it or
+        ``overwrite`` starts it anew (its metrics and checkpoints are removed first)."""
+        if resume is None:
+            self._claim_run_dir(overwrite)
         self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
                                self.rank, resume_step=None)  # fmt: skip
         self.phases = PhaseManager(
@@ -225,6 +234,24 @@ class Trainer:
             self.checkpoints.save(self.state(), "final")
         self.tracker.close()
         return last
+
+    def _claim_run_dir(self, overwrite: bool) -> None:
+        check_output_path(self.run_dir, "train.out_dir", folder=True)
+        held = [p for p in (self.run_dir / "metrics.jsonl", self.checkpoints.directory)
+                if p.exists()]  # fmt: skip
+        if not held:
+            return
+        if not overwrite:
+            raise UserError(
+                f"run folder {self.run_dir} already holds a run ({held[0].name}): continue it "
+                f"with --resume {self.run_dir}, start it anew with --overwrite, or set another "
+                "train.out_dir"
+            )
+        if self.rank == 0:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
 
     def _train_epoch(self, max_steps: int | None) -> bool:
         """One epoch of steps from ``batch_in_epoch``; False when stopped at ``max_steps``."""
@@ -446,6 +473,7 @@ class Trainer:
         """Everything a resume needs, as a plain dict (see :mod:`protgo.train.checkpoints`)."""
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "global_batch": self.cfg.train.batch_size * self.world,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(), "curriculum_step": self.step,
             "phase": self.phases.phase, "bank": self.phases.bank.state_dict(),
@@ -471,6 +499,13 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         if state["config"].get("model") != self.cfg.model_dump(mode="json")["model"]:
             raise UserError(f"checkpoint {path} was trained with other model settings")
+        was = state.get("global_batch", state["config"].get("train", {}).get("batch_size"))
+        if was != self.cfg.train.batch_size * self.world:
+            raise UserError(
+                f"checkpoint {path} was trained with global batches of {was} proteins, this "
+                f"run makes {self.cfg.train.batch_size * self.world} (train.batch_size x "
+                "processes): resume with the same batch size and process count, or start anew"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
