@@ -61,3 +61,26 @@ def tiny_world(tmp_path_factory, tiny_esm, real_data_dir):
 
     data_dir = tmp_path_factory.mktemp("train_data")
     return data_dir, build_tiny_world(data_dir, tiny_esm, real_data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_esm, real_data_dir):
+    """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred`` (read it,
+    never change it: test_predict.py and test_bad_inputs.py share it)."""
+    from train_world import CONFIGS, build_predict_world
+
+    from protgo.config import load_config
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.residues import ESMResidueStore
+    from protgo.train.trainer import Trainer
+
+    data_dir = tmp_path_factory.mktemp("predict_data")
+    overrides, seqs = build_predict_world(data_dir, tiny_esm, real_data_dir, "tinypred")
+    more = ["phases.start_epochs=[0]", "train.epochs=2", f"train.out_dir={data_dir / 'run'}"]
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
+    enc = ProteinEncoder(cfg.residues)
+    ESMResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)
+    embed_go("tinypred", 0, ["MF"], data_dir, cfg.go_text, progress=False)
+    Trainer(cfg, progress=False).fit()
+    return data_dir / "run" / "checkpoints" / "final.pt", data_dir, seqs

@@ -111,3 +111,34 @@ def test_tracker_wandb_offline(tmp_path, monkeypatch):
     tr.table("curriculum", ["step", "k_hard"], [[0, 4]])
     tr.close()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+    mgr = CheckpointManager(tmp_path / "checkpoints", keep_last=3)
+    for step in (10, 20):
+        mgr.save({"step": step, "epoch": 0, "w": torch.full((3,), float(step))}, "step")
+    newest = mgr.path_for("step", 20, 0)
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short (full disk, bad copy)
+    assert load_checkpoint(tmp_path)["step"] == 10
+    assert "falling back to" in capsys.readouterr().out
+    with pytest.raises(UserError, match="cannot be read"):
+        load_checkpoint(newest)  # a file given by name must be good
+    (tmp_path / "checkpoints" / "latest.json").write_text("{")  # a torn pointer
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path):
+    from protgo.config import TrackingConfig
+
+    tr = Tracker(tmp_path, TrackingConfig(wandb="disabled"))
+    for step in range(3):
+        tr.log({"loss": 1.0}, step)
+    tr.close()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "step": 3, "lo')  # power cut mid-line
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+    Tracker(tmp_path, TrackingConfig(wandb="disabled"), resume_step=1).close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n{"step": 1}\n')
+    with pytest.raises(UserError, match="metrics.jsonl:2"):
+        read_metrics(tmp_path)  # damage inside the file is not silently skipped

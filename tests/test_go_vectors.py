@@ -178,3 +178,12 @@ def test_embed_go_command(tiny_obo, tmp_path):
     assert "encoded" in out.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
+    # 8 flipped bytes in the vectors: the checksum catches it and the command encodes again
+    raw = bytearray((d / "vectors.npy").read_bytes())
+    raw[-8:] = bytes(b ^ 0xFF for b in raw[-8:])
+    (d / "vectors.npy").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="fails its checksum"):
+        GoVectorCache.load(d)
+    fixed = CliRunner().invoke(app, args)
+    assert fixed.exit_code == 0 and "encoded" in fixed.output
+    np.testing.assert_array_equal(GoVectorCache.load(d).vectors, cache.vectors)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from protgo.data import godb
-from protgo.data.ontology import ALL_RELATIONS, Ontology, parse_obo, write_obo
+from protgo.data.ontology import ALL_RELATIONS, Ontology, Term, parse_obo, write_obo
 from protgo.errors import UserError
 
 
@@ -87,6 +87,26 @@ def test_malformed_obo_names_file_and_line(tmp_path):
         parse_obo(bad)
     with pytest.raises(UserError, match="not found"):
         parse_obo(tmp_path / "missing.obo")
+
+
+@pytest.mark.parametrize(
+    ("edges", "cycle"),
+    [
+        ({"A": {"is_a": ["A"]}}, "A -> A"),  # a self-loop
+        ({"A": {"is_a": ["B"]}, "B": {"part_of": ["C"]}, "C": {"regulates": ["A"]}},
+         "A -> B -> C -> A"),  # across relations
+    ],
+)  # fmt: skip
+def test_cycle_is_one_error_naming_its_terms(edges, cycle):
+    terms = [Term(t, parents=ps) for t, ps in edges.items()] + [Term("R")]
+    with pytest.raises(UserError, match=cycle):
+        Ontology(terms)
+
+
+def test_dag_with_dangling_parents_counts_them(onto):
+    assert onto.find_cycle() is None and onto.dangling == {}
+    o = Ontology([Term("A", parents={"is_a": ["GONE"], "part_of": ["B"]}), Term("B")])
+    assert o.dangling == {"is_a": 1} and o.ancestors("A") == {"B"}
 
 
 def test_real_go_closure_equals_godb_offspring(real_data_dir):

@@ -6,68 +6,14 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from train_world import subset_terms
 
 from protgo.errors import UserError
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def build_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, name: str):
-    """Dataset ``name`` (6 motif families, one term held out as zero-shot) under
-    ``data_dir``; returns (overrides for configs/tiny.yaml (64-residue windows), sequences)."""
-    from protgo.data.build import BuildOptions, build_dataset, user_sources
-    from protgo.data.fasta import write_fasta
-    from protgo.data.ontology import write_obo
-
-    raw = data_dir / f"raw_{name}"
-    raw.mkdir(parents=True)
-    terms, targets = subset_terms(real_data_dir, 6, 20, seed=3)
-    rng = random.Random(1)
-    seqs, rows = {}, []
-    for f, term in enumerate(targets):
-        motif = "".join(rng.choice(AA) for _ in range(10))
-        for i in range(10):
-            bg = [rng.choice(AA) for _ in range(rng.randint(30, 50))]
-            bg[5:5] = motif
-            seqs[f"F{f}_{i}"] = "".join(bg)
-            rows.append(f"F{f}_{i}\t{term}\tIDA")
-    write_obo(terms, raw / "go.obo")
-    write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
-    (raw / "ann.tsv").write_text("\n".join(rows) + "\n")
-    src = user_sources(raw / "seqs.fasta", raw / "ann.tsv", raw / "go.obo")
-    opts = BuildOptions(aspects=("MF",), split="random", zero_shot_frac=0.2, seed=0)
-    build_dataset(data_dir / "datasets" / name, src, opts, name)
-    overrides = [f"residues.model={tiny_esm}", "residues.win_size=64", f"data.dataset={name}",
-                 "data.aspects=[MF]", f"data.data_dir={data_dir}", "mining.few_shot_share=null",
-                 "go_text.max_length=32", "train.lr=3e-3", "train.batch_size=8"]  # fmt: skip
-    return overrides, seqs
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_esm, real_data_dir):
-    """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred``."""
-    from protgo.config import load_config
-    from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.go_vectors import embed_go
-    from protgo.stores.residues import ESMResidueStore
-    from protgo.train.trainer import Trainer
-
-    data_dir = tmp_path_factory.mktemp("predict_data")
-    overrides, seqs = build_world(data_dir, tiny_esm, real_data_dir, "tinypred")
-    more = ["phases.start_epochs=[0]", "train.epochs=2", f"train.out_dir={data_dir / 'run'}"]
-    cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
-    enc = ProteinEncoder(cfg.residues)
-    ESMResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)
-    embed_go("tinypred", 0, ["MF"], data_dir, cfg.go_text, progress=False)
-    Trainer(cfg, progress=False).fit()
-    return data_dir / "run" / "checkpoints" / "final.pt", data_dir, seqs
 
 
 def _long_protein(n: int = 300) -> str:

@@ -163,3 +163,27 @@ def test_missing_model_says_how_to_get_one(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         resolve_model_dir(str(tmp_path / "empty"))
+
+
+def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkeypatch):
+    """The default model (``protgo-esm-small``, and its pre-0.2 name ``models/...``) comes
+    from the installed package, whatever the working directory, with the hub never asked."""
+    import socket
+
+    from protgo.config import ResiduesConfig
+    from protgo.encoders.protein import describe_model
+    from protgo.resources import models_dir
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network used: {args}")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.chdir(tmp_path)
+    for name in (ResiduesConfig().model, "models/protgo-esm-small"):
+        assert resolve_model_dir(name) == models_dir() / "protgo-esm-small"
+    model_dir, settings = describe_model(ResiduesConfig())
+    assert (model_dir / "model.safetensors").is_file() and settings["dim"] == 128
+    with pytest.raises(UserError, match="shipped with protgo"):
+        resolve_model_dir("models/no-such-model/x")  # a path, not a hub id: never the hub

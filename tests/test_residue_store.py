@@ -182,3 +182,52 @@ def test_bad_sequence_fails_before_any_work(tmp_path, enc):
     with pytest.raises(UserError, match=r"protein 'bad', position 4:"):
         store.embed(enc, {"ok": "MKVL", "bad": "MKV1L"}, progress=False)
     assert not any(store.root.glob("shards/*"))
+
+
+CONCURRENT = """
+import json, sys, time
+from pathlib import Path
+from protgo.config import ResiduesConfig
+from protgo.encoders.protein import ProteinEncoder
+from protgo.stores.residues import ESMResidueStore
+model, data_dir, seqs_file, go, shard_bytes = sys.argv[1:]
+enc = ProteinEncoder(ResiduesConfig(model=model, win_size=24, win_stride=16, batch_tokens=160))
+seqs = json.loads(Path(seqs_file).read_text())
+while not Path(go).exists():  # start both runs at the same moment
+    time.sleep(0.005)
+store = ESMResidueStore.create(Path(data_dir), enc.settings())
+print(json.dumps(store.embed(enc, seqs, shard_bytes=int(shard_bytes), progress=False).__dict__))
+"""
+
+
+def test_two_concurrent_runs_on_one_store_end_valid(tmp_path, tiny_esm, enc, seqs, reference):
+    """Two `embed residues` on the same store at once: both succeed, they split the shards
+    (each written once), and the store is the single-process one."""
+    import subprocess
+    import sys
+
+    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
+    args = [str(tiny_esm), str(tmp_path / "d"), str(tmp_path / "seqs.json"), str(tmp_path / "go"),
+            str(SHARD_BYTES)]  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    reports = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert sum(r["written_shards"] for r in reports) == reports[0]["planned_shards"]
+    store = ESMResidueStore(store_dir(tmp_path / "d", enc.settings()))
+    assert store.verify() == {} and len(store) == len(reference)
+    assert tree(store.root) == tree(reference.root)
+
+
+def test_zero_length_shard_is_reported_and_repaired(tmp_path, enc, seqs, reference):
+    root = store_dir(tmp_path, enc.settings())
+    shutil.copytree(reference.root, root)
+    shard, *_ = reference.entries[reference.proteins["P05"]]
+    (root / "shards" / f"{shard}.npy").write_bytes(b"")
+    with pytest.raises(UserError, match="truncated"):
+        ESMResidueStore(root).get("P05")
+    store, report = embed(tmp_path, enc, seqs)  # the command that repairs it
+    assert report.written_shards == 1 and store.verify() == {}
+    np.testing.assert_array_equal(store.get("P05"), reference.get("P05"))

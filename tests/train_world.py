@@ -92,6 +92,37 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path) -> lis
     return overrides
 
 
+def build_predict_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, name: str):
+    """Dataset ``name`` (6 motif families, one term held out as zero-shot) under
+    ``data_dir``; returns (overrides for configs/tiny.yaml (64-residue windows), sequences)."""
+    from protgo.data.build import BuildOptions, build_dataset, user_sources
+    from protgo.data.fasta import write_fasta
+    from protgo.data.ontology import write_obo
+
+    raw = data_dir / f"raw_{name}"
+    raw.mkdir(parents=True)
+    terms, targets = subset_terms(real_data_dir, 6, 20, seed=3)
+    rng = random.Random(1)
+    seqs, rows = {}, []
+    for f, term in enumerate(targets):
+        motif = "".join(rng.choice(AA) for _ in range(10))
+        for i in range(10):
+            bg = [rng.choice(AA) for _ in range(rng.randint(30, 50))]
+            bg[5:5] = motif
+            seqs[f"F{f}_{i}"] = "".join(bg)
+            rows.append(f"F{f}_{i}\t{term}\tIDA")
+    write_obo(terms, raw / "go.obo")
+    write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
+    (raw / "ann.tsv").write_text("\n".join(rows) + "\n")
+    src = user_sources(raw / "seqs.fasta", raw / "ann.tsv", raw / "go.obo")
+    opts = BuildOptions(aspects=("MF",), split="random", zero_shot_frac=0.2, seed=0)
+    build_dataset(data_dir / "datasets" / name, src, opts, name)
+    overrides = [f"residues.model={tiny_esm}", "residues.win_size=64", f"data.dataset={name}",
+                 "data.aspects=[MF]", f"data.data_dir={data_dir}", "mining.few_shot_share=null",
+                 "go_text.max_length=32", "train.lr=3e-3", "train.batch_size=8"]  # fmt: skip
+    return overrides, seqs
+
+
 if __name__ == "__main__":
     from protgo.config import default_data_dir
 

@@ -389,6 +389,8 @@ def demo(
     from protgo.config import load_config
     from protgo.demo import Demo
 
+    if max_proteins is not None and max_proteins < 1:
+        raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
     if config is None:
         config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     cfg = load_config(config, overrides or [])

@@ -87,6 +87,21 @@ class DatasetFolder:
         with (self.root / "ia.tsv").open() as fh:
             return {t: float(v) for t, v in (line.split() for line in fh if line.strip())}
 
+    @property
+    def aspects(self) -> list[str]:
+        """The aspects the dataset was built with (``data build --aspects``)."""
+        return list(self.info.get("options", {}).get("aspects", ("BP", "MF", "CC")))
+
+    def check_aspects(self, aspects, what: str) -> None:
+        """Training needs annotations: every aspect asked for must be one of the dataset's."""
+        missing = [a for a in aspects if a not in self.aspects]
+        if missing:
+            raise UserError(
+                f"{what} asks for {', '.join(missing)} but dataset '{self.root.name}' holds "
+                f"annotations of {', '.join(self.aspects)} only: set {what} to those, or "
+                f"rebuild the dataset with `protgo data build --aspects ...`"
+            )
+
     def ids(self, split: str | None = None) -> list[str]:
         return sorted(p for p, s in self.splits.items() if split is None or s == split)
 

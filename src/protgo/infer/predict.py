@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, file_sha256
+from protgo.io import atomic_write_text, check_output_path, file_sha256
 from protgo.model.pooling import pad_residues
 
 ROOTS = frozenset({"GO:0003674", "GO:0008150", "GO:0005575"})
@@ -212,24 +212,32 @@ class Predictor:
         return out
 
     def calibrate_logits(self, logit: np.ndarray) -> np.ndarray:
-        if not self.calibration:
-            return (logit + 1.0) / 2.0 if self.logit_input == "cos" else _sigmoid(logit)
-        out = np.empty_like(logit)
+        """Scores in [0, 1]: Platt-calibrated for the aspects the calibration covers, else
+        ``sigmoid(logit)`` (``(cos + 1) / 2`` without a term bias)."""
+        plain = (logit + 1.0) / 2.0 if self.logit_input == "cos" else _sigmoid(logit)
+        fitted = (self.calibration or {}).get("aspects", {})
         for aspect in np.unique(self.go_aspects):
-            cols = self.go_aspects == aspect
-            a, b = self.calibration["aspects"][aspect]["platt"]
-            out[:, cols] = _sigmoid(a * logit[:, cols] + b)
-        return out
+            if aspect in fitted:
+                cols = self.go_aspects == aspect
+                a, b = fitted[aspect]["platt"]
+                plain[:, cols] = _sigmoid(a * logit[:, cols] + b)
+        return plain
 
     def thresholds(self) -> dict[str, float]:
-        """{aspect: score threshold of the best validation Fmax} (needs a calibration)."""
-        if not self.calibration:
-            raise UserError(
-                f"checkpoint {self.checkpoint} has no calibration, so --threshold auto has "
-                "nothing to use: run `protgo predict --calibrate` (needs the dataset's valid "
-                "split in the residue store) or give --threshold 0.5"
+        """{aspect: score threshold of the best validation Fmax} (needs a calibration of
+        every aspect asked for)."""
+        fitted = (self.calibration or {}).get("aspects", {})
+        missing = [a for a in self.aspects if a not in fitted]
+        if missing:
+            why = f"has no calibration for {', '.join(missing)}" + (
+                " (its validation split has too few proteins there)" if fitted else ""
             )
-        return {a: v["threshold"] for a, v in self.calibration["aspects"].items()}
+            raise UserError(
+                f"checkpoint {self.checkpoint} {why}, so --threshold auto has nothing to use: "
+                "run `protgo predict --calibrate` (needs the dataset's valid split in the "
+                "residue store), leave those aspects out, or give --threshold 0.5"
+            )
+        return {a: fitted[a]["threshold"] for a in self.aspects}
 
     def predict(
         self, sequences: Mapping[str, str], propagate: bool = True, chunk: int = 256,
@@ -239,16 +247,15 @@ class Predictor:
         from tqdm import tqdm
 
         pids, out = list(sequences), []
-        bar = tqdm(total=len(pids), desc="predict", unit="protein", disable=not progress)
-        for i in range(0, len(pids), chunk):
-            part = {p: sequences[p] for p in pids[i : i + chunk]}
-            res = self.residues(part, progress)
-            vecs, _ = self.protein_vectors([res[p] for p in part])
-            sc = self.scores(vecs, propagate)
-            _check_finite(sc, list(part))
-            out += [ProteinResult(p, part[p], sc[k]) for k, p in enumerate(part)]
-            bar.update(len(part))
-        bar.close()
+        with tqdm(total=len(pids), desc="predict", unit="protein", disable=not progress) as bar:
+            for i in range(0, len(pids), chunk):
+                part = {p: sequences[p] for p in pids[i : i + chunk]}
+                res = self.residues(part, progress)
+                vecs, _ = self.protein_vectors([res[p] for p in part])
+                sc = self.scores(vecs, propagate)
+                _check_finite(sc, list(part))
+                out += [ProteinResult(p, part[p], sc[k]) for k, p in enumerate(part)]
+                bar.update(len(part))
         return out
 
     # ---- calibration --------------------------------------------------------------------------
@@ -466,6 +473,7 @@ def run_predict(
 
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
+    check_output_path(out, "--out", folder=True)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
     pred = Predictor(checkpoint, data_dir, aspects)

@@ -117,7 +117,13 @@ class GoVectorCache:
                 "its dataset, phase and aspects (or delete the folder) to encode it again"
             )
         pairs = [ln.split("\t") for ln in (directory / "ids.tsv").read_text().splitlines()]
-        vectors = np.load(directory / "vectors.npy")
+        try:
+            vectors = np.load(directory / "vectors.npy")  # allow_pickle=False: data only
+        except (ValueError, EOFError, OSError) as exc:
+            raise UserError(
+                f"GO vector cache {directory}: vectors.npy cannot be read ({exc}); run "
+                "`protgo embed go --force` to encode it again"
+            ) from None
         if vectors.shape != (manifest["n"], manifest["dim"]) or len(pairs) != manifest["n"]:
             raise UserError(
                 f"GO vector cache {directory} is corrupt (shape {vectors.shape}, "
@@ -233,6 +239,13 @@ def embed_go(
 
     aspects = list(aspects)
     ontology = DatasetFolder.load(dataset, data_dir).ontology
+    empty = [a for a in aspects if not ontology.ids(a)]
+    if empty:
+        raise UserError(
+            f"the ontology of dataset '{Path(dataset).name}' has no {', '.join(empty)} terms "
+            f"(it holds {', '.join(a for a in ('BP', 'MF', 'CC') if ontology.ids(a))}): leave "
+            f"{', '.join(empty)} out of the aspects"
+        )
     encoder = load_text_encoder(cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device)
     store = GoTextStore(ontology, cfg, aspects=aspects)
     store.update_phase_and_tokenize(phase, encoder)

@@ -109,6 +109,7 @@ class Trainer:
         self.device = torch.device(cfg.train.device)
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
+        self.folder.check_aspects(cfg.data.aspects, "data.aspects")
         self.ontology = self.folder.ontology
         store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
@@ -206,10 +207,12 @@ class Trainer:
 
         A run folder that already holds a run is refused unless ``resume`` continues it or
         ``overwrite`` starts it anew (its metrics and checkpoints are removed first)."""
-        if resume is None:
+        saved = self._checked_resume_state(resume) if resume is not None else None
+        if saved is None:
             self._claim_run_dir(overwrite)
+        resume_step = None if saved is None else saved["step"]
         self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
-                               self.rank, resume_step=None)  # fmt: skip
+                               self.rank, resume_step=resume_step)  # fmt: skip
         self.phases = PhaseManager(
             self.cfg,
             self.data_dir,
@@ -219,8 +222,8 @@ class Trainer:
             self.train_ds.fewzero.zero,
             self.cfg.train.seed,
         )
-        if resume is not None:
-            self._resume(resume)
+        if saved is not None:
+            self._resume(saved, resume)
         else:
             self._preview_curriculum()
             self.phases.maybe_refresh_phase_resources(0, 0, self._rebuild_loaders)
@@ -236,22 +239,22 @@ class Trainer:
         return last
 
     def _claim_run_dir(self, overwrite: bool) -> None:
+        """Refuse a run folder that holds a run unless ``overwrite``. Every rank checks before
+        any writes (the barrier), so all ranks agree."""
         check_output_path(self.run_dir, "train.out_dir", folder=True)
         held = [p for p in (self.run_dir / "metrics.jsonl", self.checkpoints.directory)
                 if p.exists()]  # fmt: skip
-        if not held:
-            return
-        if not overwrite:
+        if held and not overwrite:
             raise UserError(
                 f"run folder {self.run_dir} already holds a run ({held[0].name}): continue it "
                 f"with --resume {self.run_dir}, start it anew with --overwrite, or set another "
                 "train.out_dir"
             )
-        if self.rank == 0:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
         if self.world > 1:
             dist.barrier()
+        if held and self.rank == 0:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
 
     def _train_epoch(self, max_steps: int | None) -> bool:
         """One epoch of steps from ``batch_in_epoch``; False when stopped at ``max_steps``."""
@@ -495,10 +498,19 @@ class Trainer:
         if every and self.step % every == 0 and self.rank == 0:
             self.checkpoints.save(self.state(), "step")
 
-    def _resume(self, path: Path) -> None:
+    def _checked_resume_state(self, path: Path) -> dict:
+        """The checkpoint to resume from, refused (before anything is written) when it cannot
+        continue this run."""
         state = load_checkpoint(path, self.device)
         if state["config"].get("model") != self.cfg.model_dump(mode="json")["model"]:
             raise UserError(f"checkpoint {path} was trained with other model settings")
+        have, want = set(state.get("model") or ()), set(self.model.state_dict())
+        if have != want:
+            odd = sorted(have ^ want)
+            raise UserError(
+                f"checkpoint {path} does not hold this model's weights ({len(odd)} keys differ, "
+                f"e.g. {odd[0]}): resume from a checkpoint of this run"
+            )
         was = state.get("global_batch", state["config"].get("train", {}).get("batch_size"))
         if was != self.cfg.train.batch_size * self.world:
             raise UserError(
@@ -506,6 +518,9 @@ class Trainer:
                 f"run makes {self.cfg.train.batch_size * self.world} (train.batch_size x "
                 "processes): resume with the same batch size and process count, or start anew"
             )
+        return state
+
+    def _resume(self, state: dict, path: Path) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
@@ -514,10 +529,6 @@ class Trainer:
         self.seen, self.window = set(state["seen"]), defaultdict(float, state["window"])
         if state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
-        self.tracker.close()
-        self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
-                               self.rank, resume_step=self.step)  # fmt: skip
-        self.phases.tracker = self.tracker
         reason = f"resume from {path} at step {self.step}"
         self.phases.load_phase(state["phase"], reason, self.step, self._rebuild_loaders)
         if self._bank_search:

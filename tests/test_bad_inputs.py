@@ -1,0 +1,267 @@
+"""Malformed input through the real command line: exit status 2, one ``error:`` line that
+names the input and the fix, no traceback, nothing half-written. Plus crafted pickles for
+every file type protgo loads: refused, and their code never runs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_build import _family_data
+
+from protgo.cli import main
+from protgo.config import Config, dump_config
+from protgo.errors import UserError
+
+TINY_OBO = Path(__file__).parent / "fixtures" / "tiny.obo"
+
+
+def run_cli(args: list[str], capsys, monkeypatch, cwd: Path | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of ``protgo ARGS`` run in this process."""
+    monkeypatch.setattr(sys, "argv", ["protgo", *map(str, args)])
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def assert_one_error(code: int, err: str, *needles: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+class Evil:
+    """A pickle that would create ``marker`` when loaded with plain ``pickle``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ---- data build: no real data needed ---------------------------------------------------------
+@pytest.fixture
+def own(tmp_path):
+    fasta, ann = _family_data(tmp_path)
+    base = ["data", "build", "--fasta", fasta, "--annotations", ann, "--obo", TINY_OBO,
+            "--split", "random", "--data-dir", tmp_path / "d"]  # fmt: skip
+    return tmp_path, base
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--name", "x", "--zero-shot-frac", "1.5"], ["--zero-shot-frac", "[0, 1)"]),
+        (["--name", "x", "--max-proteins", "0"], ["--max-proteins", "at least 1"]),
+        (["--name", "../../escape"], ["--name", "not a dataset name"]),
+        (["--name", ""], ["--name", "not a dataset name"]),
+        (["--name", "x", "--aspects", "XX"], ["--aspects"]),
+    ],
+)
+def test_data_build_options(own, extra, needles, capsys, monkeypatch):
+    tmp, base = own
+    code, err = run_cli([*base, *extra], capsys, monkeypatch)
+    assert_one_error(code, err, *needles)
+    assert not (tmp / "d" / "datasets").exists() and not (tmp / "escape").exists()
+
+
+def test_data_dir_under_a_file(own, capsys, monkeypatch):
+    tmp, base = own
+    (tmp / "afile").write_text("x")
+    args = [*base[:-1], tmp / "afile" / "d", "--name", "x"]
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "is a file, not a folder")
+
+
+def test_cycle_in_the_ontology_is_named(own, capsys, monkeypatch):
+    tmp, base = own
+    text = TINY_OBO.read_text().replace("id: GO:0000005\n", "id: GO:0000005\nis_a: GO:0000005\n")
+    (tmp / "cyclic.obo").write_text(text)
+    args = [*base, "--name", "x"]
+    args[args.index(TINY_OBO)] = tmp / "cyclic.obo"
+    line = assert_one_error(*run_cli(args, capsys, monkeypatch), "cycle", "GO:0000005")
+    assert "GO:0000005 -> GO:0000005" in line
+
+
+def test_bad_residue_letters_fail_at_build(own, capsys, monkeypatch):
+    tmp, base = own
+    fasta = base[base.index("--fasta") + 1]
+    fasta.write_text(fasta.read_text().replace("\n", "\nJ", 1))  # first record gets a 'J'
+    args = [*base, "--name", "x"]
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "P00_0", "position 1", "fix or remove")
+    assert not (tmp / "d" / "datasets" / "x" / "dataset.json").exists()
+
+
+def test_gzipped_inputs_read_like_plain_files(own, capsys, monkeypatch):
+    tmp, base = own
+    for flag in ("--fasta", "--annotations", "--obo"):
+        i = base.index(flag) + 1
+        gz = tmp / (Path(base[i]).name + ".gz")
+        gz.write_bytes(gzip.compress(Path(base[i]).read_bytes()))
+        base[i] = gz
+    code, err = run_cli([*base, "--name", "gz"], capsys, monkeypatch)
+    assert code == 0, err
+    info = (tmp / "d" / "datasets" / "gz" / "dataset.json").read_text()
+    assert '"annotation_header": "protein\\tgo\\tevidence"' in info  # the skipped line, on record
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train", "--set", "model.dropout=1.5"], ["model.dropout", "less than 1"]),
+        (["train", "--set", "curriculum.hard_frac=[0.2,1.5]"], ["curriculum.hard_frac"]),
+        (["train", "--set", "mining.few_shot_share=2"], ["mining.few_shot_share"]),
+        (["train", "--set", "loss.ema_decay=1.0"], ["loss.ema_decay"]),
+        (["train", "--set", "train.device=cuda:7"], ["train.device", "not available"]),
+        (["train", "--set", "train.device=gpu"], ["train.device", "not a device"]),
+        (["train", "--set", "train.lr=[1,"], ["train.lr=[1,", "not valid YAML"]),
+        (["embed", "residues", "--dataset", "x", "--batch-tokens", "0"], ["batch_tokens"]),
+        (["embed", "residues", "--dataset", "x", "--max-proteins", "0"], ["--max-proteins"]),
+        (["embed", "residues", "--dataset", "x", "--device", "cuda"], ["residues.device"]),
+        (["evaluate", "--dataset", "x", "-c", "missing.yaml"], ["missing.yaml", "not found"]),
+    ],
+)
+def test_config_and_option_values(args, needles, capsys, monkeypatch, tmp_path):
+    code, err = run_cli([*args, "--data-dir", tmp_path], capsys, monkeypatch, cwd=tmp_path)
+    assert_one_error(code, err, *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- with a trained checkpoint (shared, read-only) -------------------------------------------
+@pytest.fixture
+def world(trained, tmp_path):
+    """A private copy of the trained world: (checkpoint, data_dir, a query FASTA, config)."""
+    ckpt, data_dir, seqs = trained
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns("raw_*"))
+    ckpt = data / ckpt.relative_to(data_dir)
+    cfg = Config.model_validate(torch.load(ckpt, weights_only=True)["config"])
+    cfg.data.data_dir = data
+    cfg.train.out_dir = data / "run"
+    (tmp_path / "cfg.yaml").write_text(dump_config(cfg))
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{p}\n{s}\n" for p, s in list(seqs.items())[:3]))
+    return ckpt, data, fasta, tmp_path / "cfg.yaml"
+
+
+def _predict(world, out, *more):
+    ckpt, data, fasta, _ = world
+    return ["predict", "--checkpoint", ckpt, "--fasta", fasta, "--out", out, "--data-dir", data,
+            *more]  # fmt: skip
+
+
+def test_outputs_under_a_regular_file(world, capsys, monkeypatch, tmp_path):
+    _, data, _, cfg = world
+    (tmp_path / "afile").write_text("x")
+    below = tmp_path / "afile" / "out"
+    for args in (
+        _predict(world, below),
+        ["evaluate", "--dataset", "tinypred", "--data-dir", data, "--out", below],
+        ["train", "-c", cfg, "--set", f"train.out_dir={below}"],
+    ):
+        code, err = run_cli(args, capsys, monkeypatch)
+        assert_one_error(code, err, str(tmp_path / "afile"), "is a file, not a folder")
+
+
+def test_aspect_the_dataset_lacks(world, capsys, monkeypatch):
+    _, _, _, cfg = world
+    args = ["train", "-c", cfg, "--set", "data.aspects=[BP]", "--set", "train.out_dir=/nowhere"]
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "data.aspects", "BP", "MF only")
+    out = world[1] / "pred"
+    code, err = run_cli(_predict(world, out, "--aspects", "BP"), capsys, monkeypatch)
+    assert_one_error(code, err, "no BP terms", "leave BP out")
+    assert not out.exists()
+
+
+def test_truncated_go_vectors(world, capsys, monkeypatch):
+    _, data, _, _ = world
+    vectors = next((data / "stores" / "go").rglob("vectors.npy"))
+    vectors.write_bytes(vectors.read_bytes()[:-64])
+    out = data / "pred"
+    assert_one_error(*run_cli(_predict(world, out), capsys, monkeypatch), str(vectors.parent),
+                     "protgo embed go --force")  # fmt: skip
+    assert not out.exists()
+
+
+def test_bit_flip_in_a_residue_shard_is_never_a_silent_drop(world, capsys, monkeypatch):
+    _, data, _, _ = world
+    shard = next((data / "stores" / "residues").rglob("shards/*[0-9].npy"))
+    raw = bytearray(shard.read_bytes())
+    raw[-9] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    out = data / "pred"
+    code, err = run_cli(_predict(world, out), capsys, monkeypatch)
+    assert_one_error(code, err, "fails its checksum", "protgo embed residues")
+    assert not out.exists()
+
+
+def test_checkpoint_missing_weights(world, capsys, monkeypatch, tmp_path):
+    ckpt = world[0]
+    state = torch.load(ckpt, weights_only=True)
+    del state["model"]["pool.key.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    args = _predict((tmp_path / "broken.pt", *world[1:]), tmp_path / "pred")
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "broken.pt", "no aligner weights")
+    state = torch.load(ckpt, weights_only=True)
+    del state["model"][next(k for k in state["model"] if k != "pool.key.weight")]
+    torch.save(state, tmp_path / "broken2.pt")
+    args = _predict((tmp_path / "broken2.pt", *world[1:]), tmp_path / "pred")
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "broken2.pt", "does not fit")
+
+
+def test_occupied_run_folder_and_changed_batch(world, capsys, monkeypatch):
+    _, data, _, cfg = world
+    run = data / "run"
+    before = (run / "metrics.jsonl").read_text()
+    code, err = run_cli(["train", "-c", cfg], capsys, monkeypatch)
+    assert_one_error(code, err, str(run), "--resume", "--overwrite")
+    assert (run / "metrics.jsonl").read_text() == before
+    args = ["train", "-c", cfg, "--resume", run, "--set", "train.batch_size=4"]
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "global batches of 8", "makes 4")
+
+
+def test_crafted_checkpoint_never_runs_code(world, capsys, monkeypatch, tmp_path):
+    marker = tmp_path / "pwned"
+    state = torch.load(world[0], weights_only=True)
+    state["extra"] = Evil(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    args = _predict((tmp_path / "evil.pt", *world[1:]), tmp_path / "pred")
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "evil.pt", "refuses")
+    args = ["train", "-c", world[3], "--resume", tmp_path / "evil.pt", "--set",
+            f"train.out_dir={tmp_path / 'r'}"]  # fmt: skip
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "evil.pt", "refuses")
+    assert not marker.exists()
+
+
+def test_crafted_plm_checkpoint_and_npy_never_run_code(tmp_path):
+    from protgo.encoders.pretrain import load_checkpoint as load_plm
+    from protgo.stores.go_vectors import GoVectorCache
+
+    marker = tmp_path / "pwned"
+    torch.save({"schema_version": 1, "model": Evil(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UserError, match="refuses"):
+        load_plm(tmp_path / "checkpoint.pt", None, None, None)
+    # .npy files are read with allow_pickle=False: an object array is refused, never run
+    cache = GoVectorCache(["GO:1"], ["MF"], np.ones((1, 2), np.float32), {})
+    cache.save(tmp_path / "c")
+    evil = np.array([Evil(marker)], dtype=object)
+    np.save(tmp_path / "c" / "vectors.npy", evil, allow_pickle=True)
+    with pytest.raises(UserError, match="checksum"):
+        GoVectorCache.load(tmp_path / "c")
+    assert not marker.exists()
