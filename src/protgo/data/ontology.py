@@ -25,7 +25,6 @@ REGULATES = ("regulates", "positively_regulates", "negatively_regulates")
 ALL_RELATIONS = PROPAGATION + REGULATES
 NAMESPACES = {"biological_process": "BP", "molecular_function": "MF", "cellular_component": "CC"}
 ASPECT_NAMESPACE = {v: k for k, v in NAMESPACES.items()}
-ROOTS = {"BP": "GO:0008150", "MF": "GO:0003674", "CC": "GO:0005575"}
 
 
 @dataclass
@@ -223,9 +222,14 @@ class Ontology:
         ch = self._children.get(go_id, {})
         return [c for r in relations for c in ch.get(r, ())]
 
+    def is_root(self, go_id: str) -> bool:
+        """No ``is_a`` / ``part_of`` parent: the top of an aspect (the three GO roots in a full
+        ontology). Roots are never scored (see :mod:`protgo.infer.scoring`)."""
+        return not self.parents(go_id)
+
     @property
     def roots(self) -> list[str]:
-        return [t for t in self.terms if not self.parents(t, ALL_RELATIONS)]
+        return [t for t in self.terms if self.is_root(t)]
 
     def ancestors(
         self, go_id: str, relations: Iterable[str] = PROPAGATION, radius: int | None = None

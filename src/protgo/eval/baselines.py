@@ -30,6 +30,7 @@ from protgo.data.fasta import write_fasta
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
+from protgo.infer.scoring import transfer_scores
 from protgo.io import atomic_write_text
 
 Annotations = Mapping[str, Iterable[str]]
@@ -150,19 +151,10 @@ def _run(cmd: list[str]) -> None:
 def diamond_score(
     hits: Mapping[str, list[tuple[str, float]]], train: Annotations, ontology: Ontology
 ) -> Predictions:
-    """DiamondScore from hits into ``train``; queries without a hit get no scores."""
+    """DiamondScore (:func:`protgo.infer.scoring.transfer_scores`) from hits into ``train``;
+    queries without a hit get no scores."""
     prop = {p: ontology.propagate(ts) for p, ts in train.items()}
-    scores: dict[str, dict[str, float]] = {}
-    for q, qh in hits.items():
-        qh = [(s, b) for s, b in qh if s in prop]
-        total = sum(b for _, b in qh)
-        if total <= 0:
-            continue
-        acc: dict[str, float] = {}
-        for s, b in qh:
-            for t in prop[s]:
-                acc[t] = acc.get(t, 0.0) + b
-        scores[q] = {t: v / total for t, v in acc.items()}
+    scores = transfer_scores(hits, prop)
     if not scores:
         return Predictions([], [], np.zeros((0, 0)))
     # Propagated labels already make the score DAG-consistent; propagate anyway (cheap, sure).

@@ -319,7 +319,7 @@ def aspect_problem(
     terms = sorted(
         t
         for t in true_terms | set(prop.terms)
-        if ontology.aspect(t) == aspect and (keep_roots or ontology.parents(t))
+        if ontology.aspect(t) == aspect and (keep_roots or not ontology.is_root(t))
     )
     return prop.aligned(rows, terms), truth_matrix(annotations, rows, terms, ontology), terms
 

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from protgo.errors import UserError
+from protgo.infer import scoring
 from protgo.io import atomic_write_text, check_output_path, file_sha256
 from protgo.model.pooling import pad_residues
 
-ROOTS = frozenset({"GO:0003674", "GO:0008150", "GO:0005575"})
 # Terms so general that nearly every protein carries them; left out of the readable output by
 # default (still in the CAFA file: evaluators score them, and they are real annotations).
 GENERAL = frozenset({
@@ -99,7 +99,7 @@ class Predictor:
         from protgo.model.aligner import ProtGoAligner
 
         ids, aspects, text = go_text_vectors(self.cfg, self.phase, self.aspects, self.data_dir)
-        keep = [i for i, g in enumerate(ids) if g not in ROOTS and g in self.ontology]
+        keep = scoring.scorable_columns(self.ontology, ids)
         self.go_ids = [ids[i] for i in keep]
         self.go_aspects = np.array([aspects[i] for i in keep])
         weights = state.get("model")
@@ -207,14 +207,12 @@ class Predictor:
     def scores(self, vecs: torch.Tensor, propagate: bool = True) -> np.ndarray:
         """(N, A) protein vectors -> (N, T) scores in [0, 1] over ``go_ids``."""
         out = self.calibrate_logits(self.logits(vecs))
-        if propagate:
-            out = self.ontology.propagate_matrix(out, self.go_ids)
-        return out
+        return scoring.propagate(out, self.go_ids, self.ontology) if propagate else out
 
     def calibrate_logits(self, logit: np.ndarray) -> np.ndarray:
         """Scores in [0, 1]: Platt-calibrated for the aspects the calibration covers, else
         ``sigmoid(logit)`` (``(cos + 1) / 2`` without a term bias)."""
-        plain = (logit + 1.0) / 2.0 if self.logit_input == "cos" else _sigmoid(logit)
+        plain = scoring.to_scores(logit, self.logit_input)
         fitted = (self.calibration or {}).get("aspects", {})
         for aspect in np.unique(self.go_aspects):
             if aspect in fitted:
@@ -295,7 +293,7 @@ class Predictor:
             logit = self.logits(vecs, cols)  # (N, Ta)
             truth = truth_matrix(ann, pids, terms, onto)
             a, b = platt(logit, truth, init=(10.0, -5.0) if self.logit_input == "cos" else (1, 0))
-            probs = onto.propagate_matrix(_sigmoid(a * logit + b), terms)
+            probs = scoring.propagate(_sigmoid(a * logit + b), terms, onto)
             best = fmax_smin(probs, truth)
             result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                          "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip

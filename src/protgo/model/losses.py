@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from protgo.config import LossConfig
+from protgo.infer.scoring import transfer_scores
 
 NEG = -1e4  # logit for invalid slots after temperature: exp(NEG) == 0 in fp32, no NaN grads
 
@@ -197,8 +198,8 @@ class EmaTeacher:
 
 
 class HomologyTeacher:
-    """DIAMOND label transfer: ``score(p, g) = sum_h w_h [g in ann(h)] / sum_h w_h`` over the
-    hits h of p among the training proteins (self excluded), ``w_h`` the bitscore.
+    """DIAMOND label transfer (DiamondScore, :func:`protgo.infer.scoring.transfer_scores`)
+    over the hits of each protein among the training proteins, itself excluded.
 
     Teacher logits are ``tau * log(score + eps)``, so at temperature tau the teacher's
     distribution over the candidates is proportional to the transferred score.
@@ -210,20 +211,16 @@ class HomologyTeacher:
     ):  # fmt: skip
         self.eps = eps
         prop = ontology.propagate if ontology is not None else set
-        self.ann = {p: frozenset(prop(a)) for p, a in train_annotations.items()}
-        self.hits = {q: [(s, float(w)) for s, w in hs if s != q and s in self.ann]
-                     for q, hs in hits.items()}  # fmt: skip
+        labels = {p: frozenset(prop(a)) for p, a in train_annotations.items()}
+        others = {q: [(s, w) for s, w in hs if s != q] for q, hs in hits.items()}
+        self.transferred = transfer_scores(others, labels)
 
     def scores(self, pids: Sequence[str], go_ids: Sequence[str]) -> torch.Tensor:
         """(B, U) transferred scores in [0, 1] (0 for proteins without hits)."""
         out = torch.zeros(len(pids), len(go_ids))
-        col = {g: j for j, g in enumerate(go_ids)}
         for b, p in enumerate(pids):
-            hs = self.hits.get(p, [])
-            total = sum(w for _, w in hs)
-            for s, w in hs:
-                js = [col[g] for g in self.ann[s] if g in col]
-                out[b, js] += w / total
+            got = self.transferred.get(p, {})
+            out[b] = torch.tensor([got.get(g, 0.0) for g in go_ids])
         return out
 
     def logits(self, batch: dict, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +228,7 @@ class HomologyTeacher:
         from protgo.model.aligner import candidate_scores
 
         s = candidate_scores(self.scores(batch["pids"], batch["go_ids"]), batch["cand_idx"])
-        rows = torch.tensor([bool(self.hits.get(p)) for p in batch["pids"]])
+        rows = torch.tensor([p in self.transferred for p in batch["pids"]])
         return tau * torch.log(s + self.eps), rows
 
 

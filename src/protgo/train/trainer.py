@@ -35,6 +35,8 @@ import torch.distributed as dist
 
 from protgo.config import Config
 from protgo.errors import UserError
+from protgo.eval.metrics import Predictions, evaluate_fast, truth_matrix
+from protgo.infer import scoring
 from protgo.io import check_output_path
 from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
@@ -417,8 +419,9 @@ class Trainer:
         metrics = self.validate()  # validation
         self.tracker.log(metrics, self.step, kind="valid")
         if self.rank == 0:  # checkpoint
-            improved = self.best is None or metrics["fmax"] > self.best
-            self.best = metrics["fmax"] if improved else self.best
+            score = metrics["fmax"]  # mean of the per-aspect Fmax
+            improved = self.best is None or (score is not None and score > self.best)
+            self.best = score if improved else self.best
             self.checkpoints.save(self.state(), "epoch")
             if improved:
                 self.checkpoints.save(self.state(), "best")
@@ -435,31 +438,30 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Retrieval over every GO term of the aspects but the roots, scored as ``predict``
-        scores before calibration (sigmoid of the term logits, or (cos + 1) / 2 without a
-        term bias) and propagated: Fmax against the propagated valid annotations, next to
-        random scores (propagated alike); InfoNCE over all terms."""
-        from protgo.eval.metrics import fmax_smin, truth_matrix
-
+        """Per-aspect Fmax on the valid split, scored as ``predict`` scores before
+        calibration and evaluated as ``protgo evaluate`` does (:func:`evaluate_fast`), next to
+        random scores; ``fmax`` is their mean over aspects, which picks ``best.pt``
+        (:func:`protgo.infer.scoring.selection_score`). InfoNCE over all scored terms."""
         self.model.eval()
         pids, vecs = self.encode_proteins(self.valid_ds.pids)
-        cache = self.phases.cache
-        onto = self.ontology
-        keep = [j for j, g in enumerate(cache.ids) if g in onto and onto.parents(g)]  # no roots
+        cache, onto = self.phases.cache, self.ontology
+        keep = scoring.scorable_columns(onto, cache.ids)
         terms, text = [cache.ids[j] for j in keep], cache.matrix[keep].to(self.device)
         go = self.model.encode_go(text)  # (T, A)
         cos = (vecs @ go.T).cpu()  # (N, T)
-        logits = self.model.term_logits(vecs, go, text).cpu()
-        score = (cos + 1) / 2 if self.model.term_bias is None else torch.sigmoid(logits)
-        truth = truth_matrix(self.annotations, pids, terms, self.ontology)
-        fmax = fmax_smin(self.ontology.propagate_matrix(score.double().numpy(), terms), truth)
-        fmax = fmax["fmax"]
+        kind = "cos" if self.model.term_bias is None else "logit"
+        raw = cos if kind == "cos" else self.model.term_logits(vecs, go, text).cpu()
         rand = np.random.default_rng(0).random(cos.shape)
-        rand = self.ontology.propagate_matrix(rand, terms)
-        con = multi_positive_info_nce(self.model.logit_scale.cpu() * cos, torch.from_numpy(truth))
+        aspects, result = self.cfg.data.aspects, {"epoch": self.epoch}
+        for name, score in (("", scoring.to_scores(raw.numpy(), kind)), ("_random", rand)):
+            rows = evaluate_fast(Predictions(pids, terms, score), self.annotations, pids, onto,
+                                 aspects=aspects)  # fmt: skip
+            result |= {f"fmax{name}_{r['aspect']}": r["fmax"] for r in rows}
+            result[f"fmax{name}"] = scoring.selection_score(rows)
+        truth = torch.from_numpy(truth_matrix(self.annotations, pids, terms, onto))
+        con = multi_positive_info_nce(self.model.logit_scale.cpu() * cos, truth)
         self.model.train()
-        return {"epoch": self.epoch, "fmax": fmax, "fmax_random": fmax_smin(rand, truth)["fmax"],
-                "con": float(con), "proteins": len(pids), "phase": self.phases.phase}  # fmt: skip
+        return result | {"con": float(con), "proteins": len(pids), "phase": self.phases.phase}
 
     @torch.no_grad()
     def encode_proteins(self, pids: list[str]) -> tuple[list[str], torch.Tensor]:

@@ -1,0 +1,78 @@
+"""How protgo scores GO terms, in one place: which terms are scored, how model outputs become
+scores, how scores are made DAG-consistent, how homology transfers labels, and which number
+picks the best checkpoint. Training validation, ``predict``, the baselines and the homology
+teacher all call these functions, so a score means the same everywhere.
+
+* **Scorable terms**: terms of the ontology with an ``is_a`` or ``part_of`` parent. A root
+  (no such parent; the three GO roots in a full ontology) is carried by every protein of its
+  aspect, so it is never predicted, reported or counted (cafaeval leaves it out too).
+* **Score transform**: ``sigmoid(logit)`` of the model's term logits, or ``(cos + 1) / 2`` for a
+  model without a term bias (plain cosines). Calibration (``predict --calibrate``) replaces it
+  with a fitted ``sigmoid(a * logit + b)`` per aspect.
+* **Propagation**: a parent scores at least its best descendant over ``is_a`` / ``part_of``
+  (:meth:`protgo.data.ontology.Ontology.propagate_matrix`).
+* **Homology transfer** (DeepGOPlus' DiamondScore): ``score(q, t) = sum_h bits_h [t in
+  ann(h)] / sum_h bits_h`` over the hits h of q, annotations propagated.
+* **Model selection**: the mean over aspects of the per-aspect Fmax, as every reported table
+  is per aspect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from protgo.data.ontology import Ontology
+
+ScoreInput = Literal["logit", "cos"]
+
+
+def is_scorable(ontology: Ontology, go_id: str) -> bool:
+    return go_id in ontology and not ontology.is_root(go_id)
+
+
+def scorable_columns(ontology: Ontology, ids: Sequence[str]) -> list[int]:
+    """Positions in ``ids`` of the terms that are scored (in the ontology, not a root)."""
+    return [j for j, g in enumerate(ids) if is_scorable(ontology, g)]
+
+
+def to_scores(values: np.ndarray, kind: ScoreInput) -> np.ndarray:
+    """Term logits (``kind="logit"``) or cosines (``"cos"``) -> scores in [0, 1]."""
+    values = np.asarray(values, dtype=np.float64)
+    if kind == "cos":
+        return (values + 1.0) / 2.0
+    return 1.0 / (1.0 + np.exp(-values))
+
+
+def propagate(scores: np.ndarray, ids: list[str], ontology: Ontology) -> np.ndarray:
+    """(N, T) scores over ``ids`` made DAG-consistent (a parent >= its best child)."""
+    return ontology.propagate_matrix(scores, ids)
+
+
+def transfer_scores(
+    hits: Mapping[str, Iterable[tuple[str, float]]], labels: Mapping[str, Iterable[str]]
+) -> dict[str, dict[str, float]]:
+    """DiamondScore: {query: {term: score}} from bitscore-weighted hits into proteins with
+    (propagated) ``labels``; hits to unlabelled proteins are ignored, queries without a
+    labelled hit get no entry."""
+    out: dict[str, dict[str, float]] = {}
+    for q, qh in hits.items():
+        qh = [(s, float(b)) for s, b in qh if s in labels]
+        total = sum(b for _, b in qh)
+        if total <= 0:
+            continue
+        acc: dict[str, float] = {}
+        for s, b in qh:
+            for t in labels[s]:
+                acc[t] = acc.get(t, 0.0) + b
+        out[q] = {t: v / total for t, v in acc.items()}
+    return out
+
+
+def selection_score(per_aspect: Iterable[Mapping]) -> float | None:
+    """The number the best checkpoint is chosen by: the mean of the per-aspect Fmax (rows of
+    :func:`protgo.eval.metrics.evaluate_fast`); None without any aspect."""
+    values = [float(r["fmax"]) for r in per_aspect]
+    return float(np.mean(values)) if values else None
