@@ -15,7 +15,7 @@ Residues, in order of preference (the script prints which it used):
 
 The GO vectors of text phase 0 are encoded on first use (cached under the data dir).
 
-    python benchmarks/train_step.py [--config configs/demo.yaml] [--steps 20]
+    python benchmarks/train_step.py [--config demo] [--steps 20]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PARTS = ("data", "mining", "forward", "backward", "optimizer")
 
 def create_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    p.add_argument("--config", type=Path, default=Path("demo"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

@@ -14,6 +14,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that read the real Debian data (fixture ``real_data_dir``) carry the
+    ``real_data`` marker: ``pytest -m "not real_data"`` runs the rest on a fresh clone."""
+    for item in items:
+        if "real_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture
 def tiny_obo() -> Path:
     return FIXTURES / "tiny.obo"
@@ -54,17 +62,17 @@ def tiny_esm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory, tiny_esm, real_data_dir):
+def tiny_world(tmp_path_factory, tiny_esm):
     """(data_dir, overrides): the tiny training world of tests/train_world.py (dataset
     ``tiny``, its residue store and GO caches), built once per session."""
     from train_world import build_tiny_world
 
     data_dir = tmp_path_factory.mktemp("train_data")
-    return data_dir, build_tiny_world(data_dir, tiny_esm, real_data_dir)
+    return data_dir, build_tiny_world(data_dir, tiny_esm)
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, tiny_esm, real_data_dir):
+def trained(tmp_path_factory, tiny_esm):
     """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred`` (read it,
     never change it: test_predict.py and test_bad_inputs.py share it)."""
     from train_world import CONFIGS, build_predict_world
@@ -76,7 +84,7 @@ def trained(tmp_path_factory, tiny_esm, real_data_dir):
     from protgo.train.trainer import Trainer
 
     data_dir = tmp_path_factory.mktemp("predict_data")
-    overrides, seqs = build_predict_world(data_dir, tiny_esm, real_data_dir, "tinypred")
+    overrides, seqs = build_predict_world(data_dir, tiny_esm, "tinypred")
     more = ["phases.start_epochs=[0]", "train.epochs=2", f"train.out_dir={data_dir / 'run'}"]
     cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
     enc = ProteinEncoder(cfg.residues)

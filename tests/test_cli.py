@@ -26,3 +26,14 @@ def test_user_errors_are_one_line(tmp_path):
     assert "Traceback" not in out.stderr
     out = _protgo("data", "build", "--aspects", "XX", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "--aspects" in out.stderr
+
+
+def test_shipped_config_by_name_from_another_folder(tmp_path):
+    """`-c demo` finds the config inside the package, whatever the working directory."""
+    cmd = [sys.executable, "-m", "protgo", "curriculum", "show", "-c", "demo",
+           "--steps-per-epoch", "10", "--png", str(tmp_path / "c.png")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "hard_frac" in out.stdout and (tmp_path / "c.png").is_file()
+    bad = subprocess.run([*cmd[:5], "nope"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "demo" in bad.stderr and "nope" in bad.stderr

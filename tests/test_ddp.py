@@ -18,7 +18,7 @@ import torch
 
 from protgo.config import load_config
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parent.parent / "src" / "protgo" / "configs"
 RANK_BATCH, STEPS = 4, 6
 # Random draws the runs cannot share are switched off: dropout, the attribution term's masks,
 # and random negatives (candidate slots outnumber the ~170 GO terms, so every protein gets

@@ -16,9 +16,7 @@ def test_demo_end_to_end_and_resume(tmp_path, tiny_esm, real_data_dir, capsys):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "raw").symlink_to(real_data_dir / "raw")  # stage 1 finds it fetched
-    overrides, _ = build_predict_world(
-        data_dir, tiny_esm, real_data_dir, "tinydemo"
-    )  # stage 2 done
+    overrides, _ = build_predict_world(data_dir, tiny_esm, "tinydemo")  # stage 2 done
     more = ["go_text.phase_relations=[[],[is_a]]", "phases.start_epochs=[0,1]",
             "train.epochs=2", f"train.out_dir={tmp_path / 'run'}"]  # fmt: skip
     cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)

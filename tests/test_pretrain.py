@@ -14,8 +14,8 @@ from protgo.encoders import mlm_corpus as mc
 from protgo.encoders.pretrain import PlmConfig, load_corpus, pretrain
 from protgo.errors import UserError
 
-TINY = Path(__file__).parents[1] / "configs" / "plm-tiny.yaml"
-SMALL = Path(__file__).parents[1] / "configs" / "plm-small.yaml"
+TINY = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-tiny.yaml"
+SMALL = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-small.yaml"
 AA = "LAGVSERTDIPKQNFYMHWC"
 # Swiss-Prot-like residue frequencies: a model that learns them beats the uniform start.
 FREQ = [9.9, 8.3, 7.1, 6.9, 6.6, 6.7, 5.5, 5.3, 5.5, 5.9, 4.7, 5.8, 3.9, 4.1, 3.9, 2.9, 2.4, 2.3,

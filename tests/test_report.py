@@ -11,7 +11,7 @@ import pytest
 
 from protgo.config import load_config
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parent.parent / "src" / "protgo" / "configs"
 METHODS = {"protgo": 0.55, "blend": 0.6, "diamond": 0.5, "knn": 0.45, "mlp": 0.4, "naive": 0.35}
 
 

@@ -11,7 +11,7 @@ import torch
 from protgo.config import load_config
 from protgo.train.phases import RELOAD_ORDER
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parent.parent / "src" / "protgo" / "configs"
 
 
 def _cfg(world, tmp_path, *more):

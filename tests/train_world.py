@@ -10,36 +10,68 @@ a manual ``torchrun`` run) and prints the overrides.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = Path(__file__).parent.parent / "src" / "protgo" / "configs"
 AA = "ACDEFGHIKLMNPQRSTVWY"
 N_FAMILIES, PER_FAMILY, N_DISTRACTORS = 12, 12, 30
 TEXT_MAX_TOKENS = 32  # MiniLM cost grows with text length; names + definition starts suffice
 PHASES = "go_text.phase_relations=[[],[is_a]]"  # two phases: every phase test needs only one switch
 
 
-def subset_terms(real_data_dir: Path, n_targets: int, n_more: int, seed: int = 0):
+FIXTURE = Path(__file__).parent / "fixtures" / "go-mf-subset"  # .obo and .json
+WORLDS = {"train": (N_FAMILIES, N_DISTRACTORS, 0), "predict": (6, 20, 3)}  # targets, more, seed
+
+
+def pick_terms(terms, n_targets: int, n_more: int, seed: int = 0):
     """``n_targets`` specific MF terms, ``n_more`` unannotated ones (retrieval distractors),
-    and every ancestor: a couple of hundred real GO terms."""
-    from protgo.data import godb
+    and every ancestor: a couple of hundred real GO terms (parents cut to those)."""
     from protgo.data.ontology import Ontology
 
-    go_sqlite = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
-    terms = godb.read_terms(go_sqlite)
     onto = Ontology(terms)
     leaves = sorted(t for t in onto.ids("MF") if onto.depth(t) >= 4 and not onto.children(t))
     picked = random.Random(seed).sample(leaves, n_targets + n_more)
-    targets = picked[:n_targets]
     keep = set(picked).union(*(onto.ancestors(t) for t in picked))
+    return _cut(terms, keep), picked[:n_targets]
+
+
+def _cut(terms, keep: set[str]):
     out = []
     for t in terms:
         if t.id in keep:
             parents = {r: [p for p in ps if p in keep] for r, ps in t.parents.items()}
             out.append(dataclasses.replace(t, parents={r: p for r, p in parents.items() if p}))
-    return out, targets
+    return out
+
+
+def subset_terms(world: str):
+    """(terms, target terms) of a world (``train`` or ``predict``), read from the committed
+    real-GO fixture, so the worlds need no Debian data."""
+    from protgo.data.ontology import parse_obo
+
+    info = json.loads(FIXTURE.with_suffix(".json").read_text())[world]
+    return _cut(parse_obo(FIXTURE.with_suffix(".obo")), set(info["terms"])), info["targets"]
+
+
+def make_fixture(real_data_dir: Path) -> None:
+    """Write the fixture from GO.db (``python tests/train_world.py --make-fixture``)."""
+    from protgo.data import godb
+    from protgo.data.ontology import write_obo
+
+    go = real_data_dir / "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
+    terms = godb.read_terms(go)
+    worlds = {}
+    for name, args in WORLDS.items():
+        sub, targets = pick_terms(terms, *args)
+        worlds[name] = {"targets": targets, "terms": [t.id for t in sub]}
+    keep = {g for w in worlds.values() for g in w["terms"]}
+    header = {"data-version": f"GO.db {godb.source_date(go)} (MF subset for tests)",
+              "remark": "made by `python tests/train_world.py --make-fixture`"}  # fmt: skip
+    write_obo(_cut(terms, keep), FIXTURE.with_suffix(".obo"), header)
+    FIXTURE.with_suffix(".json").write_text(json.dumps(worlds, indent=1) + "\n")
 
 
 def family_sequences(targets: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -59,7 +91,7 @@ def family_sequences(targets: list[str]) -> tuple[dict[str, str], list[str]]:
     return seqs, rows
 
 
-def build_tiny_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path) -> list[str]:
+def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
     """Dataset ``tiny`` in ``data_dir`` with its residue store and GO caches (every phase);
     returns the config overrides (for configs/tiny.yaml) that point at it."""
     from protgo.config import load_config
@@ -72,7 +104,7 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path) -> lis
 
     raw = Path(data_dir) / "raw_tiny"
     raw.mkdir(parents=True, exist_ok=True)
-    terms, targets = subset_terms(real_data_dir, N_FAMILIES, N_DISTRACTORS)
+    terms, targets = subset_terms("train")
     seqs, rows = family_sequences(targets)
     write_obo(terms, raw / "go.obo")
     write_fasta(sorted(seqs.items()), raw / "seqs.fasta")
@@ -92,7 +124,7 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path) -> lis
     return overrides
 
 
-def build_predict_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, name: str):
+def build_predict_world(data_dir: Path, tiny_esm: Path, name: str):
     """Dataset ``name`` (6 motif families, one term held out as zero-shot) under
     ``data_dir``; returns (overrides for configs/tiny.yaml (64-residue windows), sequences)."""
     from protgo.data.build import BuildOptions, build_dataset, user_sources
@@ -101,7 +133,7 @@ def build_predict_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, nam
 
     raw = data_dir / f"raw_{name}"
     raw.mkdir(parents=True)
-    terms, targets = subset_terms(real_data_dir, 6, 20, seed=3)
+    terms, targets = subset_terms("predict")
     rng = random.Random(1)
     seqs, rows = {}, []
     for f, term in enumerate(targets):
@@ -126,5 +158,8 @@ def build_predict_world(data_dir: Path, tiny_esm: Path, real_data_dir: Path, nam
 if __name__ == "__main__":
     from protgo.config import default_data_dir
 
-    print(" ".join(f"--set {o}" for o in build_tiny_world(Path(sys.argv[1]), Path(sys.argv[2]),
-                                                          default_data_dir())))  # fmt: skip
+    if sys.argv[1:] == ["--make-fixture"]:
+        make_fixture(default_data_dir())
+    else:
+        print(" ".join(f"--set {o}" for o in build_tiny_world(Path(sys.argv[1]),
+                                                              Path(sys.argv[2]))))  # fmt: skip

@@ -39,7 +39,10 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Data directory (default: $PROTGO_DATA or ~/.cache/protgo)."),
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Experiment YAML, or a shipped config's name (demo)."),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")
 ]
@@ -168,7 +171,9 @@ def data_build(
 
 @plm_app.command("pretrain")
 def plm_pretrain(
-    config: Annotated[Path, typer.Option("--config", "-c", help="PLM YAML (configs/plm-*.yaml).")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="PLM YAML, or a shipped one's name (plm-small).")
+    ],
     overrides: SetOpt = None,
     exclude_ids: Annotated[
         Path | None, typer.Option(help="File of protein ids never to train on (one per line).")
@@ -383,7 +388,7 @@ def demo(
     ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """The whole pipeline on a small human subset (configs/demo.yaml): fetch, build, embed,
+    """The whole pipeline on a small human subset (shipped config `demo`): fetch, build, embed,
     encode GO, train, predict, evaluate against the baselines, report. Run it again after an
     interruption: finished stages are skipped."""
     from protgo.config import load_config
@@ -391,9 +396,7 @@ def demo(
 
     if max_proteins is not None and max_proteins < 1:
         raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
-    if config is None:
-        config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config or Path("demo"), overrides or [])
     root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
     table, report = Demo(cfg, root, max_proteins).run_all()
     typer.echo(table)

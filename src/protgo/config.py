@@ -159,7 +159,6 @@ class LossConfig(Section):
     tau: Annotated[float, Field(gt=0.0)] = 1.5
     teacher: Literal["homology", "ema"] = "ema"
     ema_decay: Rate = 0.999
-    lambda_attr: NonNeg = 0.1
     attr_top_frac: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     attr_margin: NonNeg = 0.05
     lambda_ent: NonNeg = 0.01
@@ -230,7 +229,10 @@ def _format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
     for e in err.errors():
         key = prefix + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}' (check the spelling against configs/default.yaml)")
+            parts.append(
+                f"unknown key '{key}' (check the spelling against the shipped config "
+                "src/protgo/configs/default.yaml)"
+            )
         else:
             parts.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     return f"invalid config {source}: " + "; ".join(parts)
@@ -281,10 +283,8 @@ def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = (
     raw: dict = {}
     source = "(defaults)"
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found (see configs/ for examples)")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -296,6 +296,22 @@ def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = (
         return cls.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def resolve_config_path(path: Path | str) -> Path:
+    """A YAML file, else the name of a config shipped with protgo (``-c demo``)."""
+    from protgo.resources import shipped_config, shipped_config_names
+
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_config(str(path))
+    if shipped is not None:
+        return shipped
+    raise ConfigError(
+        f"config file {path} not found; give a YAML file or the name of a shipped config "
+        f"({', '.join(shipped_config_names())})"
+    )
 
 
 def load_config(path: Path | None, overrides: list[str] = ()) -> Config:

@@ -1,4 +1,5 @@
-"""Files that ship inside the protgo package: the trained models under ``protgo/models/``.
+"""Files that ship inside the protgo package: the trained models under ``protgo/models/`` and
+the experiment configs under ``protgo/configs/``.
 
 They are package data, found relative to the installed package (never the working
 directory), so a command finds them from any folder and from an installed wheel.
@@ -23,6 +24,20 @@ def shipped_model_names() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file())
+
+
+def configs_dir() -> Path:
+    return Path(str(resources.files("protgo") / "configs"))
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def shipped_config(name: str) -> Path | None:
+    """The shipped config ``name`` (``demo`` or ``demo.yaml``), or None."""
+    stem = name.removesuffix(".yaml").removeprefix("configs/")
+    return configs_dir() / f"{stem}.yaml" if stem in shipped_config_names() else None
 
 
 def shipped_model(name: str) -> Path | None:

@@ -4,7 +4,7 @@ Two sources:
 
 * ``debian`` (offline-friendly default): ``apt-get download`` + ``dpkg-deb -x`` of GO.db,
   org.Hs.eg.db and metastudent-data into ``raw/debian/root/`` (never ``apt-get install``, which
-  would pull hundreds of R packages). See DATA.md for what each package holds.
+  would pull hundreds of R packages). docs/data.md says what each package holds.
 * ``web`` (for users with internet): the current ``go-basic.obo`` and reviewed UniProt entries
   with their GO annotations and evidence codes, through the UniProt REST API.
 

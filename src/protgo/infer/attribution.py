@@ -1,6 +1,6 @@
 """Per-residue importance of a protein's top GO terms.
 
-Two views, both on the stored residue vectors (ESM is not re-run):
+Two views, both on residue vectors already embedded (the protein encoder is not run again):
 
 * ``attention``: the pooling attention (mean over queries and heads), one map per protein;
   it says where the model looks, whatever the term;

@@ -20,8 +20,7 @@ vector comes from its text, not from training labels.
 Calibration (``--threshold auto``): logistic ``sigmoid(a * logit + b)`` per aspect on the
 validation split's (protein, term) pairs, and the threshold that gives the best validation
 Fmax on the calibrated, propagated scores. It is stored next to the checkpoint
-(``<checkpoint>.calibration.json``, keyed by the checkpoint's bytes) or read from the
-checkpoint's own ``calibration`` entry when the trainer put one there.
+(``<checkpoint>.calibration.json``, keyed by the checkpoint's bytes).
 """
 
 from __future__ import annotations
@@ -63,6 +62,7 @@ class ProteinResult:
     pid: str
     sequence: str
     scores: np.ndarray  # (T,)
+    residues: np.ndarray | None = None  # (L, D) fp16, kept when asked (for attributions)
 
 
 class Predictor:
@@ -84,7 +84,7 @@ class Predictor:
         self._load_dataset()
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
         self._load_model(state)
-        self.calibration = state.get("calibration") or self._read_calibration()
+        self.calibration = self._read_calibration()
         self._encoder = None
         self._store = self._open_store()
 
@@ -239,9 +239,10 @@ class Predictor:
 
     def predict(
         self, sequences: Mapping[str, str], propagate: bool = True, chunk: int = 256,
-        progress: bool = False,
+        progress: bool = False, keep_residues: bool = False,
     ) -> list[ProteinResult]:  # fmt: skip
-        """Scores of every sequence ({pid: cleaned sequence}), in chunks of ``chunk``."""
+        """Scores of every sequence ({pid: cleaned sequence}), in chunks of ``chunk``;
+        ``keep_residues`` keeps each protein's residue vectors (ESM runs once per query)."""
         from tqdm import tqdm
 
         pids, out = list(sequences), []
@@ -252,7 +253,8 @@ class Predictor:
                 vecs, _ = self.protein_vectors([res[p] for p in part])
                 sc = self.scores(vecs, propagate)
                 _check_finite(sc, list(part))
-                out += [ProteinResult(p, part[p], sc[k]) for k, p in enumerate(part)]
+                out += [ProteinResult(p, part[p], sc[k], res[p] if keep_residues else None)
+                        for k, p in enumerate(part)]  # fmt: skip
                 bar.update(len(part))
         return out
 
@@ -480,7 +482,8 @@ def run_predict(
     if cut == "auto":
         pred.thresholds()  # fails now, before any work, when there is no calibration
     t0 = time.perf_counter()
-    results = pred.predict(seqs, propagate=propagate, progress=progress)
+    results = pred.predict(seqs, propagate=propagate, progress=progress,
+                           keep_residues=attributions)  # fmt: skip
     seconds = time.perf_counter() - t0
     rows = [row for r in results for row in top_terms(pred, r, top_k, cut, keep_general)]
     files = {"protgo.tsv": cafa_lines(pred, results), "predictions.tsv": readable_tsv(rows),
@@ -525,7 +528,7 @@ def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[
     out = {}
     for r in results:
         terms = [row["go_id"] for row in rows if row["protein"] == r.pid]
-        res = pred.residues({r.pid: r.sequence})[r.pid]
+        res = r.residues if r.residues is not None else pred.residues({r.pid: r.sequence})[r.pid]
         go = pred.go[[col[g] for g in terms]].cpu()  # (K, A)
         out[r.pid] = {"sequence": r.sequence, **explain(pred.model, res, go, terms)}
     return json.dumps(out) + "\n"

@@ -161,23 +161,24 @@ class FewShotBatchSampler:
     expected share of few-shot pairs is ``share``: ``q = a*|F| / (a*|F| + |O|)`` proteins from
     the few pool with ``a = share*N_O / (A_F - share*N_F)`` (``A_F`` few pairs and ``N_F`` all
     pairs of the few pool, ``N_O`` pairs of the other pool). A pool is reshuffled each epoch
-    and cycled when oversampled. Under DDP each rank takes every ``world_size``-th batch.
+    and cycled when oversampled. Under DDP the trainer gives each rank its slice of every
+    batch (``train.trainer.RankSlices``).
     """
 
     def __init__(
         self, pairs: Sequence[tuple[int, int]], batch_size: int, share: float | None = None,
-        seed: int = 0, rank: int = 0, world_size: int = 1,
+        seed: int = 0,
     ):  # fmt: skip
         """``pairs[i]`` = (few-shot positives, all positives) of item i."""
         if batch_size < 1:
             raise UserError(f"train.batch_size must be at least 1, got {batch_size}")
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.batch_size, self.seed = batch_size, seed
         self.epoch = 0
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         is_few = pairs[:, 0] > 0
         self.few_pool = np.flatnonzero(is_few)
         self.other_pool = np.flatnonzero(~is_few)
-        self.n_batches = len(pairs) // batch_size // world_size * world_size
+        self.n_batches = len(pairs) // batch_size
         self.q = self._few_protein_share(pairs, is_few, share)
 
     @classmethod
@@ -206,7 +207,7 @@ class FewShotBatchSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n_batches // self.world_size
+        return self.n_batches
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -218,8 +219,7 @@ class FewShotBatchSampler:
         for k in range(self.n_batches):
             batch = [*few[i : i + n_few[k]], *other[j : j + b - n_few[k]]]
             i, j = i + n_few[k], j + b - n_few[k]
-            if k % self.world_size == self.rank:
-                yield [int(x) for x in batch]
+            yield [int(x) for x in batch]
 
 
 def _cycled(pool: np.ndarray, n: int) -> np.ndarray:

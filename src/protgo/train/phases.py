@@ -65,7 +65,6 @@ class PhaseManager:
         self.bank: MemoryBank | None = None
         self.resources: VectorResources | None = None
         self.builder: BatchBuilder | None = None
-        self.reloads: list[str] = []  # names in the order they were reloaded (for tests)
 
     def phase_for_epoch(self, epoch: int) -> int:
         """The last phase whose start epoch is at or before ``epoch``."""
@@ -116,7 +115,6 @@ class PhaseManager:
         self._done("dataloaders", reason, step)
 
     def _done(self, name: str, reason: str, step: int, **info) -> None:
-        self.reloads.append(name)
         self.tracker.event("refresh", reason, step, resource=name, **info)
 
     def refresh_bank(self, ids_seen: Iterable[str], step: int, epoch: int) -> int:

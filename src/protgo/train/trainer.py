@@ -229,7 +229,6 @@ class Trainer:
         else:
             self._preview_curriculum()
             self.phases.maybe_refresh_phase_resources(0, 0, self._rebuild_loaders)
-        self.val_builder_seed = self.cfg.train.seed + 1
         last: dict = {}
         while self.epoch < self.cfg.train.epochs:
             if not self._train_epoch(max_steps):
@@ -480,7 +479,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "global_batch": self.cfg.train.batch_size * self.world,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr_schedule.state_dict(), "curriculum_step": self.step,
+            "lr_schedule": self.lr_schedule.state_dict(),
             "phase": self.phases.phase, "bank": self.phases.bank.state_dict(),
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
             "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
