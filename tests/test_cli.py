@@ -35,5 +35,5 @@ def test_shipped_config_by_name_from_another_folder(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "hard_frac" in out.stdout and (tmp_path / "c.png").is_file()
-    bad = subprocess.run([*cmd[:5], "nope"], capture_output=True, text=True, cwd=tmp_path)
+    bad = subprocess.run([*cmd[:6], "nope"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "demo" in bad.stderr and "nope" in bad.stderr
