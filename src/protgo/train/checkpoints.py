@@ -178,12 +178,13 @@ class CheckpointManager:
         pointer = {"file": path.name, "kind": kind, "step": state["step"], "epoch": state["epoch"]}
         atomic_write_text(self.directory / "latest.json", json.dumps(pointer) + "\n")
         if kind in ("step", "epoch"):
-            self._prune(kind)
+            self._prune(kind, path)
         return path
 
-    def _prune(self, kind: Kind) -> None:
+    def _prune(self, kind: Kind, newest: Path) -> None:
+        """Keep the last ``keep_last`` of ``kind`` by number, and always ``newest``."""
         old = sorted(self.directory.glob(f"{kind}-*.pt"))[: -self.keep_last]
-        for p in old:
+        for p in (p for p in old if p != newest):
             p.unlink(missing_ok=True)
         for tmp in self.directory.glob(".*.tmp"):  # left by a killed writer
             tmp.unlink(missing_ok=True)
