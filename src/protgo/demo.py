@@ -83,11 +83,11 @@ class Demo:
 
     def residues(self) -> None:
         from protgo.data.folder import DatasetFolder
-        from protgo.encoders.protein import ProteinEncoder
+        from protgo.encoders.protein import protein_encoder
         from protgo.stores.residues import ESMResidueStore
 
         seqs = DatasetFolder.load(self.cfg.data.dataset, self.data_dir).sequences
-        enc = ProteinEncoder(self.cfg.residues)
+        enc = protein_encoder(self.cfg.residues)
         store = ESMResidueStore.create(self.data_dir, enc.settings())
         rep = store.embed(enc, seqs, shard_bytes=self.cfg.residues.shard_mb << 20)
         print(f"  {len(store)} proteins in {store.root} ({rep.residues} residues embedded now, "

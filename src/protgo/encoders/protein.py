@@ -183,8 +183,12 @@ def model_window(config) -> int:
 
 
 def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
-    """(model directory, settings the vectors depend on), read from files without loading
-    weights, so a residue store can be found without the model in memory."""
+    """(model directory or weights file, settings the vectors depend on), read from files
+    without loading weights, so a residue store can be found without the model in memory."""
+    from protgo.encoders import unirep
+
+    if unirep.is_unirep(cfg.model):
+        return unirep.describe_unirep(cfg)
     from transformers import EsmConfig
 
     model_dir = resolve_model_dir(cfg.model)
@@ -199,6 +203,15 @@ def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
         "dtype": cfg.dtype,
         "dim": config.hidden_size,
     }
+
+
+def protein_encoder(cfg: ResiduesConfig):
+    """The encoder ``residues.model`` names: UniRep (``unirep-1900``, ``unirep-256``,
+    ``unirep-64``; :mod:`protgo.encoders.unirep`) or an ESM model (:class:`ProteinEncoder`).
+    Both give ``settings()``, ``dim``, ``embed()`` and ``embed_batched()``."""
+    from protgo.encoders import unirep
+
+    return unirep.UniRepEncoder(cfg) if unirep.is_unirep(cfg.model) else ProteinEncoder(cfg)
 
 
 class ProteinEncoder:

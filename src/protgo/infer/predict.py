@@ -138,9 +138,9 @@ class Predictor:
     def encoder(self):
         """The ESM encoder, loaded on first use (only for sequences not in the store)."""
         if self._encoder is None:
-            from protgo.encoders.protein import ProteinEncoder
+            from protgo.encoders.protein import protein_encoder
 
-            self._encoder = ProteinEncoder(self.cfg.residues)
+            self._encoder = protein_encoder(self.cfg.residues)
             if self._encoder.dim != self.residue_dim:
                 raise UserError(
                     f"ESM model '{self.cfg.residues.model}' gives {self._encoder.dim}-dim "
