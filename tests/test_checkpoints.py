@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from protgo.errors import UserError
-from protgo.train.checkpoints import (
+from protgo.model.checkpoints import (
     SCHEMA_VERSION,
     CheckpointManager,
     load_checkpoint,
@@ -57,7 +57,7 @@ def test_rng_states_restore_every_generator():
 
 WRITER = """
 import sys, torch
-from protgo.train.checkpoints import CheckpointManager
+from protgo.model.checkpoints import CheckpointManager
 mgr = CheckpointManager(sys.argv[1], keep_last=2)
 step = 0
 while True:

@@ -103,7 +103,7 @@ class Demo:
             print(f"  phase {phase}: {len(cache)} GO texts {state}", flush=True)
 
     def train(self) -> None:
-        from protgo.train.checkpoints import CheckpointManager
+        from protgo.model.checkpoints import CheckpointManager
         from protgo.train.trainer import Trainer
 
         latest = CheckpointManager(self.run / "checkpoints").latest()

@@ -16,10 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +27,7 @@ from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
+from protgo.data.seqsearch import cluster_sequences
 from protgo.data.sources import WebPaths, read_uniprot_go_tsv
 from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
@@ -307,31 +305,6 @@ def _split(pids: list[str], sequences: dict[str, str], opts: BuildOptions):
         cluster_of.update(dict.fromkeys(g, ci))
     info["cluster_of"] = cluster_of
     return splits, info
-
-
-def cluster_sequences(seqs: dict[str, str], min_seq_id: float, coverage: float) -> list[list[str]]:
-    """Cluster with mmseqs2 (Debian `mmseqs2`); each cluster later goes to one split."""
-    if shutil.which("mmseqs") is None:
-        raise UserError(
-            "mmseqs2 is needed for similarity-aware splits: run scripts/setup.sh "
-            "(or `apt-get install mmseqs2`), or pass --split random"
-        )
-    with tempfile.TemporaryDirectory(prefix="protgo-mmseqs-") as tmp:
-        fasta = Path(tmp) / "in.fasta"
-        write_fasta(seqs.items(), fasta)
-        cmd = [
-            "mmseqs", "easy-cluster", str(fasta), f"{tmp}/out", f"{tmp}/work",
-            "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--threads", "2", "-v", "1",
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"mmseqs2 clustering failed: {proc.stderr.strip()[-500:]}")
-        clusters: dict[str, list[str]] = defaultdict(list)
-        with open(f"{tmp}/out_cluster.tsv") as fh:
-            for line in fh:
-                rep, member = line.split()
-                clusters[rep].append(member)
-    return [sorted(v) for _, v in sorted(clusters.items())]
 
 
 def _pick_zero_shot(onto: Ontology, labels, splits, opts: BuildOptions) -> set[str]:

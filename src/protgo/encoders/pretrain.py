@@ -29,7 +29,9 @@ from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, read_jsonl
-from protgo.train.checkpoints import atomic_torch_save, safe_torch_load
+from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
+from protgo.train import distributed
+from protgo.train.schedule import warmup_cosine_factor
 
 SCHEMA_VERSION = 1
 
@@ -130,14 +132,10 @@ def _prior_training(source: str) -> tuple[int, float]:
 
 
 def warmup_cosine_lr(optimizer, base_lr: float, warmup: int, total: int, min_frac: float):
-    """A step function setting the lr: linear warm-up, then cosine decay to ``min_frac``."""
+    """A step function setting the lr (:func:`protgo.train.schedule.warmup_cosine_factor`)."""
 
     def step_fn(step: int) -> float:
-        if step < warmup:
-            lr = base_lr * (step + 1) / warmup
-        else:
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            lr = base_lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+        lr = base_lr * warmup_cosine_factor(step, warmup, total, min_frac)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -424,17 +422,14 @@ class Runtime:
 def setup_runtime(threads: int | None) -> Runtime:
     if threads:
         torch.set_num_threads(threads)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = distributed.init()
     cuda = torch.cuda.is_available()
     if world > 1:  # launched by torchrun
-        import torch.distributed as dist
-
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        dist.init_process_group("nccl" if cuda else "gloo")
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        return Runtime(device, dist.get_rank(), world)
+        return Runtime(device, rank, world)
     return Runtime(torch.device("cuda" if cuda else "cpu"))
 
 

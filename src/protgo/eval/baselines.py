@@ -17,17 +17,14 @@ protein model.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from protgo.data.fasta import write_fasta
 from protgo.data.ontology import Ontology
+from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
 from protgo.infer.scoring import transfer_scores
@@ -61,93 +58,6 @@ def naive(train: Annotations, queries: Iterable[str], ontology: Ontology) -> Pre
 # ----------------------------------------------------------------------------------------------
 # DIAMOND
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class DiamondOptions:
-    sensitivity: str = "more-sensitive"  # DeepGOPlus uses --more-sensitive
-    evalue: float = 0.001
-    max_target_seqs: int = 500
-    threads: int = 2
-    binary: str = "diamond"
-
-
-def diamond_hits(
-    queries: Mapping[str, str],
-    database: Mapping[str, str],
-    opts: DiamondOptions | None = None,
-    workdir: Path | None = None,
-) -> dict[str, list[tuple[str, float]]]:
-    """``{query: [(subject, bitscore), ...]}`` from ``diamond blastp``; self-hits (same id)
-    are dropped, and a subject is kept once (its best bitscore)."""
-    opts = opts or DiamondOptions()
-    exe = shutil.which(opts.binary)
-    if exe is None:
-        raise UserError(
-            f"'{opts.binary}' not found: install DIAMOND (apt-get install "
-            "diamond-aligner) or pass its path"
-        )
-    if not queries or not database:
-        return {}
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="diamond-") as tmp:
-        t = Path(tmp)
-        write_fasta(sorted(database.items()), t / "db.fa")
-        write_fasta(sorted(queries.items()), t / "q.fa")
-        _run(
-            [
-                exe,
-                "makedb",
-                "--in",
-                str(t / "db.fa"),
-                "-d",
-                str(t / "db"),
-                "--threads",
-                str(opts.threads),
-                "--quiet",
-            ]
-        )
-        _run(
-            [
-                exe,
-                "blastp",
-                "-d",
-                str(t / "db"),
-                "-q",
-                str(t / "q.fa"),
-                "-o",
-                str(t / "hits.tsv"),
-                f"--{opts.sensitivity}",
-                "-e",
-                str(opts.evalue),
-                "-k",
-                str(opts.max_target_seqs),
-                "--outfmt",
-                "6",
-                "qseqid",
-                "sseqid",
-                "bitscore",
-                "--threads",
-                str(opts.threads),
-                "--tmpdir",
-                tmp,
-                "--quiet",
-            ]
-        )
-        hits: dict[str, dict[str, float]] = {}
-        for line in (t / "hits.tsv").read_text().splitlines():
-            q, s, bits = line.split("\t")
-            if q != s:
-                best = hits.setdefault(q, {})
-                best[s] = max(float(bits), best.get(s, 0.0))
-    return {q: sorted(d.items(), key=lambda x: -x[1]) for q, d in hits.items()}
-
-
-def _run(cmd: list[str]) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd[:2])} failed (exit {res.returncode}): {res.stderr.strip()[-500:]}"
-        )
-
-
 def diamond_score(
     hits: Mapping[str, list[tuple[str, float]]], train: Annotations, ontology: Ontology
 ) -> Predictions:

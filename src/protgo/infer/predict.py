@@ -72,7 +72,7 @@ class Predictor:
         self, checkpoint: Path, data_dir: Path | None = None,
         aspects: Iterable[str] | None = None, device: str = "cpu",
     ):  # fmt: skip
-        from protgo.train.checkpoints import load_checkpoint, resolve_checkpoint
+        from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 
         self.checkpoint = resolve_checkpoint(Path(checkpoint))
         state = load_checkpoint(self.checkpoint, "cpu")

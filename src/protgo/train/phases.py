@@ -25,9 +25,9 @@ import torch
 
 from protgo.config import Config
 from protgo.mining.batch_builder import BatchBuilder
+from protgo.model.checkpoints import rng_state, set_rng_state
 from protgo.stores.go_vectors import GoLookupCache, MemoryBank, embed_go
 from protgo.stores.vector_resources import VectorResources
-from protgo.train.checkpoints import rng_state, set_rng_state
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
 _GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go

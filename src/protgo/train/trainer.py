@@ -21,8 +21,6 @@ optimizer: clip, AdamW, LR schedule, bank update); benchmarks/train_step.py repo
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import random
 import shutil
 import time
@@ -34,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from protgo.config import Config
+from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import Predictions, evaluate_fast, truth_matrix
 from protgo.infer import scoring
@@ -42,6 +41,7 @@ from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
 from protgo.mining.dataset import FewShotBatchSampler, FewZeroConfig, ProteinEmbDataset, Specificity
 from protgo.model.aligner import ProtGoAligner
+from protgo.model.checkpoints import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from protgo.model.losses import (
     AlignmentLoss,
     EmaTeacher,
@@ -50,32 +50,13 @@ from protgo.model.losses import (
     multi_positive_info_nce,
 )
 from protgo.model.pooling import pad_residues
-from protgo.train.checkpoints import CheckpointManager, load_checkpoint, rng_state, set_rng_state
+from protgo.train import distributed
 from protgo.train.phases import PhaseManager, go_cache
+from protgo.train.schedule import warmup_cosine
 from protgo.train.tracking import Tracker
 
 TENSOR_KEYS = ("residues", "mask", "cand_idx", "cand_pos", "cand_weight", "cand_valid",
                "go_pos", "go_weight")  # fmt: skip
-
-
-def warmup_cosine(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size), starting the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 class RankSlices:
@@ -107,7 +88,7 @@ class Trainer:
 
         self.cfg, self.progress = cfg, progress
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
-        self.rank, self.world = dist_info()
+        self.rank, self.world = distributed.init()
         self.device = torch.device(cfg.train.device)
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
@@ -120,7 +101,7 @@ class Trainer:
         # changes how much random state the steps above used.
         _seed_everything(cfg.train.seed)
         self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
-        self._broadcast_parameters()
+        distributed.broadcast_parameters(self.model, self.world)
         self.criterion = AlignmentLoss(cfg.loss)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -184,8 +165,6 @@ class Trainer:
             return None
         if c.teacher == "ema":
             return EmaTeacher(self.model, c.ema_decay)
-        from protgo.eval.baselines import DiamondOptions, diamond_hits
-
         seqs = self.folder.sequences
         train = {p: seqs[p] for p in self.train_ds.pids}
         hits = diamond_hits(train, train, DiamondOptions(threads=2))
@@ -251,8 +230,7 @@ class Trainer:
                 f"with --resume {self.run_dir}, start it anew with --overwrite, or set another "
                 "train.out_dir"
             )
-        if self.world > 1:
-            dist.barrier()
+        distributed.barrier(self.world)
         if held and self.rank == 0:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
@@ -300,7 +278,7 @@ class Trainer:
         with self._timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # 5. backward
-            self._average_gradients()
+            distributed.average_gradients(self.model, self.world)
         with self._timed("optimizer"):
             if self.cfg.train.grad_clip:  # 6. clip
                 norm = torch.nn.utils.clip_grad_norm_(
@@ -390,23 +368,6 @@ class Trainer:
         if isinstance(self.teacher, EmaTeacher):
             self.teacher.update(self.model)
 
-    def _average_gradients(self) -> None:
-        if self.world == 1:
-            return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for g in grads:
-            g.copy_(flat[i : i + g.numel()].view_as(g))
-            i += g.numel()
-
-    def _broadcast_parameters(self) -> None:
-        if self.world > 1:
-            for p in self.model.parameters():
-                dist.broadcast(p.data, 0)
-
     # ---- epoch end ----------------------------------------------------------------------
     def _end_epoch(self) -> dict:
         self.phases.refresh_bank(self.seen, self.step, self.epoch)  # bank refresh
@@ -474,7 +435,7 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict:
-        """Everything a resume needs, as a plain dict (see :mod:`protgo.train.checkpoints`)."""
+        """Everything a resume needs, as a plain dict (see :mod:`protgo.model.checkpoints`)."""
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "global_batch": self.cfg.train.batch_size * self.world,
