@@ -126,7 +126,7 @@ def data_build(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build a dataset folder (go.obo, proteins.fasta, annotations, splits, terms, IA)."""
-    from protgo.data import build, sources
+    from protgo.data import build
 
     build.check_dataset_name(name)
     root = _data_dir(data_dir)
@@ -145,24 +145,7 @@ def data_build(
         min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
         drop_protein_binding_only=not keep_protein_binding_only,
     )  # fmt: skip
-    own = [fasta, annotations, obo]
-    if any(own):
-        if not all(own):
-            raise UserError("your own data needs all three of --fasta, --annotations and --obo")
-        src = build.user_sources(fasta, annotations, obo)
-    elif (source or name) == "human-exp":
-        p = sources.debian_paths(root)
-        src = build.human_exp_sources(p.go_sqlite, p.orghs_sqlite, p.metastudent_dir)
-    elif (source or name) == "swissprot-2014":
-        p = sources.debian_paths(root)
-        src = build.swissprot_sources(p.go_sqlite, p.metastudent_dir)
-    elif (source or name) == "web":
-        src = build.web_sources(sources.web_paths(root), all_evidence)
-    else:
-        raise UserError(
-            f"no source for dataset '{name}': name or --source human-exp, swissprot-2014 or web, "
-            "or give --fasta, --annotations and --obo"
-        )
+    src = build.select_sources(source or name, root, (fasta, annotations, obo), all_evidence)
     out = root / "datasets" / name
     summary = build.build_dataset(out, src, opts, name)
     typer.echo(f"dataset '{name}' written to {out}")

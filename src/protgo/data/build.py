@@ -28,7 +28,7 @@ from protgo.data.blastdb import BlastDb
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.seqsearch import cluster_sequences
-from protgo.data.sources import WebPaths, read_uniprot_go_tsv
+from protgo.data.sources import WebPaths, debian_paths, read_uniprot_go_tsv, web_paths
 from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, iter_text_lines
@@ -173,6 +173,29 @@ def user_sources(fasta: Path, annotations: Path, obo: Path) -> Sources:
             )
         rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "NA"))
     return Sources(parse_obo(obo), read_fasta(fasta), rows, prov)
+
+
+def select_sources(
+    kind: str, data_dir: Path, own: tuple[Path | None, Path | None, Path | None],
+    all_evidence: bool = False,
+) -> Sources:  # fmt: skip
+    """The sources of a build: the user's own (FASTA, annotations, OBO) when given, else
+    ``kind`` (human-exp, swissprot-2014 or web) from the fetched data under ``data_dir``."""
+    if any(own):
+        if not all(own):
+            raise UserError("your own data needs all three of --fasta, --annotations and --obo")
+        return user_sources(*own)
+    if kind in ("human-exp", "swissprot-2014"):
+        p = debian_paths(data_dir)
+        if kind == "human-exp":
+            return human_exp_sources(p.go_sqlite, p.orghs_sqlite, p.metastudent_dir)
+        return swissprot_sources(p.go_sqlite, p.metastudent_dir)
+    if kind == "web":
+        return web_sources(web_paths(data_dir), all_evidence)
+    raise UserError(
+        f"no source for dataset '{kind}': name or --source human-exp, swissprot-2014 or web, "
+        "or give --fasta, --annotations and --obo"
+    )
 
 
 def check_dataset_name(name: str) -> str:
