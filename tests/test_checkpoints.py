@@ -110,7 +110,14 @@ def test_tracker_wandb_offline(tmp_path, monkeypatch):
     tr.log({"loss": 0.5}, 0)
     tr.table("curriculum", ["step", "k_hard"], [[0, 4]])
     tr.close()
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the run's records, on disk
+    # a resumed run continues the same W&B run (same id), and JSONL keeps what it had
+    Tracker(tmp_path, TrackingConfig(wandb="offline"), resume_step=0).close()
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
+    assert all(run_id in d.name for d in (tmp_path / "wandb").glob("offline-run-*"))
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0]
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
