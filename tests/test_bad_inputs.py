@@ -250,7 +250,7 @@ def test_crafted_checkpoint_never_runs_code(world, capsys, monkeypatch, tmp_path
 
 
 def test_crafted_plm_checkpoint_and_npy_never_run_code(tmp_path):
-    from protgo.encoders.pretrain import load_checkpoint as load_plm
+    from protgo.plm.pretrain import load_checkpoint as load_plm
     from protgo.stores.go_vectors import GoVectorCache
 
     marker = tmp_path / "pwned"

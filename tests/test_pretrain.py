@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from protgo.config import ConfigError, load_model
-from protgo.encoders import mlm_corpus as mc
-from protgo.encoders.pretrain import PlmConfig, load_corpus, pretrain
 from protgo.errors import UserError
+from protgo.plm import corpus as mc
+from protgo.plm.pretrain import PlmConfig, load_corpus, pretrain
 
 TINY = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-tiny.yaml"
 SMALL = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-small.yaml"

@@ -24,12 +24,12 @@ from pydantic import Field
 from tqdm import tqdm
 
 from protgo.config import Section, default_data_dir, dump_config
-from protgo.encoders import mlm_corpus as mc
 from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, read_jsonl
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
+from protgo.plm import corpus as mc
 from protgo.train import distributed
 from protgo.train.schedule import warmup_cosine_factor
 
