@@ -114,6 +114,46 @@ class PhaseManager:
             rebuild_loaders()
         self._done("dataloaders", reason, step)
 
+    # ---- what the trainer calls ----------------------------------------------------------
+    @property
+    def searches_bank(self) -> bool:
+        """Mining searches the aligned-space bank (``mining.backend: bank``), not the cache."""
+        return self.resources.source == "bank"
+
+    def mine(self, batch: dict, params, queries: torch.Tensor | None = None) -> dict:
+        """The batch with its negatives (``queries``: the batch's current protein vectors,
+        needed when searching the bank)."""
+        return self.builder.build(batch, params, queries)
+
+    def text_vectors(self, rows) -> torch.Tensor:
+        """(U, Dt) GO text vectors of cache ``rows``."""
+        return self.cache.matrix[rows]
+
+    def after_step(self, ids: list[str], vectors: torch.Tensor) -> None:
+        """Momentum update of the bank with the step's GO vectors (all ranks' ids)."""
+        self.bank.update(ids, vectors)
+
+    def state_dict(self) -> dict:
+        """Phase, bank, the builder's random stream and (bank search) the matrix mining
+        searched, as at the start of the epoch; plain data for a checkpoint."""
+        return {
+            "phase": self.phase, "bank": self.bank.state_dict(),
+            "builder_rng": self.builder.rng.bit_generator.state,
+            "search_matrix": self.resources.matrix if self.searches_bank else None,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict, reason: str, step: int, rebuild_loaders) -> None:
+        """Rebuild the phase's resources as :meth:`state_dict` saw them."""
+        self.load_phase(state["phase"], reason, step, rebuild_loaders)
+        if self.searches_bank:
+            # Mining searched the bank as it was at the start of the epoch: rebuild the index
+            # from that copy, then restore the bank as saved (momentum updates since).
+            self.bank.load_state_dict({**state["bank"], "matrix": state["search_matrix"]})
+            self.resources.refresh()
+            self.builder.set_resources(self.resources)
+        self.bank.load_state_dict(state["bank"])
+        self.builder.rng.bit_generator.state = state["builder_rng"]
+
     def _done(self, name: str, reason: str, step: int, **info) -> None:
         self.tracker.event("refresh", reason, step, resource=name, **info)
 

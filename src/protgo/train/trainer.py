@@ -268,7 +268,7 @@ class Trainer:
         with self._timed("mining"):
             batch = self.mine(batch, params)  # 2. mine negatives
         with self._timed("forward"):
-            go_text = self.phases.cache.matrix[batch["go_rows"]].to(self.device)  # (U, Dt)
+            go_text = self.phases.text_vectors(batch["go_rows"]).to(self.device)  # (U, Dt)
             out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])  # 3.
             loss, parts = self.criterion(  # 4. total loss
                 self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
@@ -304,13 +304,13 @@ class Trainer:
     def mine(self, batch: dict, params) -> dict:
         """Add negatives (on CPU, main process); move the tensors to the device."""
         queries = None
-        if self.phases.resources.source == "bank":  # aligned space: current protein vectors
+        if self.phases.searches_bank:  # aligned space: current protein vectors
             self.model.eval()
             with torch.no_grad():
                 x, m = batch["residues"].to(self.device), batch["mask"].to(self.device)
                 queries = self.model.encode_protein(x, m)["protein"].cpu()
             self.model.train()
-        batch = self.phases.builder.build(batch, params, queries)
+        batch = self.phases.mine(batch, params, queries)
         return {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
 
     def _teacher_logits(self, batch: dict, go_text: torch.Tensor):
@@ -363,7 +363,7 @@ class Trainer:
             dist.all_gather_object(gathered, (ids, vecs))
             ids = [g for gi, _ in gathered for g in gi]
             vecs = torch.cat([v for _, v in gathered])
-        self.phases.bank.update(ids, vecs)
+        self.phases.after_step(ids, vecs)
         self.seen.update(ids)
         if isinstance(self.teacher, EmaTeacher):
             self.teacher.update(self.model)
@@ -441,19 +441,13 @@ class Trainer:
             "global_batch": self.cfg.train.batch_size * self.world,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
-            "phase": self.phases.phase, "bank": self.phases.bank.state_dict(),
+            **self.phases.state_dict(),
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
             "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
-            "builder_rng": self.phases.builder.rng.bit_generator.state, "best": self.best,
-            # (N, A) what mining searches: the bank as at epoch start (backend "bank")
-            "search_matrix": self.phases.resources.matrix if self._bank_search else None,
+            "best": self.best,
             "seen": sorted(self.seen), "window": dict(self.window),
             "config": self.cfg.model_dump(mode="json"),
         }  # fmt: skip
-
-    @property
-    def _bank_search(self) -> bool:
-        return self.phases.resources.source == "bank"
 
     def _maybe_step_checkpoint(self) -> None:
         every = self.cfg.train.checkpoint_every_steps
@@ -492,17 +486,8 @@ class Trainer:
         if state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
         reason = f"resume from {path} at step {self.step}"
-        self.phases.load_phase(state["phase"], reason, self.step, self._rebuild_loaders)
-        if self._bank_search:
-            # Mining searched the bank as it was at the start of the epoch: rebuild the index
-            # from that copy, then restore the bank as saved (momentum updates since).
-            bank = state["bank"]
-            self.phases.bank.load_state_dict({**bank, "matrix": state["search_matrix"]})
-            self.phases.resources.refresh()
-            self.phases.builder.set_resources(self.phases.resources)
-        self.phases.bank.load_state_dict(state["bank"])
+        self.phases.load_state_dict(state, reason, self.step, self._rebuild_loaders)
         self.collator.rng.bit_generator.state = state["collator_rng"]
-        self.phases.builder.rng.bit_generator.state = state["builder_rng"]
         set_rng_state(state["rng"])
 
     # ---- reporting ------------------------------------------------------------------------
