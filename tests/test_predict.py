@@ -68,7 +68,7 @@ def test_run_predict_writes_files_and_attributions(trained, tmp_path):
     from protgo.data.fasta import write_fasta
     from protgo.data.folder import DatasetFolder
     from protgo.eval.metrics import read_predictions
-    from protgo.infer.predict import run_predict
+    from protgo.infer.command import run_predict
 
     ckpt, data_dir, seqs = trained
     fasta = tmp_path / "q.fasta"
@@ -125,7 +125,7 @@ def test_masking_attribution_finds_the_motif(trained):
     ],
 )
 def test_bad_fasta_is_one_clear_error(trained, tmp_path, content, message):
-    from protgo.infer.predict import run_predict
+    from protgo.infer.command import run_predict
 
     ckpt, data_dir, _ = trained
     fasta = tmp_path / "bad.fasta"
@@ -137,7 +137,7 @@ def test_bad_fasta_is_one_clear_error(trained, tmp_path, content, message):
 
 
 def test_other_schema_version_is_refused(trained, tmp_path):
-    from protgo.infer.predict import run_predict
+    from protgo.infer.command import run_predict
 
     ckpt, data_dir, seqs = trained
     state = torch.load(ckpt, weights_only=False)

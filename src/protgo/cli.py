@@ -351,7 +351,7 @@ def predict(
     Writes protgo.tsv (CAFA format, for `protgo evaluate`), predictions.tsv and
     predictions.json (protein, aspect, GO id, name, score; best first) and, with
     --attributions, attributions.json."""
-    from protgo.infer.predict import run_predict
+    from protgo.infer.command import run_predict
 
     asp = aspects.split(",") if aspects else None
     info = run_predict(

@@ -117,7 +117,7 @@ class Demo:
     def predict(self) -> None:
         from protgo.data.fasta import write_fasta
         from protgo.data.folder import DatasetFolder
-        from protgo.infer.predict import run_predict
+        from protgo.infer.command import run_predict
 
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         ckpt = self.run / "checkpoints" / "best.pt"

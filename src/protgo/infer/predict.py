@@ -11,24 +11,16 @@ vector comes from its text, not from training labels.
 2. pooling + projection: the model's attention pooling and protein head, (N, A) unit vectors;
 3. scores: the model's term logits, ``bias_scale * cos + bias(text)`` with the projected GO
    vectors (T, A) and each term's prior (plain cosines for a model without ``term_bias``);
-   calibrated per aspect (Platt scaling fitted on the validation split) when a calibration
-   is available, else ``sigmoid(logit)`` (``(cos + 1) / 2`` without a term bias), as the
-   trainer's validation scores;
-4. consistency: a parent scores at least its best child (:meth:`Ontology.propagate_matrix`),
-   unless ``propagate=False``; roots are never reported.
+   calibrated per aspect (:mod:`protgo.infer.calibration`) when a calibration is available,
+   else as :mod:`protgo.infer.scoring` says (the trainer's validation scores);
+4. consistency: a parent scores at least its best child, unless ``propagate=False``; roots
+   are never scored.
 
-Calibration (``--threshold auto``): logistic ``sigmoid(a * logit + b)`` per aspect on the
-validation split's (protein, term) pairs, and the threshold that gives the best validation
-Fmax on the calibrated, propagated scores. It is stored next to the checkpoint
-(``<checkpoint>.calibration.json``, keyed by the checkpoint's bytes).
+The ``protgo predict`` command and its output files are :mod:`protgo.infer.command`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +29,8 @@ import numpy as np
 import torch
 
 from protgo.errors import UserError
-from protgo.infer import scoring
-from protgo.io import atomic_write_text, check_output_path, file_sha256
+from protgo.infer import calibration, scoring
 from protgo.model.pooling import pad_residues
-
-# Terms so general that nearly every protein carries them; left out of the readable output by
-# default (still in the CAFA file: evaluators score them, and they are real annotations).
-GENERAL = frozenset({
-    "GO:0005488",  # binding
-    "GO:0005515",  # protein binding
-    "GO:0009987",  # cellular process
-    "GO:0008152",  # metabolic process
-    "GO:0110165",  # cellular anatomical entity
-    "GO:0005622",  # intracellular anatomical structure
-})  # fmt: skip
-CAFA_MAX_TERMS = 1500  # CAFA's cap of terms per protein
-CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
 
 
 @dataclass
@@ -84,7 +62,7 @@ class Predictor:
         self._load_dataset()
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
         self._load_model(state)
-        self.calibration = self._read_calibration()
+        self.calibration = calibration.read(self.checkpoint, self.logit_input)
         self._encoder = None
         self._store = self._open_store()
 
@@ -218,7 +196,7 @@ class Predictor:
             if aspect in fitted:
                 cols = self.go_aspects == aspect
                 a, b = fitted[aspect]["platt"]
-                plain[:, cols] = _sigmoid(a * logit[:, cols] + b)
+                plain[:, cols] = scoring.to_scores(a * logit[:, cols] + b, "logit")
         return plain
 
     def thresholds(self) -> dict[str, float]:
@@ -259,49 +237,12 @@ class Predictor:
         return out
 
     # ---- calibration --------------------------------------------------------------------------
-    def _calibration_path(self) -> Path:
-        return self.checkpoint.with_name(self.checkpoint.name + ".calibration.json")
-
-    def _read_calibration(self) -> dict | None:
-        path = self._calibration_path()
-        if not path.is_file():
-            return None
-        cal = json.loads(path.read_text())
-        same = cal.get("checkpoint_sha256") == file_sha256(self.checkpoint)
-        return cal if same and cal.get("input", "cos") == self.logit_input else None
-
     def fit_calibration(self, max_proteins: int = 2000) -> dict:
-        """Platt scaling and best-Fmax thresholds per aspect on the validation split; saved
-        next to the checkpoint and used from then on."""
-        from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
-
+        """Fit and save the calibration (:func:`protgo.infer.calibration.fit`); used from
+        then on."""
         self.calibration = None
-        ann, onto = self.folder.annotations, self.ontology
-        valid = self.folder.ids("valid")
-        if self._store is None or not all(p in self._store for p in valid):
-            raise UserError(
-                f"calibration needs the valid proteins of '{self.cfg.data.dataset}' in the "
-                "residue store: run `protgo embed residues` for that dataset first"
-            )
-        result = {"checkpoint_sha256": file_sha256(self.checkpoint), "input": self.logit_input,
-                  "aspects": {}}  # fmt: skip
-        for aspect in sorted(set(self.go_aspects)):
-            pids = annotated_in(ann, valid, onto, aspect)[:max_proteins]
-            if len(pids) < 5:
-                continue
-            cols = np.flatnonzero(self.go_aspects == aspect)
-            terms = [self.go_ids[j] for j in cols]
-            vecs, _ = self.protein_vectors([self._store.get(p) for p in pids])
-            logit = self.logits(vecs, cols)  # (N, Ta)
-            truth = truth_matrix(ann, pids, terms, onto)
-            a, b = platt(logit, truth, init=(10.0, -5.0) if self.logit_input == "cos" else (1, 0))
-            probs = scoring.propagate(_sigmoid(a * logit + b), terms, onto)
-            best = fmax_smin(probs, truth)
-            result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
-                                         "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
-        atomic_write_text(self._calibration_path(), json.dumps(result, indent=1) + "\n")
-        self.calibration = result
-        return result
+        self.calibration = calibration.fit(self, max_proteins)
+        return self.calibration
 
 
 def _check_finite(scores: np.ndarray, pids: list[str]) -> None:
@@ -314,34 +255,6 @@ def _check_finite(scores: np.ndarray, pids: list[str]) -> None:
             "vectors, the GO vectors or the checkpoint are damaged; run `protgo embed "
             "residues` and `protgo embed go --force` again, or use another checkpoint"
         )
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def platt(
-    cos: np.ndarray, truth: np.ndarray, steps: int = 200, init: tuple[float, float] = (10, -5)
-) -> tuple[float, float]:
-    """(a, b) of ``sigmoid(a * cos + b)`` fitted to ``truth`` by logistic regression
-    (``cos``: cosines or term logits; ``init``: the starting (a, b)).
-
-    Positives are few (a protein has ~10 of thousands of terms), but the plain likelihood is
-    what makes scores probabilities, so the classes are not reweighted."""
-    x = torch.from_numpy(cos.ravel()).double()
-    y = torch.from_numpy(truth.ravel().astype(np.float64))
-    ab = torch.tensor([float(v) for v in init], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = ab.detach().tolist()
-    return float(a), float(b)
 
 
 def go_text_vectors(
@@ -389,146 +302,3 @@ def _check_aspects(aspects: Iterable[str] | None, trained: list[str]) -> list[st
     if bad or not out:
         raise UserError(f"--aspects takes BP, MF and/or CC, got {', '.join(bad) or 'nothing'}")
     return sorted(set(out), key=("BP", "MF", "CC").index)
-
-
-# ---- reading input, writing output ------------------------------------------------------------
-def read_query_fasta(path: Path) -> dict[str, str]:
-    """{pid: cleaned sequence}; every record checked before anything runs."""
-    from protgo.data.fasta import read_fasta
-    from protgo.encoders.protein import clean_sequence
-
-    return {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
-
-
-def parse_threshold(text: str | None) -> str | float | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"--threshold takes 'auto' or a number in [0, 1], got '{text}'") from None
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {value}")
-    return value
-
-
-def top_terms(
-    pred: Predictor, result: ProteinResult, top_k: int, threshold: str | float | None,
-    keep_general: bool = False,
-) -> list[dict]:  # fmt: skip
-    """The readable rows of one protein: best ``top_k`` per aspect at or above the threshold."""
-    cut = pred.thresholds() if threshold == "auto" else {}
-    rows = []
-    for aspect in pred.aspects:
-        cols = np.flatnonzero(pred.go_aspects == aspect)
-        if not keep_general:
-            cols = np.array([j for j in cols if pred.go_ids[j] not in GENERAL], dtype=np.int64)
-        sc = result.scores[cols]
-        order = cols[np.argsort(-sc, kind="stable")]
-        t = cut.get(aspect, 0.0) if threshold == "auto" else (threshold or 0.0)
-        for j in order[:top_k]:
-            if result.scores[j] < t:
-                break
-            g = pred.go_ids[j]
-            rows.append({"protein": result.pid, "aspect": aspect, "go_id": g,
-                         "name": pred.ontology.terms[g].name,
-                         "score": round(float(result.scores[j]), 4)})  # fmt: skip
-    return rows
-
-
-def write_outputs(out: Path, files: Mapping[str, str]) -> None:
-    """Write every file into a staging folder first, then move them in: nothing half-written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
-    try:
-        for name, text in files.items():
-            (stage / name).write_text(text)
-        for name in files:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def cafa_lines(
-    pred: Predictor, results: list[ProteinResult], min_score: float = CAFA_MIN_SCORE
-) -> str:
-    """``protein<TAB>GO<TAB>score``, best first, at most CAFA's 1500 terms per protein."""
-    lines = []
-    for r in results:
-        order = np.argsort(-r.scores, kind="stable")[:CAFA_MAX_TERMS]
-        lines += [f"{r.pid}\t{pred.go_ids[j]}\t{r.scores[j]:.4f}" for j in order
-                  if r.scores[j] >= min_score]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def run_predict(
-    checkpoint: Path, fasta: Path, out: Path, top_k: int = 20,
-    aspects: Iterable[str] | None = None, attributions: bool = False, propagate: bool = True,
-    threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
-    keep_general: bool = False, progress: bool = True,
-) -> dict:  # fmt: skip
-    """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help)."""
-    import time
-
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
-    check_output_path(out, "--out", folder=True)
-    cut = parse_threshold(threshold)
-    seqs = read_query_fasta(fasta)
-    pred = Predictor(checkpoint, data_dir, aspects)
-    if calibrate or (cut == "auto" and not pred.calibration):
-        pred.fit_calibration()
-    if cut == "auto":
-        pred.thresholds()  # fails now, before any work, when there is no calibration
-    t0 = time.perf_counter()
-    results = pred.predict(seqs, propagate=propagate, progress=progress,
-                           keep_residues=attributions)  # fmt: skip
-    seconds = time.perf_counter() - t0
-    rows = [row for r in results for row in top_terms(pred, r, top_k, cut, keep_general)]
-    files = {"protgo.tsv": cafa_lines(pred, results), "predictions.tsv": readable_tsv(rows),
-             "predictions.json": readable_json(pred, results, rows, cut)}  # fmt: skip
-    if attributions:
-        files["attributions.json"] = attributions_json(pred, results, rows)
-    write_outputs(out, files)
-    silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
-    if silent:
-        print(f"note: {len(silent)} proteins score no term at or above {CAFA_MIN_SCORE} and "
-              f"have no line in protgo.tsv: {', '.join(silent[:10])}")  # fmt: skip
-    return {"proteins": len(results), "terms_scored": len(pred.go_ids), "seconds": seconds,
-            "proteins_without_cafa_lines": len(silent),
-            "proteins_per_s": len(results) / max(seconds, 1e-9), "out": str(out),
-            "files": sorted(files)}  # fmt: skip
-
-
-def readable_tsv(rows: list[dict]) -> str:
-    cols = ("protein", "aspect", "go_id", "name", "score")
-    body = ["\t".join(str(r[c]) for c in cols) for r in rows]
-    return "\n".join(["\t".join(cols), *body]) + "\n"
-
-
-def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict], cut) -> str:
-    by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
-    for row in rows:
-        by_pid[row["protein"]].append({k: row[k] for k in ("aspect", "go_id", "name", "score")})
-    thresholds = pred.thresholds() if cut == "auto" else cut
-    meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
-            "aspects": pred.aspects, "calibrated": bool(pred.calibration),
-            "threshold": thresholds}  # fmt: skip
-    proteins = [{"protein": r.pid, "length": len(r.sequence), "terms": by_pid[r.pid]}
-                for r in results]  # fmt: skip
-    return json.dumps({"meta": meta, "proteins": proteins}, indent=1) + "\n"
-
-
-def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[dict]) -> str:
-    """Per-residue importance of each protein's reported terms (see infer.attribution)."""
-    from protgo.infer.attribution import explain
-
-    col = {g: j for j, g in enumerate(pred.go_ids)}
-    out = {}
-    for r in results:
-        terms = [row["go_id"] for row in rows if row["protein"] == r.pid]
-        res = r.residues if r.residues is not None else pred.residues({r.pid: r.sequence})[r.pid]
-        go = pred.go[[col[g] for g in terms]].cpu()  # (K, A)
-        out[r.pid] = {"sequence": r.sequence, **explain(pred.model, res, go, terms)}
-    return json.dumps(out) + "\n"

@@ -1,0 +1,88 @@
+"""Calibration of a checkpoint's scores (``predict --calibrate`` / ``--threshold auto``).
+
+Per aspect, logistic ``sigmoid(a * logit + b)`` (Platt scaling) on the validation split's
+(protein, term) pairs, and the threshold that gives the best validation Fmax on the
+calibrated, propagated scores. Stored next to the checkpoint as
+``<checkpoint>.calibration.json``, keyed by the checkpoint's sha256 and the score input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protgo.errors import UserError
+from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
+from protgo.infer import scoring
+from protgo.io import atomic_write_text, file_sha256
+
+
+def path_for(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".calibration.json")
+
+
+def read(checkpoint: Path, logit_input: str) -> dict | None:
+    """The saved calibration of ``checkpoint`` (None when absent or for other bytes/input)."""
+    path = path_for(checkpoint)
+    if not path.is_file():
+        return None
+    cal = json.loads(path.read_text())
+    same = cal.get("checkpoint_sha256") == file_sha256(checkpoint)
+    return cal if same and cal.get("input", "cos") == logit_input else None
+
+
+def fit(pred, max_proteins: int = 2000) -> dict:
+    """Platt scaling and best-Fmax thresholds per aspect of a ``Predictor`` on its dataset's
+    validation split (from the residue store), saved next to the checkpoint."""
+    ann, onto, store = pred.folder.annotations, pred.ontology, pred._store
+    valid = pred.folder.ids("valid")
+    if store is None or not all(p in store for p in valid):
+        raise UserError(
+            f"calibration needs the valid proteins of '{pred.cfg.data.dataset}' in the "
+            "residue store: run `protgo embed residues` for that dataset first"
+        )
+    result = {"checkpoint_sha256": file_sha256(pred.checkpoint), "input": pred.logit_input,
+              "aspects": {}}  # fmt: skip
+    for aspect in sorted(set(pred.go_aspects)):
+        pids = annotated_in(ann, valid, onto, aspect)[:max_proteins]
+        if len(pids) < 5:
+            continue
+        cols = np.flatnonzero(pred.go_aspects == aspect)
+        terms = [pred.go_ids[j] for j in cols]
+        vecs, _ = pred.protein_vectors([store.get(p) for p in pids])
+        logit = pred.logits(vecs, cols)  # (N, Ta)
+        truth = truth_matrix(ann, pids, terms, onto)
+        a, b = platt(logit, truth, init=(10.0, -5.0) if pred.logit_input == "cos" else (1, 0))
+        probs = scoring.propagate(scoring.to_scores(a * logit + b, "logit"), terms, onto)
+        best = fmax_smin(probs, truth)
+        result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
+                                     "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
+    atomic_write_text(path_for(pred.checkpoint), json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def platt(
+    cos: np.ndarray, truth: np.ndarray, steps: int = 200, init: tuple[float, float] = (10, -5)
+) -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a * cos + b)`` fitted to ``truth`` by logistic regression
+    (``cos``: cosines or term logits; ``init``: the starting (a, b)).
+
+    Positives are few (a protein has ~10 of thousands of terms), but the plain likelihood is
+    what makes scores probabilities, so the classes are not reweighted."""
+    x = torch.from_numpy(cos.ravel()).double()
+    y = torch.from_numpy(truth.ravel().astype(np.float64))
+    ab = torch.tensor([float(v) for v in init], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = ab.detach().tolist()
+    return float(a), float(b)

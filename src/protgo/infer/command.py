@@ -1,0 +1,174 @@
+"""``protgo predict``: check every input, score, and write the output files (all at once,
+through a staging folder): ``protgo.tsv`` (CAFA format), ``predictions.tsv`` /
+``predictions.json`` (readable, best first) and, with ``--attributions``,
+``attributions.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from protgo.errors import UserError
+from protgo.infer.predict import Predictor, ProteinResult
+from protgo.io import check_output_path
+
+# Terms so general that nearly every protein carries them; left out of the readable output by
+# default (still in the CAFA file: evaluators score them, and they are real annotations).
+GENERAL = frozenset({
+    "GO:0005488",  # binding
+    "GO:0005515",  # protein binding
+    "GO:0009987",  # cellular process
+    "GO:0008152",  # metabolic process
+    "GO:0110165",  # cellular anatomical entity
+    "GO:0005622",  # intracellular anatomical structure
+})  # fmt: skip
+CAFA_MAX_TERMS = 1500  # CAFA's cap of terms per protein
+CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
+
+
+def read_query_fasta(path: Path) -> dict[str, str]:
+    """{pid: cleaned sequence}; every record checked before anything runs."""
+    from protgo.data.fasta import read_fasta
+    from protgo.encoders.protein import clean_sequence
+
+    return {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
+
+
+def parse_threshold(text: str | None) -> str | float | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold takes 'auto' or a number in [0, 1], got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {value}")
+    return value
+
+
+def top_terms(
+    pred: Predictor, result: ProteinResult, top_k: int, threshold: str | float | None,
+    keep_general: bool = False,
+) -> list[dict]:  # fmt: skip
+    """The readable rows of one protein: best ``top_k`` per aspect at or above the threshold."""
+    cut = pred.thresholds() if threshold == "auto" else {}
+    rows = []
+    for aspect in pred.aspects:
+        cols = np.flatnonzero(pred.go_aspects == aspect)
+        if not keep_general:
+            cols = np.array([j for j in cols if pred.go_ids[j] not in GENERAL], dtype=np.int64)
+        sc = result.scores[cols]
+        order = cols[np.argsort(-sc, kind="stable")]
+        t = cut.get(aspect, 0.0) if threshold == "auto" else (threshold or 0.0)
+        for j in order[:top_k]:
+            if result.scores[j] < t:
+                break
+            g = pred.go_ids[j]
+            rows.append({"protein": result.pid, "aspect": aspect, "go_id": g,
+                         "name": pred.ontology.terms[g].name,
+                         "score": round(float(result.scores[j]), 4)})  # fmt: skip
+    return rows
+
+
+def write_outputs(out: Path, files: Mapping[str, str]) -> None:
+    """Write every file into a staging folder first, then move them in: nothing half-written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        for name, text in files.items():
+            (stage / name).write_text(text)
+        for name in files:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def cafa_lines(
+    pred: Predictor, results: list[ProteinResult], min_score: float = CAFA_MIN_SCORE
+) -> str:
+    """``protein<TAB>GO<TAB>score``, best first, at most CAFA's 1500 terms per protein."""
+    lines = []
+    for r in results:
+        order = np.argsort(-r.scores, kind="stable")[:CAFA_MAX_TERMS]
+        lines += [f"{r.pid}\t{pred.go_ids[j]}\t{r.scores[j]:.4f}" for j in order
+                  if r.scores[j] >= min_score]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run_predict(
+    checkpoint: Path, fasta: Path, out: Path, top_k: int = 20,
+    aspects: Iterable[str] | None = None, attributions: bool = False, propagate: bool = True,
+    threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
+    keep_general: bool = False, progress: bool = True,
+) -> dict:  # fmt: skip
+    """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help)."""
+
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    check_output_path(out, "--out", folder=True)
+    cut = parse_threshold(threshold)
+    seqs = read_query_fasta(fasta)
+    pred = Predictor(checkpoint, data_dir, aspects)
+    if calibrate or (cut == "auto" and not pred.calibration):
+        pred.fit_calibration()
+    if cut == "auto":
+        pred.thresholds()  # fails now, before any work, when there is no calibration
+    t0 = time.perf_counter()
+    results = pred.predict(seqs, propagate=propagate, progress=progress,
+                           keep_residues=attributions)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    rows = [row for r in results for row in top_terms(pred, r, top_k, cut, keep_general)]
+    files = {"protgo.tsv": cafa_lines(pred, results), "predictions.tsv": readable_tsv(rows),
+             "predictions.json": readable_json(pred, results, rows, cut)}  # fmt: skip
+    if attributions:
+        files["attributions.json"] = attributions_json(pred, results, rows)
+    write_outputs(out, files)
+    silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
+    if silent:
+        print(f"note: {len(silent)} proteins score no term at or above {CAFA_MIN_SCORE} and "
+              f"have no line in protgo.tsv: {', '.join(silent[:10])}")  # fmt: skip
+    return {"proteins": len(results), "terms_scored": len(pred.go_ids), "seconds": seconds,
+            "proteins_without_cafa_lines": len(silent),
+            "proteins_per_s": len(results) / max(seconds, 1e-9), "out": str(out),
+            "files": sorted(files)}  # fmt: skip
+
+
+def readable_tsv(rows: list[dict]) -> str:
+    cols = ("protein", "aspect", "go_id", "name", "score")
+    body = ["\t".join(str(r[c]) for c in cols) for r in rows]
+    return "\n".join(["\t".join(cols), *body]) + "\n"
+
+
+def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict], cut) -> str:
+    by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
+    for row in rows:
+        by_pid[row["protein"]].append({k: row[k] for k in ("aspect", "go_id", "name", "score")})
+    thresholds = pred.thresholds() if cut == "auto" else cut
+    meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
+            "aspects": pred.aspects, "calibrated": bool(pred.calibration),
+            "threshold": thresholds}  # fmt: skip
+    proteins = [{"protein": r.pid, "length": len(r.sequence), "terms": by_pid[r.pid]}
+                for r in results]  # fmt: skip
+    return json.dumps({"meta": meta, "proteins": proteins}, indent=1) + "\n"
+
+
+def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[dict]) -> str:
+    """Per-residue importance of each protein's reported terms (see infer.attribution)."""
+    from protgo.infer.attribution import explain
+
+    col = {g: j for j, g in enumerate(pred.go_ids)}
+    out = {}
+    for r in results:
+        terms = [row["go_id"] for row in rows if row["protein"] == r.pid]
+        res = r.residues if r.residues is not None else pred.residues({r.pid: r.sequence})[r.pid]
+        go = pred.go[[col[g] for g in terms]].cpu()  # (K, A)
+        out[r.pid] = {"sequence": r.sequence, **explain(pred.model, res, go, terms)}
+    return json.dumps(out) + "\n"
