@@ -27,7 +27,7 @@ def create_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     from protgo.data.folder import DatasetFolder
-    from protgo.eval.baselines import parse_baselines, run_baseline
+    from protgo.eval.evaluate import parse_baselines, run_baseline
     from protgo.eval.metrics import (
         evaluate_fast,
         run_cafaeval,

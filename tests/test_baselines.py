@@ -20,8 +20,8 @@ from protgo.eval.baselines import (
     knn,
     mlp,
     naive,
-    parse_baselines,
 )
+from protgo.eval.evaluate import parse_baselines
 from protgo.eval.metrics import Predictions
 
 # tiny.obo: BP root 1; 2 metabolic, 3 signaling, 7 regulation under 1; 4 sugar, 5 lipid under 2;

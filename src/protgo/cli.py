@@ -303,7 +303,7 @@ def evaluate(
     per aspect, plus zero-/few-shot term AUC. Writes results.tsv and curves.tsv."""
     from protgo.config import load_config
     from protgo.data.folder import DatasetFolder
-    from protgo.eval.baselines import evaluate_command
+    from protgo.eval.evaluate import evaluate_command
     from protgo.io import check_output_path
 
     cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set

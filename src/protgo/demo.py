@@ -132,7 +132,7 @@ class Demo:
 
     def evaluate(self) -> None:
         from protgo.data.folder import DatasetFolder
-        from protgo.eval.baselines import evaluate_command
+        from protgo.eval.evaluate import evaluate_command
         from protgo.stores.residues import ESMResidueStore
 
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
