@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from protgo.data import sources
+from protgo.data import debian
+from protgo.data import web as websrc
 from protgo.errors import UserError
 
 WEB = Path(__file__).parent / "fixtures" / "web"
@@ -77,9 +78,9 @@ def server():
     srv.server_close()
 
 
-def _fetch(srv, data_dir: Path) -> sources.WebPaths:
+def _fetch(srv, data_dir: Path) -> websrc.WebPaths:
     base = f"http://127.0.0.1:{srv.server_port}"
-    return sources.fetch_web(
+    return websrc.fetch_web(
         data_dir, go_url=f"{base}/ontology/go-basic.obo", uniprot_url=base + SEARCH, retries=1
     )
 
@@ -88,7 +89,7 @@ def test_fetch_web_writes_verified_files_once(server, tmp_path):
     paths = _fetch(server, tmp_path)
     assert paths.root == tmp_path / "raw" / "web"
     assert paths.go_obo.read_bytes() == (WEB / "go-basic.obo").read_bytes()
-    seqs, ann = sources.read_uniprot_go_tsv(paths.uniprot_tsv)
+    seqs, ann = websrc.read_uniprot_go_tsv(paths.uniprot_tsv)
     assert list(seqs) == ["P31946", "P62258", "Q04917", "P61981", "P31947"]
     assert seqs["P61981"] == "MVDREQLVQKARLAEQAERYDDMAAAMKNVTEL"
     assert ("P31946", "GO:0005737", "IDA") in ann
@@ -99,7 +100,7 @@ def test_fetch_web_writes_verified_files_once(server, tmp_path):
     assert record["go_data_version"] == "releases/2024-01-17"
     assert record["uniprot_entries"] == 5
     assert not list(paths.root.glob("*.pages")) and not list(paths.root.glob("*.part"))
-    assert sources.web_paths(tmp_path) == paths
+    assert websrc.web_paths(tmp_path) == paths
     # a finished fetch is not fetched again
     server.requests.clear()
     _fetch(server, tmp_path)
@@ -132,7 +133,7 @@ def test_truncated_page_fails_then_resumes_at_that_page(server, tmp_path):
     paths = _fetch(server, tmp_path)
     # only the unfinished page is asked for: the OBO and page 1 were kept
     assert [urlsplit(p).query.endswith("cursor=c2") for p, _ in server.requests] == [True]
-    assert len(sources.read_uniprot_go_tsv(paths.uniprot_tsv)[0]) == 5
+    assert len(websrc.read_uniprot_go_tsv(paths.uniprot_tsv)[0]) == 5
 
 
 def test_truncated_obo_resumes_with_range(server, tmp_path):
@@ -171,7 +172,7 @@ def test_row_count_must_match_total_results(server, tmp_path):
 
 
 def test_read_uniprot_native_tsv_and_bad_rows(tmp_path):
-    seqs, ann = sources.read_uniprot_go_tsv(WEB / "uniprot_native.tsv")
+    seqs, ann = websrc.read_uniprot_go_tsv(WEB / "uniprot_native.tsv")
     assert seqs["P62258"] == "MDDREDLVYQAKLAE" and "Q04917" in seqs
     assert ann == [
         ("P31946", "GO:0005737", ""),
@@ -181,20 +182,20 @@ def test_read_uniprot_native_tsv_and_bad_rows(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("protein\tsequence\tgo\nP1\tMKV\tGO:0005737 IDA\nP2\tMKV\tcytoplasm\n")
     with pytest.raises(UserError, match=r"bad.tsv:3: GO item without a GO id"):
-        sources.read_uniprot_go_tsv(bad)
+        websrc.read_uniprot_go_tsv(bad)
     bad.write_text("id\tseq\n")
     with pytest.raises(UserError, match=r"bad.tsv:1: header needs"):
-        sources.read_uniprot_go_tsv(bad)
+        websrc.read_uniprot_go_tsv(bad)
 
 
 def _fake_debian_root(root: Path) -> dict[str, int]:
     """The files verify_debian looks at, tiny: real SQLite files with the needed tables."""
-    for rels in sources.DEBIAN_PACKAGES.values():
+    for rels in debian.DEBIAN_PACKAGES.values():
         for rel in rels:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            if rel not in sources.SQLITE_TABLES:
+            if rel not in debian.SQLITE_TABLES:
                 (root / rel).write_bytes(b"x" * 10)
-    for rel, tables in sources.SQLITE_TABLES.items():
+    for rel, tables in debian.SQLITE_TABLES.items():
         with sqlite3.connect(root / rel) as con:
             for t in tables:
                 con.execute(f"CREATE TABLE {t} (_id INTEGER)")
@@ -203,44 +204,44 @@ def _fake_debian_root(root: Path) -> dict[str, int]:
                 con.execute("CREATE TABLE metadata (name TEXT, value TEXT)")
                 con.execute("INSERT INTO metadata VALUES ('GOSOURCEDATE', '2022-07-01')")
         con.close()
-    return {r: (root / r).stat().st_size for rels in sources.DEBIAN_PACKAGES.values() for r in rels}
+    return {r: (root / r).stat().st_size for rels in debian.DEBIAN_PACKAGES.values() for r in rels}
 
 
 def test_verify_debian_catches_missing_tables_and_changed_sizes(tmp_path):
     sizes = _fake_debian_root(tmp_path)
-    sources.verify_debian(tmp_path, sizes)
-    annot = tmp_path / sources.METASTUDENT_DIR / "CCO" / "goasp_annot.dat"
+    debian.verify_debian(tmp_path, sizes)
+    annot = tmp_path / debian.METASTUDENT_DIR / "CCO" / "goasp_annot.dat"
     annot.write_bytes(b"x" * 5)
     with pytest.raises(UserError, match="goasp_annot.dat is missing or not 10 bytes"):
-        sources.verify_debian(tmp_path, sizes)
+        debian.verify_debian(tmp_path, sizes)
     annot.write_bytes(b"")
     with pytest.raises(UserError, match="goasp_annot.dat is missing or empty"):
-        sources.verify_debian(tmp_path)
+        debian.verify_debian(tmp_path)
     annot.write_bytes(b"x" * 10)
-    with sqlite3.connect(tmp_path / sources.ORGHS_SQLITE) as con:
+    with sqlite3.connect(tmp_path / debian.ORGHS_SQLITE) as con:
         con.execute("DROP TABLE uniprot")
     con.close()
     with pytest.raises(UserError, match=r"lacks tables \['uniprot'\]"):
-        sources.verify_debian(tmp_path)
+        debian.verify_debian(tmp_path)
 
 
 def test_debian_paths_and_fetch_without_apt(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="run `protgo data fetch`"):
-        sources.debian_paths(tmp_path)
+        debian.debian_paths(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     with pytest.raises(UserError, match="needs a Debian/Ubuntu machine with apt"):
-        sources.fetch_debian(tmp_path)
+        debian.fetch_debian(tmp_path)
     # a finished fetch needs no apt: it is only verified again
     base = tmp_path / "raw" / "debian"
     sizes = _fake_debian_root(base / "root")
     (base / "fetch.json").write_text(json.dumps({"files": sizes}))
-    assert sources.fetch_debian(tmp_path) == sources.debian_paths(tmp_path)
+    assert debian.fetch_debian(tmp_path) == debian.debian_paths(tmp_path)
 
 
 def test_real_debian_layout(real_data_dir):
-    paths = sources.debian_paths(real_data_dir)
+    paths = debian.debian_paths(real_data_dir)
     record = json.loads((paths.root.parent / "fetch.json").read_text())
-    sources.verify_debian(paths.root, record["files"])
+    debian.verify_debian(paths.root, record["files"])
     assert record["packages"]["r-bioc-go.db"]["version"] == "3.16.0-1"
     assert record["packages"]["metastudent-data"]["version"] == "2.0.1-8"
     assert record["go_source_date"] == "2022-07-01"

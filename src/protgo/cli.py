@@ -69,12 +69,12 @@ def data_fetch(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Download the raw GO, sequence and annotation sources into the data directory."""
-    from protgo.data import sources
+    from protgo.data import debian, web
 
     if source == "debian":
-        paths = sources.fetch_debian(_data_dir(data_dir))
+        paths = debian.fetch_debian(_data_dir(data_dir))
     elif source == "web":
-        paths = sources.fetch_web(_data_dir(data_dir))
+        paths = web.fetch_web(_data_dir(data_dir))
     else:
         raise UserError(f"--source must be 'debian' or 'web', got '{source}'")
     typer.echo(f"data ready in {paths.root}")

@@ -54,10 +54,10 @@ class Demo:
     def run_all(self) -> tuple[str, Path]:
         """Every stage in order; returns (results table, report path)."""
         t0 = time.perf_counter()
-        from protgo.data import sources
+        from protgo.data import debian
 
         ds = self.data_dir / "datasets" / self.cfg.data.dataset
-        self.stage(1, "fetch", False, lambda: sources.fetch_debian(self.data_dir))
+        self.stage(1, "fetch", False, lambda: debian.fetch_debian(self.data_dir))
         self.stage(2, "build", (ds / "dataset.json").is_file(), self.build)
         self.stage(3, "residues", False, self.residues)  # the store skips what it holds
         self.stage(4, "go", False, self.go)  # cached per phase
@@ -71,10 +71,10 @@ class Demo:
 
     # ---- stages ---------------------------------------------------------------------------
     def build(self) -> None:
-        from protgo.data import sources
+        from protgo.data import debian
         from protgo.data.build import BuildOptions, build_dataset
 
-        src = demo_sources(sources.debian_paths(self.data_dir), self.cfg.data.aspects, self.n,
+        src = demo_sources(debian.debian_paths(self.data_dir), self.cfg.data.aspects, self.n,
                            self.cfg.train.seed)  # fmt: skip
         opts = BuildOptions(aspects=tuple(self.cfg.data.aspects), seed=self.cfg.train.seed)
         out = self.data_dir / "datasets" / self.cfg.data.dataset

@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from protgo.data import godb
 from protgo.data.blastdb import BlastDb
+from protgo.data.debian import debian_paths
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.seqsearch import cluster_sequences
-from protgo.data.sources import WebPaths, debian_paths, read_uniprot_go_tsv, web_paths
+from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
 from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, iter_text_lines
