@@ -82,10 +82,12 @@ def test_stages_ramp_hold_and_switch_off_lambda_attr():
 
 def test_table_and_plot(tmp_path):
     s = sched()
-    table = s.table([0, 100, 999])
-    assert table.splitlines()[0].split()[:3] == ["step", "hard_frac", "shortlist_M"]
-    assert len(table.splitlines()) == 4 and "0.800" in table.splitlines()[-1]
-    png = s.plot(tmp_path / "c.png", n_points=50)
+    from protgo.mining.curriculum_show import plot, table
+
+    text = table(s, [0, 100, 999])
+    assert text.splitlines()[0].split()[:3] == ["step", "hard_frac", "shortlist_M"]
+    assert len(text.splitlines()) == 4 and "0.800" in text.splitlines()[-1]
+    png = plot(s, tmp_path / "c.png", n_points=50)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -406,7 +406,7 @@ def curriculum_show(
 ) -> None:
     """Print the curriculum (mining parameters, stage, lambda_attr) at chosen steps; plot it."""
     from protgo.config import load_config
-    from protgo.mining.curriculum import show_schedule
+    from protgo.mining.curriculum_show import show_schedule
 
     cfg = load_config(config, overrides or [])
     text, path = show_schedule(cfg, steps_per_epoch, at, png, _data_dir(data_dir, cfg))

@@ -180,13 +180,14 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
 def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
     """The run's curriculum schedule (the same plot as `protgo curriculum show`)."""
     from protgo.mining.curriculum import CurriculumScheduler
+    from protgo.mining.curriculum_show import plot
 
     train = [r for r in records if r["kind"] == "train"]
     if cfg is None or not train:
         return None
     total = max(r["step"] for r in train)
     per_epoch = max(1, total // max(1, cfg.train.epochs))
-    return CurriculumScheduler(cfg.curriculum, cfg.stages, total, per_epoch).plot(path)
+    return plot(CurriculumScheduler(cfg.curriculum, cfg.stages, total, per_epoch), path)
 
 
 def _read_records(run_dir: Path | None) -> list[dict]:
