@@ -27,13 +27,10 @@ def create_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     from protgo.data.folder import DatasetFolder
+    from protgo.eval.cafa import run_cafaeval, summarize_cafaeval
     from protgo.eval.evaluate import parse_baselines, run_baseline
-    from protgo.eval.metrics import (
-        evaluate_fast,
-        run_cafaeval,
-        summarize_cafaeval,
-        write_ground_truth,
-    )
+    from protgo.eval.metrics import evaluate_fast
+    from protgo.eval.predictions import write_ground_truth
 
     folder = DatasetFolder.load(args.dataset)
     pids = folder.ids(args.split)

@@ -22,7 +22,7 @@ from protgo.eval.baselines import (
     naive,
 )
 from protgo.eval.evaluate import parse_baselines
-from protgo.eval.metrics import Predictions
+from protgo.eval.predictions import Predictions
 
 # tiny.obo: BP root 1; 2 metabolic, 3 signaling, 7 regulation under 1; 4 sugar, 5 lipid under 2;
 # 6 glucose under 4 (is_a) and 3 (part_of); 8 under 7. MF root 10; 11 binding under 10.

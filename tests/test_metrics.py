@@ -11,19 +11,16 @@ import pytest
 
 from protgo.data.ontology import Ontology, Term, write_obo
 from protgo.errors import UserError
+from protgo.eval.cafa import run_cafaeval, summarize_cafaeval
 from protgo.eval.metrics import (
-    Predictions,
     average_precision,
     evaluate_fast,
-    read_predictions,
     roc_auc,
-    run_cafaeval,
-    summarize_cafaeval,
     term_centric,
     threshold_curve,
     thresholds,
-    write_ground_truth,
 )
+from protgo.eval.predictions import Predictions, read_predictions, write_ground_truth
 
 # tiny.obo (BP): 1 root; 2 metabolic, 3 signaling, 7 regulation are children of 1;
 # 4 sugar and 5 lipid are children of 2.

@@ -67,7 +67,7 @@ def test_long_protein_and_store_path_match_direct_embedding(trained):
 def test_run_predict_writes_files_and_attributions(trained, tmp_path):
     from protgo.data.fasta import write_fasta
     from protgo.data.folder import DatasetFolder
-    from protgo.eval.metrics import read_predictions
+    from protgo.eval.predictions import read_predictions
     from protgo.infer.command import run_predict
 
     ckpt, data_dir, seqs = trained

@@ -25,7 +25,8 @@ import numpy as np
 from protgo.data.ontology import Ontology
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
-from protgo.eval.metrics import ASPECTS, Predictions, evaluate_fast, truth_matrix
+from protgo.eval.metrics import ASPECTS, evaluate_fast, truth_matrix
+from protgo.eval.predictions import Predictions
 from protgo.infer.scoring import transfer_scores
 
 Annotations = Mapping[str, Iterable[str]]

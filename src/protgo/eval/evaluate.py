@@ -21,7 +21,8 @@ from protgo.eval.baselines import (
     mlp,
     naive,
 )
-from protgo.eval.metrics import Predictions, evaluate_split, read_predictions
+from protgo.eval.cafa import evaluate_split
+from protgo.eval.predictions import Predictions, read_predictions
 from protgo.io import atomic_write_text
 
 BASELINES = ("naive", "diamond", "knn", "mlp")

@@ -34,7 +34,8 @@ import torch.distributed as dist
 from protgo.config import Config
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
-from protgo.eval.metrics import Predictions, evaluate_fast, truth_matrix
+from protgo.eval.metrics import evaluate_fast, truth_matrix
+from protgo.eval.predictions import Predictions
 from protgo.infer import scoring
 from protgo.io import check_output_path
 from protgo.mining.collator import ContrastiveEmbCollator
