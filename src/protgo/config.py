@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from protgo.errors import UserError
+from protgo.resources import shipped_config, shipped_config_names
 
 
 class ConfigError(UserError):
@@ -300,7 +301,6 @@ def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = (
 
 def resolve_config_path(path: Path | str) -> Path:
     """A YAML file, else the name of a config shipped with protgo (``-c demo``)."""
-    from protgo.resources import shipped_config, shipped_config_names
 
     path = Path(path).expanduser()
     if path.is_file():

@@ -27,7 +27,20 @@ from collections import defaultdict
 from pathlib import Path
 
 from protgo.config import Config
+from protgo.data import debian
+from protgo.data.build import PROTEIN_BINDING, BuildOptions, build_dataset, human_exp_sources
+from protgo.data.fasta import write_fasta
+from protgo.data.folder import DatasetFolder
+from protgo.data.ontology import Ontology
+from protgo.encoders.protein import protein_encoder
+from protgo.eval.evaluate import evaluate_command
+from protgo.eval.report import build_report
+from protgo.infer.command import run_predict
 from protgo.io import atomic_write_text
+from protgo.model.checkpoints import CheckpointManager
+from protgo.stores.go_vectors import embed_go
+from protgo.stores.residues import ESMResidueStore
+from protgo.train.trainer import Trainer
 
 STAGES = ("fetch", "build", "residues", "go", "train", "predict", "evaluate", "report")
 
@@ -54,7 +67,6 @@ class Demo:
     def run_all(self) -> tuple[str, Path]:
         """Every stage in order; returns (results table, report path)."""
         t0 = time.perf_counter()
-        from protgo.data import debian
 
         ds = self.data_dir / "datasets" / self.cfg.data.dataset
         self.stage(1, "fetch", False, lambda: debian.fetch_debian(self.data_dir))
@@ -71,9 +83,6 @@ class Demo:
 
     # ---- stages ---------------------------------------------------------------------------
     def build(self) -> None:
-        from protgo.data import debian
-        from protgo.data.build import BuildOptions, build_dataset
-
         src = demo_sources(debian.debian_paths(self.data_dir), self.cfg.data.aspects, self.n,
                            self.cfg.train.seed)  # fmt: skip
         opts = BuildOptions(aspects=tuple(self.cfg.data.aspects), seed=self.cfg.train.seed)
@@ -82,9 +91,6 @@ class Demo:
         print(f"  {summary['proteins']} proteins, terms {summary['terms']}", flush=True)
 
     def residues(self) -> None:
-        from protgo.data.folder import DatasetFolder
-        from protgo.encoders.protein import protein_encoder
-        from protgo.stores.residues import ESMResidueStore
 
         seqs = DatasetFolder.load(self.cfg.data.dataset, self.data_dir).sequences
         enc = protein_encoder(self.cfg.residues)
@@ -94,7 +100,6 @@ class Demo:
               f"{rep.residues / max(rep.seconds, 1e-9):.0f} residues/s)", flush=True)  # fmt: skip
 
     def go(self) -> None:
-        from protgo.stores.go_vectors import embed_go
 
         c = self.cfg
         for phase in range(len(c.go_text.phase_relations)):
@@ -103,8 +108,6 @@ class Demo:
             print(f"  phase {phase}: {len(cache)} GO texts {state}", flush=True)
 
     def train(self) -> None:
-        from protgo.model.checkpoints import CheckpointManager
-        from protgo.train.trainer import Trainer
 
         latest = CheckpointManager(self.run / "checkpoints").latest()
         trainer = Trainer(self.cfg, self.data_dir)
@@ -115,9 +118,6 @@ class Demo:
         print(f"  last validation: {json.dumps(last)}", flush=True)
 
     def predict(self) -> None:
-        from protgo.data.fasta import write_fasta
-        from protgo.data.folder import DatasetFolder
-        from protgo.infer.command import run_predict
 
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         ckpt = self.run / "checkpoints" / "best.pt"
@@ -131,9 +131,6 @@ class Demo:
                   f"{info['proteins_per_s']:.1f} proteins/s", flush=True)  # fmt: skip
 
     def evaluate(self) -> None:
-        from protgo.data.folder import DatasetFolder
-        from protgo.eval.evaluate import evaluate_command
-        from protgo.stores.residues import ESMResidueStore
 
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         store = ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
@@ -143,7 +140,6 @@ class Demo:
                          store=store.root, threads=2, data_dir=self.data_dir)  # fmt: skip
 
     def report(self) -> None:
-        from protgo.eval.report import build_report
 
         attributions = self.run / "predict" / "test" / "attributions.json"
         path = build_report(self.run, self.run / "eval", self.cfg, self.run / "report",
@@ -175,8 +171,6 @@ class Demo:
 def demo_sources(paths, aspects: list[str], n: int, seed: int):
     """human-exp sources cut to ``n`` random proteins annotated in ``aspects`` and the GO
     terms they carry (with all their ancestors, so propagation is unchanged)."""
-    from protgo.data.build import PROTEIN_BINDING, human_exp_sources
-    from protgo.data.ontology import Ontology
 
     src = human_exp_sources(paths.go_sqlite, paths.orghs_sqlite, paths.metastudent_dir)
     onto = Ontology(src.terms)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from protgo.data import godb
 from protgo.errors import UserError
 from protgo.io import atomic_write_text
 
@@ -189,7 +190,6 @@ def fetch_debian(data_dir: Path) -> DebianPaths:
     Idempotent: a finished, still valid fetch returns at once; a partial one (some .debs
     downloaded, some files unpacked) is completed without downloading what is there.
     """
-    from protgo.data import godb
 
     base = _debian_dir(data_dir)
     paths = DebianPaths.under(base / "root")

@@ -185,7 +185,7 @@ def model_window(config) -> int:
 def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
     """(model directory or weights file, settings the vectors depend on), read from files
     without loading weights, so a residue store can be found without the model in memory."""
-    from protgo.encoders import unirep
+    from protgo.encoders import unirep  # here, not at the top: unirep builds on this module
 
     if unirep.is_unirep(cfg.model):
         return unirep.describe_unirep(cfg)
@@ -209,7 +209,7 @@ def protein_encoder(cfg: ResiduesConfig):
     """The encoder ``residues.model`` names: UniRep (``unirep-1900``, ``unirep-256``,
     ``unirep-64``; :mod:`protgo.encoders.unirep`) or an ESM model (:class:`ProteinEncoder`).
     Both give ``settings()``, ``dim``, ``embed()`` and ``embed_batched()``."""
-    from protgo.encoders import unirep
+    from protgo.encoders import unirep  # here, not at the top: unirep builds on this module
 
     return unirep.UniRepEncoder(cfg) if unirep.is_unirep(cfg.model) else ProteinEncoder(cfg)
 

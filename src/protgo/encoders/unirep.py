@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protgo.encoders.protein import Segment, clean_sequence, describe_model, pack_by_tokens
 from protgo.errors import UserError
 from protgo.io import file_sha256
 
@@ -172,7 +173,6 @@ class UniRepEncoder:
     ``settings()``, ``embed()`` and ``embed_batched()``; no windows."""
 
     def __init__(self, cfg):
-        from protgo.encoders.protein import describe_model
 
         global _noticed
         if cfg.threads:
@@ -196,7 +196,6 @@ class UniRepEncoder:
 
     def embed(self, seq: str, pid: str = "sequence") -> torch.Tensor:
         """(L, d) fp32 vectors of one sequence (the reference for the store)."""
-        from protgo.encoders.protein import clean_sequence
 
         clean = clean_sequence(pid, seq)
         return self.forward([clean])[0]
@@ -218,7 +217,6 @@ class UniRepEncoder:
         step costs about the same for 8 rows as for 100, so batches are as wide as the input
         projections' memory allows (about 512 MB: 17k positions for unirep-1900, 131k for
         unirep-256)."""
-        from protgo.encoders.protein import Segment, pack_by_tokens
 
         budget = max(batch_tokens, BATCH_BYTES // (16 * self.dim))
         order = sorted(range(len(cleans)), key=lambda i: len(cleans[i]))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protgo.config import ResiduesConfig
 from protgo.data.seqsearch import DiamondOptions
 from protgo.errors import UserError
 from protgo.eval.baselines import (
@@ -24,6 +25,7 @@ from protgo.eval.baselines import (
 from protgo.eval.cafa import evaluate_split
 from protgo.eval.predictions import Predictions, read_predictions
 from protgo.io import atomic_write_text
+from protgo.stores.residues import ESMResidueStore
 
 BASELINES = ("naive", "diamond", "knn", "mlp")
 
@@ -114,8 +116,6 @@ def _mean_embeddings(
 ) -> dict[str, np.ndarray]:
     """Mean vectors of ``pids`` from the store folder ``store``, else the store of the
     ``ResiduesConfig`` ``residues``."""
-    from protgo.config import ResiduesConfig
-    from protgo.stores.residues import ESMResidueStore
 
     if store is not None:
         st = ESMResidueStore(store)

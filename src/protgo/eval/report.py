@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from protgo.io import atomic_write_text
+from protgo.mining.curriculum import CurriculumScheduler
+from protgo.mining.curriculum_show import plot
 
 # protgo first, then the baselines; colours fixed per method across every plot
 METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")
@@ -179,8 +181,6 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
 
 def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
     """The run's curriculum schedule (the same plot as `protgo curriculum show`)."""
-    from protgo.mining.curriculum import CurriculumScheduler
-    from protgo.mining.curriculum_show import plot
 
     train = [r for r in records if r["kind"] == "train"]
     if cfg is None or not train:

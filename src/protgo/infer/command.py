@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from protgo.data.fasta import read_fasta
+from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
+from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
 from protgo.io import check_output_path
 
@@ -35,8 +38,6 @@ CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
 
 def read_query_fasta(path: Path) -> dict[str, str]:
     """{pid: cleaned sequence}; every record checked before anything runs."""
-    from protgo.data.fasta import read_fasta
-    from protgo.encoders.protein import clean_sequence
 
     return {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
 
@@ -162,7 +163,6 @@ def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict
 
 def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[dict]) -> str:
     """Per-residue importance of each protein's reported terms (see infer.attribution)."""
-    from protgo.infer.attribution import explain
 
     col = {g: j for j, g in enumerate(pred.go_ids)}
     out = {}

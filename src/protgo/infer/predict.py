@@ -28,9 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from protgo.config import Config
+from protgo.data.folder import DatasetFolder
+from protgo.encoders.protein import pack_by_tokens, protein_encoder
 from protgo.errors import UserError
 from protgo.infer import calibration, scoring
+from protgo.model.aligner import ProtGoAligner
+from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
+from protgo.stores.go_vectors import GoVectorCache, cache_dir, embed_go
+from protgo.stores.residues import ESMResidueStore
 
 
 @dataclass
@@ -50,7 +57,6 @@ class Predictor:
         self, checkpoint: Path, data_dir: Path | None = None,
         aspects: Iterable[str] | None = None, device: str = "cpu",
     ):  # fmt: skip
-        from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 
         self.checkpoint = resolve_checkpoint(Path(checkpoint))
         state = load_checkpoint(self.checkpoint, "cpu")
@@ -68,13 +74,11 @@ class Predictor:
 
     # ---- loading ---------------------------------------------------------------------------
     def _load_dataset(self) -> None:
-        from protgo.data.folder import DatasetFolder
 
         self.folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         self.ontology = self.folder.ontology
 
     def _load_model(self, state: dict) -> None:
-        from protgo.model.aligner import ProtGoAligner
 
         ids, aspects, text = go_text_vectors(self.cfg, self.phase, self.aspects, self.data_dir)
         keep = scoring.scorable_columns(self.ontology, ids)
@@ -104,7 +108,6 @@ class Predictor:
 
     def _open_store(self):
         """The residue store of the checkpoint's ESM settings, or None if there is none."""
-        from protgo.stores.residues import ESMResidueStore
 
         try:
             # Each shard read is checked against its checksum once per process.
@@ -116,8 +119,6 @@ class Predictor:
     def encoder(self):
         """The ESM encoder, loaded on first use (only for sequences not in the store)."""
         if self._encoder is None:
-            from protgo.encoders.protein import protein_encoder
-
             self._encoder = protein_encoder(self.cfg.residues)
             if self._encoder.dim != self.residue_dim:
                 raise UserError(
@@ -160,7 +161,6 @@ class Predictor:
         """((N, A) unit vectors, per-protein attention (L,)), in the order of ``arrays``.
 
         Proteins are sorted by length and packed up to ``batch_residues`` padded residues."""
-        from protgo.encoders.protein import pack_by_tokens
 
         order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))
         vecs = torch.empty(len(arrays), self.go.shape[1])
@@ -262,7 +262,6 @@ def go_text_vectors(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(ids, aspects, (T, Dt) text vectors) of the checkpoint's phase: the cache written in
     training when it covers ``aspects``, else encoded now (and cached)."""
-    from protgo.stores.go_vectors import GoVectorCache, cache_dir, embed_go
 
     name = Path(cfg.data.dataset).name
     for trained in (cfg.data.aspects, aspects):
@@ -280,7 +279,6 @@ def go_text_vectors(
 
 
 def _config_of(state: dict, path: Path):
-    from protgo.config import Config
 
     try:
         cfg = Config.model_validate(state["config"])

@@ -28,7 +28,15 @@ import torch
 
 from protgo.config import MiningConfig
 from protgo.data.ontology import Ontology
-from protgo.mining.collator import HARD, INBATCH, POSITIVE, RANDOM, SIBLING, index_candidates
+from protgo.mining.collator import (
+    HARD,
+    INBATCH,
+    POSITIVE,
+    RANDOM,
+    SIBLING,
+    SOURCES,
+    index_candidates,
+)
 from protgo.mining.curriculum import CurriculumParams
 
 
@@ -231,6 +239,5 @@ def _as_numpy(matrix) -> np.ndarray:
 
 
 def source_counts(source: torch.Tensor) -> dict[str, int]:
-    from protgo.mining.collator import SOURCES
 
     return {name: int((source == code).sum()) for code, name in SOURCES.items()}

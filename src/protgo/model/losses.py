@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from protgo.config import LossConfig
 from protgo.infer.scoring import transfer_scores
+from protgo.model.aligner import candidate_scores
 
 NEG = -1e4  # logit for invalid slots after temperature: exp(NEG) == 0 in fp32, no NaN grads
 
@@ -225,7 +226,6 @@ class HomologyTeacher:
 
     def logits(self, batch: dict, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C) teacher logits over the candidates and (B,) rows with at least one hit."""
-        from protgo.model.aligner import candidate_scores
 
         s = candidate_scores(self.scores(batch["pids"], batch["go_ids"]), batch["cand_idx"])
         rows = torch.tensor([p in self.transferred for p in batch["pids"]])
@@ -269,7 +269,6 @@ class AttributionLoss(nn.Module):
         self.top_frac, self.margin = top_frac, margin
 
     def forward(self, model, out: dict, batch: dict, generator=None) -> tuple[torch.Tensor, dict]:
-        from protgo.model.aligner import candidate_scores
 
         keep_top, keep_rand = attribution_masks(
             out["attn"], batch["mask"], self.top_frac, generator

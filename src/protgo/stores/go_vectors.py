@@ -23,8 +23,11 @@ import numpy as np
 import torch
 
 from protgo.config import GoTextConfig
+from protgo.data.folder import DatasetFolder
+from protgo.encoders.text import load_text_encoder
 from protgo.errors import UserError
 from protgo.io import atomic_write, atomic_write_text, file_sha256
+from protgo.stores.go_text import GoTextStore
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +236,6 @@ def embed_go(
     force: bool = False, progress: bool = True,
 ) -> tuple[GoVectorCache, Path]:  # fmt: skip
     """Encode (or find cached) the GO texts of a dataset's ontology for one phase."""
-    from protgo.data.folder import DatasetFolder
-    from protgo.encoders.text import load_text_encoder
-    from protgo.stores.go_text import GoTextStore
 
     aspects = list(aspects)
     ontology = DatasetFolder.load(dataset, data_dir).ontology

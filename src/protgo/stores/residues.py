@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.encoders.protein import ProteinEncoder, clean_sequence, sequence_hash
+from protgo.encoders.protein import ProteinEncoder, clean_sequence, describe_model, sequence_hash
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, file_lock, write_json
 from protgo.stores.residue_plan import Plan, make_plan, merge_into
@@ -103,7 +103,6 @@ class ESMResidueStore:
     @classmethod
     def for_config(cls, cfg, data_dir: Path, **kw) -> ESMResidueStore:
         """The store of a ``ResiduesConfig`` without loading the model (only its files)."""
-        from protgo.encoders.protein import describe_model
 
         root = store_dir(data_dir, describe_model(cfg)[1])
         if not (root / "manifest.json").is_file():

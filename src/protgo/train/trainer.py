@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from protgo.config import Config
+from protgo.data.folder import DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import evaluate_fast, truth_matrix
@@ -51,6 +52,7 @@ from protgo.model.losses import (
     multi_positive_info_nce,
 )
 from protgo.model.pooling import pad_residues
+from protgo.stores.residues import ESMResidueStore
 from protgo.train import distributed
 from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.schedule import warmup_cosine
@@ -84,8 +86,6 @@ class Trainer:
         self, cfg: Config, data_dir: Path | None = None, progress: bool = True, store=None
     ):
         """``store``: a residue store to use instead of the one of ``cfg.residues``."""
-        from protgo.data.folder import DatasetFolder
-        from protgo.stores.residues import ESMResidueStore
 
         self.cfg, self.progress = cfg, progress
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
