@@ -24,9 +24,18 @@ def test_demo_end_to_end_and_resume(tmp_path, tiny_esm, real_data_dir, capsys):
     out = capsys.readouterr().out
     for i, name in enumerate(STAGES, 1):
         assert f"[{i}/{len(STAGES)}] {name}" in out
-    for method in ("protgo", "blend", "diamond", "knn", "mlp", "naive"):
-        assert method in table
-    assert "zero_auc" in table and "fmax" in table and "MF:" in table
+    rows = {ln.split()[0]: ln.split()[1:] for ln in table.splitlines()[2:] if ln.strip()}
+    head = table.splitlines()[1].split()[1:]
+    assert table.startswith("MF:") and set(rows) == {"protgo", "blend", "diamond", "knn", "mlp",
+                                                     "naive"}  # fmt: skip
+    col = {name: head.index(name) for name in ("fmax", "zero_auc", "coverage")}
+    for method, values in rows.items():
+        assert 0 < float(values[col["fmax"]]) <= 1, method
+    # closed-vocabulary baselines cannot rank a term held out of training; protgo can
+    for method in ("naive", "diamond", "knn", "mlp"):
+        assert rows[method][col["zero_auc"]] == "0.500", method
+    assert rows["protgo"][col["zero_auc"]] != "0.500"
+    assert float(rows["diamond"][col["coverage"]]) < 1 == float(rows["protgo"][col["coverage"]])
     assert report.is_file() and (report.parent / "metrics.png").is_file()
     run = Path(tmp_path / "run")
     assert (run / "predict" / "test" / "attributions.json").is_file()
