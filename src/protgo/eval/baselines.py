@@ -27,7 +27,7 @@ from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
-from protgo.infer.scoring import transfer_scores
+from protgo.infer import scoring
 
 Annotations = Mapping[str, Iterable[str]]
 
@@ -63,7 +63,7 @@ def diamond_score(
     """DiamondScore (:func:`protgo.infer.scoring.transfer_scores`) from hits into ``train``;
     queries without a hit get no scores."""
     prop = {p: ontology.propagate(ts) for p, ts in train.items()}
-    scores = transfer_scores(hits, prop)
+    scores = scoring.transfer_scores(hits, prop)
     if not scores:
         return Predictions([], [], np.zeros((0, 0)))
     # Propagated labels already make the score DAG-consistent; propagate anyway (cheap, sure).
@@ -155,7 +155,7 @@ def mlp(
 ) -> Predictions:
     """MLP (Linear-ReLU-Dropout-Linear, sigmoid per training term), trained with binary
     cross-entropy; keeps the epoch with the best mean validation Fmax over aspects."""
-    import torch
+    import torch  # here: the other baselines and `protgo evaluate` run without torch
 
     opts = opts or MlpOptions()
     if opts.threads:
@@ -180,22 +180,14 @@ def mlp(
         with torch.no_grad():
             xq = (torch.from_numpy(_stack(emb, pids)) - mu) / sd
             s = torch.sigmoid(net(xq)).numpy()
-        p = Predictions(pids, terms, s)
-        return Predictions(pids, terms, ontology.propagate_matrix(p.scores, terms))
+        return Predictions(pids, terms, scoring.propagate(s, terms, ontology))
 
     best, best_state, waited = -1.0, None, 0
     gen = torch.Generator().manual_seed(opts.seed)
     for _epoch in range(opts.max_epochs):
-        net.train()
-        for idx in torch.randperm(len(x), generator=gen).split(opts.batch_size):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                net((x[idx] - mu) / sd), yt[idx]
-            )
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+        _mlp_epoch(net, optim, (x - mu) / sd, yt, opts.batch_size, gen)
         rows = evaluate_fast(predict(valid_emb, valid_ids), valid, valid_ids, ontology, ia)
-        score = float(np.mean([r["fmax"] for r in rows])) if rows else 0.0
+        score = scoring.selection_score(rows) or 0.0  # as protgo's checkpoints are chosen
         if score > best:
             best, waited = score, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -206,6 +198,18 @@ def mlp(
     if best_state is not None:
         net.load_state_dict(best_state)
     return predict(query_emb, sorted(query_emb))
+
+
+def _mlp_epoch(net, optim, x, y, batch_size: int, gen) -> None:
+    """One pass over standardised features ``x`` (N, D) and labels ``y`` (N, T)."""
+    import torch
+
+    net.train()
+    for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x[idx]), y[idx])
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
 
 
 # ----------------------------------------------------------------------------------------------
