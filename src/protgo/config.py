@@ -301,7 +301,6 @@ def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = (
 
 def resolve_config_path(path: Path | str) -> Path:
     """A YAML file, else the name of a config shipped with protgo (``-c demo``)."""
-
     path = Path(path).expanduser()
     if path.is_file():
         return path

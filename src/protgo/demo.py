@@ -171,7 +171,6 @@ class Demo:
 def demo_sources(paths, aspects: list[str], n: int, seed: int):
     """human-exp sources cut to ``n`` random proteins annotated in ``aspects`` and the GO
     terms they carry (with all their ancestors, so propagation is unchanged)."""
-
     src = human_exp_sources(paths.go_sqlite, paths.orghs_sqlite, paths.metastudent_dir)
     onto = Ontology(src.terms)
     carried: dict[str, set[str]] = defaultdict(set)

@@ -190,7 +190,6 @@ def fetch_debian(data_dir: Path) -> DebianPaths:
     Idempotent: a finished, still valid fetch returns at once; a partial one (some .debs
     downloaded, some files unpacked) is completed without downloading what is there.
     """
-
     base = _debian_dir(data_dir)
     paths = DebianPaths.under(base / "root")
     if _debian_done(base):

@@ -196,7 +196,6 @@ class UniRepEncoder:
 
     def embed(self, seq: str, pid: str = "sequence") -> torch.Tensor:
         """(L, d) fp32 vectors of one sequence (the reference for the store)."""
-
         clean = clean_sequence(pid, seq)
         return self.forward([clean])[0]
 
@@ -217,7 +216,6 @@ class UniRepEncoder:
         step costs about the same for 8 rows as for 100, so batches are as wide as the input
         projections' memory allows (about 512 MB: 17k positions for unirep-1900, 131k for
         unirep-256)."""
-
         budget = max(batch_tokens, BATCH_BYTES // (16 * self.dim))
         order = sorted(range(len(cleans)), key=lambda i: len(cleans[i]))
         for batch in pack_by_tokens(order, budget, key=lambda i: len(cleans[i]) + 1):

@@ -116,7 +116,6 @@ def _mean_embeddings(
 ) -> dict[str, np.ndarray]:
     """Mean vectors of ``pids`` from the store folder ``store``, else the store of the
     ``ResiduesConfig`` ``residues``."""
-
     if store is not None:
         st = ESMResidueStore(store)
     else:

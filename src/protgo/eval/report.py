@@ -181,7 +181,6 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
 
 def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
     """The run's curriculum schedule (the same plot as `protgo curriculum show`)."""
-
     train = [r for r in records if r["kind"] == "train"]
     if cfg is None or not train:
         return None

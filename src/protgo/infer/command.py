@@ -38,7 +38,6 @@ CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
 
 def read_query_fasta(path: Path) -> dict[str, str]:
     """{pid: cleaned sequence}; every record checked before anything runs."""
-
     return {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
 
 
@@ -111,7 +110,6 @@ def run_predict(
     keep_general: bool = False, progress: bool = True,
 ) -> dict:  # fmt: skip
     """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help)."""
-
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     check_output_path(out, "--out", folder=True)
@@ -163,7 +161,6 @@ def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict
 
 def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[dict]) -> str:
     """Per-residue importance of each protein's reported terms (see infer.attribution)."""
-
     col = {g: j for j, g in enumerate(pred.go_ids)}
     out = {}
     for r in results:

@@ -108,7 +108,6 @@ class Predictor:
 
     def _open_store(self):
         """The residue store of the checkpoint's ESM settings, or None if there is none."""
-
         try:
             # Each shard read is checked against its checksum once per process.
             return ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
@@ -161,7 +160,6 @@ class Predictor:
         """((N, A) unit vectors, per-protein attention (L,)), in the order of ``arrays``.
 
         Proteins are sorted by length and packed up to ``batch_residues`` padded residues."""
-
         order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))
         vecs = torch.empty(len(arrays), self.go.shape[1])
         attn: list[torch.Tensor | None] = [None] * len(arrays)
@@ -262,7 +260,6 @@ def go_text_vectors(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(ids, aspects, (T, Dt) text vectors) of the checkpoint's phase: the cache written in
     training when it covers ``aspects``, else encoded now (and cached)."""
-
     name = Path(cfg.data.dataset).name
     for trained in (cfg.data.aspects, aspects):
         d = cache_dir(data_dir, name, cfg.go_text.encoder, phase, trained)

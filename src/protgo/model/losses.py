@@ -226,7 +226,6 @@ class HomologyTeacher:
 
     def logits(self, batch: dict, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C) teacher logits over the candidates and (B,) rows with at least one hit."""
-
         s = candidate_scores(self.scores(batch["pids"], batch["go_ids"]), batch["cand_idx"])
         rows = torch.tensor([p in self.transferred for p in batch["pids"]])
         return tau * torch.log(s + self.eps), rows

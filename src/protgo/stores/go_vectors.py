@@ -236,7 +236,6 @@ def embed_go(
     force: bool = False, progress: bool = True,
 ) -> tuple[GoVectorCache, Path]:  # fmt: skip
     """Encode (or find cached) the GO texts of a dataset's ontology for one phase."""
-
     aspects = list(aspects)
     ontology = DatasetFolder.load(dataset, data_dir).ontology
     empty = [a for a in aspects if not ontology.ids(a)]

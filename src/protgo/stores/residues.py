@@ -103,7 +103,6 @@ class ESMResidueStore:
     @classmethod
     def for_config(cls, cfg, data_dir: Path, **kw) -> ESMResidueStore:
         """The store of a ``ResiduesConfig`` without loading the model (only its files)."""
-
         root = store_dir(data_dir, describe_model(cfg)[1])
         if not (root / "manifest.json").is_file():
             # Same model name, layer and window but another digest: other weights or input.

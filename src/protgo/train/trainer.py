@@ -86,7 +86,6 @@ class Trainer:
         self, cfg: Config, data_dir: Path | None = None, progress: bool = True, store=None
     ):
         """``store``: a residue store to use instead of the one of ``cfg.residues``."""
-
         self.cfg, self.progress = cfg, progress
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
         self.rank, self.world = distributed.init()
