@@ -141,3 +141,12 @@ def read_jsonl(path: Path) -> tuple[list[dict], bool]:
                 ) from None
             torn = True
     return rows, torn
+
+
+def truncate_jsonl(path: Path, step: int) -> bool:
+    """Keep the records of a JSON Lines log up to ``step`` (a resumed run redoes the rest),
+    rewritten atomically; returns whether a torn last line was dropped."""
+    rows, torn = read_jsonl(path)
+    keep = [json.dumps(r, default=float) for r in rows if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    return torn

@@ -27,7 +27,7 @@ from protgo.config import Section, default_data_dir, dump_config
 from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, read_jsonl
+from protgo.io import atomic_write_text, truncate_jsonl
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
 from protgo.plm import corpus as mc
 from protgo.train import distributed
@@ -470,9 +470,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.is_file():
-            rows, _ = read_jsonl(path)  # a torn last line (a crash mid-write) is dropped
-            keep = [json.dumps(r) for r in rows if r.get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+            truncate_jsonl(path, resume_step)  # a torn last line (a crash mid-write) is dropped
         elif resume_step is None:
             path.unlink(missing_ok=True)
 

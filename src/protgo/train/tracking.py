@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from protgo.config import TrackingConfig
-from protgo.io import atomic_write_text, read_jsonl
+from protgo.io import read_jsonl, truncate_jsonl
 
 log = logging.getLogger("protgo.train")
 
@@ -45,11 +45,8 @@ class Tracker:
         """On resume, forget records written after the checkpoint (they will be redone)."""
         if not self.path.is_file():
             return
-        rows, torn = read_jsonl(self.path)
-        if torn:
+        if truncate_jsonl(self.path, step):
             log.warning("%s: dropped a torn last line (a write cut short)", self.path)
-        keep = [json.dumps(r, default=float) for r in rows if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def _add_log_file(self) -> None:
         target = str(self.run_dir / "train.log")
