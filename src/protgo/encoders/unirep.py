@@ -180,9 +180,9 @@ class UniRepEncoder:
         if cfg.device != "cpu":
             raise UserError(f"residues.model={cfg.model} runs on the CPU only: set device=cpu")
         self.cfg = cfg
-        self.model_dir, self._settings = describe_model(cfg)
+        weights, self._settings = describe_model(cfg)  # checked by sha256 there
         self.dim = self._settings["dim"]
-        self.model = UniRep(weights_path(cfg.model)).eval()
+        self.model = UniRep(weights).eval()
         if not _noticed:
             print(LICENCE, file=sys.stderr)
             _noticed = True

@@ -238,7 +238,6 @@ class Predictor:
     def fit_calibration(self, max_proteins: int = 2000) -> dict:
         """Fit and save the calibration (:func:`protgo.infer.calibration.fit`); used from
         then on."""
-        self.calibration = None
         self.calibration = calibration.fit(self, max_proteins)
         return self.calibration
 
