@@ -18,6 +18,7 @@ from test_build import _family_data
 from protgo.cli import main
 from protgo.config import Config, dump_config
 from protgo.errors import UserError
+from protgo.train.tracking import read_metrics
 
 TINY_OBO = Path(__file__).parent / "fixtures" / "tiny.obo"
 
@@ -234,6 +235,12 @@ def test_occupied_run_folder_and_changed_batch(world, capsys, monkeypatch):
     assert (run / "metrics.jsonl").read_text() == before
     args = ["train", "-c", cfg, "--resume", run, "--set", "train.batch_size=4"]
     assert_one_error(*run_cli(args, capsys, monkeypatch), "global batches of 8", "makes 4")
+    # --overwrite starts anew: the old run's records are gone, not appended to
+    code, err = run_cli(["train", "-c", cfg, "--overwrite", "--set", "train.epochs=1"],
+                        capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    valid = [r for r in read_metrics(run) if r["kind"] == "valid"]
+    assert [r["epoch"] for r in valid] == [1]
 
 
 def test_crafted_checkpoint_never_runs_code(world, capsys, monkeypatch, tmp_path):

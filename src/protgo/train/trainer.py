@@ -231,8 +231,9 @@ class Trainer:
                 "train.out_dir"
             )
         distributed.barrier(self.world)
-        if held and self.rank == 0:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if held and self.rank == 0:  # the old run's records, log and W&B id: a new run
+            for name in ("metrics.jsonl", "train.log", "wandb_id.txt"):
+                (self.run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
 
     def _train_epoch(self, max_steps: int | None) -> bool:
