@@ -193,7 +193,8 @@ def plm_evaluate(
 def embed_residues(
     dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
     model: Annotated[
-        str | None, typer.Option(help="ESM checkpoint: local directory or hub id.")
+        str | None,
+        typer.Option(help="protgo-esm-small, unirep-1900|256|64, an ESM directory or a hub id."),
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Layer to store (-1: last).")] = None,
     win_size: Annotated[int | None, typer.Option(help="Residues per window.")] = None,
@@ -207,7 +208,8 @@ def embed_residues(
     overrides: SetOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Embed every residue of a dataset's proteins with ESM into the residue store.
+    """Embed every residue of a dataset's proteins with the protein model (ESM or UniRep) into the
+    residue store.
 
     Resumable (run again after a kill). Under torchrun each rank embeds its share
     (RANK, WORLD_SIZE, LOCAL_RANK), and the last rank to finish merges the manifest."""
