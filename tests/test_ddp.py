@@ -115,3 +115,12 @@ def test_two_gloo_ranks_match_one_process(tiny_world, tmp_path):
     assert ranks[1]["saves"] == [] and ranks[0]["saves"] == one_saves == ["step", "step"]
     written = sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").glob("*.pt"))
     assert written == [f"step-{STEPS // 2:08d}.pt", f"step-{STEPS:08d}.pt"]
+
+
+def test_ddp_with_a_parameter_that_takes_no_gradient(tiny_world, tmp_path):
+    """``loss.lambda_bce=0`` leaves the term bias without gradient; DDP still steps."""
+    cfg = _cfg(tiny_world, tmp_path / "ddp", RANK_BATCH, "loss.lambda_bce=0")
+    ranks = _spawn(cfg, 2, tmp_path)
+    assert ranks[0]["step"] == ranks[1]["step"] == 2
+    for k, v in ranks[0]["model"].items():
+        assert torch.equal(v, ranks[1]["model"][k]), k

@@ -435,11 +435,7 @@ def setup_runtime(threads: int | None) -> Runtime:
 
 def wrap_for_speed(model, rt: Runtime):
     """DDP across ranks; torch.compile only on CUDA (on CPU it costs more than it gives)."""
-    fwd = model
-    if rt.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        fwd = DistributedDataParallel(model, device_ids=[rt.device] if rt.device.index else None)
+    fwd = distributed.wrap(model, rt.world, rt.device)
     if rt.device.type == "cuda":
         fwd = torch.compile(fwd)
     return fwd

@@ -1,10 +1,10 @@
-"""Several processes under ``torchrun``: one process group for both trainers.
+"""Several processes under ``torchrun``: one process group and one DDP wrapper for both
+trainers.
 
-The aligner trainer averages gradients itself (one all-reduce of the flattened gradients per
-step, :func:`average_gradients`) rather than through ``DistributedDataParallel``, because a
-step calls the model through several methods (protein pooling, GO head, term logits, the
-attribution pass) and not through one ``forward``; the result is the same as DDP's mean of
-gradients. PLM pretraining calls one ``forward`` and uses DDP.
+Both trainers compute a step's whole loss in one ``forward`` of the wrapped module (the aligner
+trainer through :class:`protgo.train.trainer.StepLoss`), so ``DistributedDataParallel``
+averages the gradients of everything the step used and starts every rank from rank 0's
+parameters.
 """
 
 from __future__ import annotations
@@ -24,25 +24,19 @@ def init() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def average_gradients(model: torch.nn.Module, world: int) -> None:
-    """Replace every gradient by its mean over the ranks (one all-reduce)."""
+def wrap(
+    module: torch.nn.Module, world: int, device: torch.device, unused_params: bool = False
+) -> torch.nn.Module:
+    """``module`` under ``DistributedDataParallel`` when ``world`` > 1, else itself.
+
+    ``unused_params``: some parameters take no gradient in a step (e.g. the term bias under
+    ``loss.lambda_bce=0``), so DDP must walk the graph to find them (a cost, so only then)."""
     if world == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for g in grads:
-        g.copy_(flat[i : i + g.numel()].view_as(g))
-        i += g.numel()
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-
-def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
-    """Rank 0's parameters on every rank (so all start from the same model)."""
-    if world > 1:
-        for p in model.parameters():
-            dist.broadcast(p.data, 0)
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused_params)
 
 
 def barrier(world: int) -> None:

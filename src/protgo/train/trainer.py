@@ -81,6 +81,24 @@ class RankSlices:
             yield batch[self.rank :: self.world]
 
 
+class StepLoss(torch.nn.Module):
+    """A step's forward and total loss as one ``forward``: the loss calls the aligner through
+    several methods (pooling, GO head, term logits, the attribution pass), and
+    ``DistributedDataParallel`` needs all of them inside the forward it wraps."""
+
+    def __init__(self, model: ProtGoAligner, criterion: AlignmentLoss):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, batch, go_text, pairs, lambda_attr, teacher, bce_terms):
+        """-> (loss, logged parts, the aligner's outputs)."""
+        out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])
+        loss, parts = self.criterion(
+            self.model, out, batch, go_text, pairs, lambda_attr, teacher, bce_terms=bce_terms
+        )
+        return loss, parts, out
+
+
 class Trainer:
     def __init__(
         self, cfg: Config, data_dir: Path | None = None, progress: bool = True, store=None
@@ -101,8 +119,11 @@ class Trainer:
         # changes how much random state the steps above used.
         _seed_everything(cfg.train.seed)
         self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
-        distributed.broadcast_parameters(self.model, self.world)
         self.criterion = AlignmentLoss(cfg.loss)
+        self.step_loss = distributed.wrap(
+            StepLoss(self.model, self.criterion), self.world, self.device,
+            unused_params=cfg.model.term_bias and cfg.loss.lambda_bce == 0,
+        )  # fmt: skip
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -270,16 +291,13 @@ class Trainer:
             batch = self.mine(batch, params)  # 2. mine negatives
         with self._timed("forward"):
             go_text = self.phases.text_vectors(batch["go_rows"]).to(self.device)  # (U, Dt)
-            out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])  # 3.
-            loss, parts = self.criterion(  # 4. total loss
-                self.model, out, batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
-                params.lambda_attr, self._teacher_logits(batch, go_text),
-                bce_terms=self._bce_terms(batch),
+            loss, parts, out = self.step_loss(  # 3. forward and 4. total loss
+                batch, go_text, dag_pairs(batch["go_ids"], self.ontology), params.lambda_attr,
+                self._teacher_logits(batch, go_text), self._bce_terms(batch),
             )  # fmt: skip
         with self._timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # 5. backward
-            distributed.average_gradients(self.model, self.world)
+            loss.backward()  # 5. backward (DDP: gradients averaged over the ranks)
         with self._timed("optimizer"):
             if self.cfg.train.grad_clip:  # 6. clip
                 norm = torch.nn.utils.clip_grad_norm_(
