@@ -1,12 +1,15 @@
 """GO side speed: text encoding per phase, index build, search latency and throughput.
 
-Encoding is timed on a random sample of GO terms (all aspects) and extrapolated to every GO
-term by token count (the encoder's cost grows with tokens, and later phases have longer
-texts). Search is timed against as many random unit vectors as GO has terms, at the text
-dimension (cache backend) and the alignment dimension (bank backend): FAISS exact, HNSW, IVF
-and a plain torch matmul + topk, for batches of 64 and 256 queries.
+Encoding is timed per encoder variant (fp32 reference, bf16 autocast, dynamic int8) on the same
+texts: a random sample of GO terms (all aspects), or every GO term with ``--all-go``, which
+also reports how many of the fp32 top-10 terms each variant keeps for real protein queries
+(the mean text vector of a human-exp protein's annotated terms). Search is timed against as
+many random unit vectors as GO has terms, at the text dimension (cache backend) and the
+alignment dimension (bank backend): FAISS exact, HNSW, IVF and a plain torch matmul + topk, for
+batches of 64 and 256 queries.
 
-    python benchmarks/go_side.py                   # sample 1000, phases 0-2, int8 on phase 0
+    python benchmarks/go_side.py                   # sample 1000, phases 0-2: fp32, bf16, int8
+    python benchmarks/go_side.py --all-go --phases 0 --no-int8 --skip-search  # all of GO
     python benchmarks/go_side.py --skip-encode     # search timings only
 """
 
@@ -33,7 +36,14 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default="0,1,2")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--dtypes", default="fp32,bf16", help="encoder dtypes, fp32 the reference")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 timing")
+    p.add_argument(
+        "--all-go",
+        action="store_true",
+        help="encode every GO term (not a sample); adds top-10 retrieval overlap",
+    )
+    p.add_argument("--queries", type=int, default=1000, help="real protein queries (--all-go)")
     p.add_argument("--skip-encode", action="store_true")
     p.add_argument("--skip-search", action="store_true")
     p.add_argument("--k", type=int, default=64, help="neighbours per query (a shortlist)")
@@ -43,38 +53,79 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bench_encode(args, n_terms_out: dict) -> list[dict]:
-    from protgo.data.godb import read_terms
-    from protgo.data.ontology import Ontology
+def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: int, max_length):
+    """(vectors, seconds, tokens) for ``ids`` at ``phase`` with one encoder variant."""
     from protgo.encoders.text import load_text_encoder
     from protgo.stores.go_text import GoTextStore
+
+    enc = load_text_encoder(max_length=max_length, quantize_int8=int8, dtype=dtype)
+    tok = GoTextStore(onto, GoTextConfig(), ids=ids).update_phase_and_tokenize(phase, enc)
+    enc.encode_ids(tok.input_ids[:batch_size], batch_size, progress=False)  # warm-up
+    start = time.perf_counter()
+    vecs = enc.encode_ids(tok.input_ids, batch_size, progress=True)
+    return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
+
+
+def _protein_queries(ids: list[str], n: int) -> list[list[int]]:
+    """Rows of ``ids`` annotated to each of ``n`` human-exp training proteins (real queries:
+    the cache backend searches from a protein's positive term vectors)."""
+    import pandas as pd
+
+    folder = default_data_dir() / "datasets" / "human-exp"
+    ann = pd.read_csv(folder / "annotations.tsv", sep="\t")
+    row = {g: i for i, g in enumerate(ids)}
+    groups = [[row[t] for t in g["term"] if t in row] for _, g in ann.groupby("protein")]
+    groups = [g for g in groups if g]
+    pick = np.random.default_rng(0).choice(len(groups), min(n, len(groups)), replace=False)
+    return [groups[i] for i in pick]
+
+
+def _top10_overlap(ref: np.ndarray, got: np.ndarray, queries: list[list[int]]) -> float:
+    """Mean share of the fp32 top-10 that ``got`` also ranks top-10, per protein query (the
+    mean of its terms' vectors, searched against every term)."""
+
+    def top(m: np.ndarray) -> np.ndarray:
+        q = np.stack([m[g].mean(0) for g in queries])
+        return np.argsort(-(q @ m.T), axis=1)[:, :10]
+
+    a, b = top(ref), top(got)
+    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)]))
+
+
+def bench_encode(args, n_terms_out: dict) -> list[dict]:
+    """Each variant (fp32 reference first) on the same texts: speed and agreement."""
+    from protgo.data.godb import read_terms
+    from protgo.data.ontology import Ontology
 
     onto = Ontology(read_terms(default_data_dir() / GO_SQLITE))
     all_ids = onto.ids()
     n_terms_out["n"] = len(all_ids)
-    sample = sorted(np.random.default_rng(0).choice(all_ids, args.sample, replace=False))
+    ids = all_ids if args.all_go else sorted(
+        np.random.default_rng(0).choice(all_ids, args.sample, replace=False)
+    )  # fmt: skip
+    queries = _protein_queries(ids, args.queries) if args.all_go else None
+    variants = [("fp32", False)] + [(d, False) for d in args.dtypes.split(",") if d != "fp32"]
+    variants += [] if args.no_int8 else [("fp32", True)]
     rows = []
-    runs = [(int(p), False) for p in args.phases.split(",")]
-    runs += [] if args.no_int8 else [(int(args.phases.split(",")[0]), True)]
-    for phase, int8 in runs:
-        enc = load_text_encoder(max_length=args.max_length, quantize_int8=int8)
-        full = GoTextStore(onto, GoTextConfig(), ids=all_ids)
-        tok_all = full.update_phase_and_tokenize(phase, enc)
-        part = GoTextStore(onto, GoTextConfig(), ids=sample)
-        tok = part.update_phase_and_tokenize(phase, enc)
-        start = time.perf_counter()
-        enc.encode_ids(tok.input_ids, args.batch_size, progress=True)
-        sec = time.perf_counter() - start
-        n_tok = sum(len(x) for x in tok.input_ids)
-        n_tok_all = sum(len(x) for x in tok_all.input_ids)
-        rows.append({
-            "phase": phase, "int8": int8, "sample": len(sample), "seconds": round(sec, 1),
-            "texts_per_s": round(len(sample) / sec, 1), "tokens_per_s": round(n_tok / sec),
-            "mean_tokens": round(n_tok_all / len(all_ids), 1),
-            "truncated_all": tok_all.n_truncated,
-            "all_terms_min_est": round(n_tok_all / (n_tok / sec) / 60, 1),
-        })  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+    for phase in (int(p) for p in args.phases.split(",")):
+        ref = None
+        for dtype, int8 in variants:
+            vecs, sec, n_tok = _encode_variant(
+                onto, ids, phase, dtype, int8, args.batch_size, args.max_length
+            )
+            ref = vecs if ref is None else ref
+            cos = (vecs * ref).sum(1)
+            row = {
+                "phase": phase, "dtype": dtype, "int8": int8, "texts": len(ids),
+                "seconds": round(sec, 1), "texts_per_s": round(len(ids) / sec, 1),
+                "mean_tokens": round(n_tok / len(ids), 1),
+                "all_go_min_est": round(n_terms_out["n"] / (len(ids) / sec) / 60, 1),
+                "cos_min": round(float(cos.min()), 6), "cos_mean": round(float(cos.mean()), 6),
+            }  # fmt: skip
+            if queries is not None:
+                row["top10_overlap"] = round(_top10_overlap(ref, vecs, queries), 4)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 

