@@ -1,4 +1,4 @@
-"""The GO text encoder: the packaged MiniLM, pooling, special tokens, truncation, int8."""
+"""The GO text encoder: the packaged MiniLM, pooling, special tokens, truncation, bf16, int8."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def encoder():
-    return load_text_encoder()
+    """The fp32 reference (the default is bf16 where the CPU has it)."""
+    return load_text_encoder(dtype="fp32")
 
 
 def test_default_encoder_matches_sentence_transformers(encoder):
@@ -59,6 +60,23 @@ def test_int8_agrees_with_fp32(encoder):
     cos = (ref * got).sum(1)
     assert cos.min() > 0.97, cos
     assert q.identity() != encoder.identity()
+
+
+def test_bf16_agrees_with_fp32(encoder):
+    fast = load_text_encoder(dtype="bf16")
+    cos = (encoder.encode(TEXTS, progress=False) * fast.encode(TEXTS, progress=False)).sum(1)
+    assert cos.min() > 0.999, cos  # all of GO: benchmarks/go_side.py --all-go
+    assert fast.identity()["dtype"] == "bf16" and encoder.identity()["dtype"] == "fp32"
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_it():
+    from protgo import compute
+
+    expected = "bf16" if compute.native_bf16(torch.device("cpu")) else "fp32"
+    assert load_text_encoder().dtype == expected
+    assert load_text_encoder(quantize_int8=True).dtype == "fp32"  # int8 kernels take fp32
+    with pytest.raises(UserError, match="go_text.dtype"):
+        load_text_encoder(quantize_int8=True, dtype="bf16")
 
 
 def test_special_tokens_stay_whole_and_start_from_their_words(encoder):

@@ -48,6 +48,15 @@ SetOpt = Annotated[
 ]
 
 
+def _aspects(text: str) -> list[str]:
+    """``--aspects``: comma-separated BP, MF and/or CC (any case), checked."""
+    chosen = [a.strip().upper() for a in text.split(",") if a.strip()]
+    bad = [a for a in chosen if a not in ("BP", "MF", "CC")]
+    if not chosen or bad:
+        raise UserError(f"--aspects takes BP, MF and/or CC separated by commas, got '{text}'")
+    return chosen
+
+
 def _data_dir(path: Path | None, cfg=None) -> Path:
     """The data directory: --data-dir, else the config's data.data_dir, else $PROTGO_DATA or
     ~/.cache/protgo; a regular file in its place is an error."""
@@ -130,19 +139,12 @@ def data_build(
 
     build.check_dataset_name(name)
     root = _data_dir(data_dir)
-    chosen = tuple(a.strip().upper() for a in aspects.split(","))
-    if not chosen or not set(chosen) <= {"BP", "MF", "CC"}:
-        raise UserError(f"--aspects takes BP, MF and/or CC separated by commas, got '{aspects}'")
-    excluded = frozenset()
-    if exclude_ids is not None:
-        if not exclude_ids.is_file():
-            raise UserError(f"--exclude-ids file {exclude_ids} not found")
-        excluded = frozenset(exclude_ids.read_text().split())
     default_split = "random" if (source or name) == "swissprot-2014" else "cluster"
     opts = build.BuildOptions(
-        aspects=chosen,
+        aspects=tuple(_aspects(aspects)),
         max_proteins=max_proteins, seed=seed, split=split or default_split,
-        min_seq_id=min_seq_id, exclude_ids=excluded, zero_shot_frac=zero_shot_frac,
+        min_seq_id=min_seq_id, exclude_ids=build.read_exclude_ids(exclude_ids),
+        zero_shot_frac=zero_shot_frac,
         drop_protein_binding_only=not keep_protein_binding_only,
     )  # fmt: skip
     src = build.select_sources(source or name, root, (fasta, annotations, obo), all_evidence)
@@ -263,10 +265,7 @@ def embed_go_texts(
     from protgo.stores.go_vectors import embed_go
 
     cfg = load_config(config, overrides or [])
-    asp = [a.strip().upper() for a in aspects.split(",")] if aspects else cfg.data.aspects
-    bad = [a for a in asp if a not in ("BP", "MF", "CC")]
-    if bad:
-        raise UserError(f"--aspects must be among BP, MF, CC; got {', '.join(bad)}")
+    asp = _aspects(aspects) if aspects else cfg.data.aspects
     start = time.perf_counter()
     cache, directory = embed_go(dataset, phase, asp, _data_dir(data_dir, cfg), cfg.go_text, force)
     state = "cached" if cache.from_disk else "encoded"
@@ -355,7 +354,7 @@ def predict(
     --attributions, attributions.json."""
     from protgo.infer.command import run_predict
 
-    asp = aspects.split(",") if aspects else None
+    asp = _aspects(aspects) if aspects else None
     info = run_predict(
         checkpoint, fasta, out, top_k, asp, attributions, propagate, threshold,
         data_dir.expanduser() if data_dir else None, calibrate, keep_general,

@@ -77,7 +77,9 @@ class ResiduesConfig(Section):
     win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
     win_stride: int | None = None  # None: three quarters of the window
     batch_tokens: Pos = 8192
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    # auto: ESM under bf16 autocast where the hardware multiplies bf16 natively, else fp32;
+    # UniRep fp32 (its bf16 path drifts on long proteins). Measured: docs/architecture.md.
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
     device: Device = "cpu"
     threads: Pos | None = None
     # fp16 vectors per store shard; shards are the unit of resume and of work split across ranks

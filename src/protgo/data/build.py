@@ -40,6 +40,15 @@ PROTEIN_BINDING = "GO:0005515"
 SPLITS = ("train", "valid", "test")
 
 
+def read_exclude_ids(path: Path | None) -> frozenset[str]:
+    """The protein ids of ``--exclude-ids`` (whitespace-separated), none without a file."""
+    if path is None:
+        return frozenset()
+    if not path.is_file():
+        raise UserError(f"--exclude-ids file {path} not found")
+    return frozenset(path.read_text().split())
+
+
 @dataclass
 class BuildOptions:
     aspects: tuple[str, ...] = ("BP", "MF", "CC")

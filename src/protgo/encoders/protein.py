@@ -24,16 +24,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from protgo import compute
 from protgo.config import ResiduesConfig
 from protgo.errors import UserError
 from protgo.resources import shipped_model, shipped_model_names
-
-if TYPE_CHECKING:
-    import torch
 
 ESM_RESIDUES = frozenset("LAGVSERTDIPKQNFYMHWCXBUZO")
 
@@ -200,7 +198,7 @@ def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
         "layer": resolve_layer(cfg.layer, config.num_hidden_layers),
         "win_size": win_size,
         "win_stride": win_stride,
-        "dtype": cfg.dtype,
+        "dtype": compute.resolve_dtype(cfg.dtype, torch.device(cfg.device)),
         "dim": config.hidden_size,
     }
 
@@ -222,7 +220,6 @@ class ProteinEncoder:
     layer costs less."""
 
     def __init__(self, cfg: ResiduesConfig):
-        import torch
         from transformers import EsmModel
         from transformers.utils import logging as hf_logging
 
@@ -244,9 +241,9 @@ class ProteinEncoder:
         if self.layer < model.config.num_hidden_layers:
             model.encoder.layer = model.encoder.layer[: self.layer]
             model.encoder.emb_layer_norm_after = None  # fair-esm applies it to the last only
-        dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+        self.dtype = self._settings["dtype"]
         self.device = torch.device(cfg.device)
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.model = model.to(self.device).eval()  # fp32 weights; bf16 through autocast
         self._vocab = _load_vocab(self.model_dir)
 
     @property
@@ -264,22 +261,18 @@ class ProteinEncoder:
 
     def forward_windows(self, windows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """One padded batch of token windows -> each window's residue vectors (len-2, D), fp32."""
-        import torch
-
         lengths = [len(w) for w in windows]
         ids = torch.full((len(windows), max(lengths)), self._vocab["<pad>"], dtype=torch.long)
         for i, w in enumerate(windows):
             ids[i, : len(w)] = torch.as_tensor(w)
         mask = (ids != self._vocab["<pad>"]).long()
-        with torch.inference_mode():
+        with torch.inference_mode(), compute.autocast(self.dtype, self.device):
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         hidden = out.last_hidden_state.float().cpu()  # (B, T, D)
         return [hidden[i, 1 : n - 1] for i, n in enumerate(lengths)]  # BOS/EOS trimmed
 
     def embed(self, seq: str, pid: str = "sequence") -> torch.Tensor:
         """Stitched residue vectors of one sequence, (L, D) fp32 (the reference for the store)."""
-        import torch
-
         clean = clean_sequence(pid, seq)
         out = torch.empty(len(clean), self.dim)
         for _, seg, vec in self.embed_batched([clean], batch_tokens=self.cfg.batch_tokens):

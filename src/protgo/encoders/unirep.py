@@ -205,7 +205,8 @@ class UniRepEncoder:
         ids = torch.full((len(toks), max(map(len, toks))), PAD, dtype=torch.long)
         for i, t in enumerate(toks):
             ids[i, : len(t)] = torch.as_tensor(t)
-        hidden = self.model(ids, self.cfg.dtype)  # (B, T, d); position 0 reads the start token
+        # (B, T, d); position 0 reads the start token
+        hidden = self.model(ids, self.settings()["dtype"])
         return [hidden[i, 1 : len(t)] for i, t in enumerate(toks)]
 
     def embed_batched(
@@ -237,7 +238,8 @@ def describe_unirep(cfg) -> tuple[Path, dict]:
     path = weights_path(cfg.model)
     settings = {
         "model": cfg.model, "fingerprint": MODELS[cfg.model][1][:16],
-        "layer": len_layers(cfg.model), "win_size": 0, "win_stride": 0, "dtype": cfg.dtype,
+        "layer": len_layers(cfg.model), "win_size": 0, "win_stride": 0,
+        "dtype": "fp32" if cfg.dtype == "auto" else cfg.dtype,
         "dim": MODELS[cfg.model][0],
     }  # fmt: skip
     return path, settings
