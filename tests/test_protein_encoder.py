@@ -42,7 +42,8 @@ def plain(tiny_esm):
 
 
 def encoder(tiny_esm, **kw) -> ProteinEncoder:
-    return ProteinEncoder(ResiduesConfig(model=str(tiny_esm), **kw))
+    """fp32, the reference (``auto`` is bf16 where the CPU has it)."""
+    return ProteinEncoder(ResiduesConfig(model=str(tiny_esm), **{"dtype": "fp32", **kw}))
 
 
 # ----- residues -----
@@ -187,3 +188,23 @@ def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkey
     assert (model_dir / "model.safetensors").is_file() and settings["dim"] == 128
     with pytest.raises(UserError, match="shipped with protgo"):
         resolve_model_dir("models/no-such-model/x")  # a path, not a hub id: never the hub
+
+
+UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"
+INSULIN = ("MALWMRLLPLLALLALWGPDPAAAFVNQHLCGSHLVEALYLVCGERGFFYTPKTRREAEDLQVGQVELGGGPGAGSLQPL"
+           "ALEGSLQKRGIVEQCCTSICSLYQLENYCN")  # fmt: skip
+
+
+def test_bf16_residues_agree_with_fp32():
+    """The shipped model under bf16 autocast: every residue within cosine 0.999 of fp32
+    (human-exp proteins: benchmarks/protein_encoders.py)."""
+    from protgo import compute
+
+    ref = ProteinEncoder(ResiduesConfig(dtype="fp32"))
+    fast = ProteinEncoder(ResiduesConfig(dtype="bf16"))
+    for seq in (UBIQUITIN, INSULIN):
+        cos = torch.nn.functional.cosine_similarity(ref.embed(seq), fast.embed(seq), dim=1)
+        assert cos.min() > 0.999, cos.min()
+    assert fast.settings()["dtype"] == "bf16" != ref.settings()["dtype"]  # separate stores
+    auto = ProteinEncoder(ResiduesConfig()).settings()["dtype"]
+    assert auto == ("bf16" if compute.native_bf16(torch.device("cpu")) else "fp32")

@@ -7,10 +7,10 @@ that moment (queries are projected protein vectors). :meth:`VectorResources.scor
 shortlists by vectors that differ from the ones scored. Call ``set_backends`` again (or
 :meth:`refresh`) after bank updates to search the new rows.
 
-Index kinds (``mining.index``): ``exact`` (FAISS flat inner product, the default; GO has
-~43k terms, so exact search is cheap), ``hnsw`` and ``ivf`` for larger vocabularies, and
-``torch`` (no FAISS: matmul + topk, which beat the flat index of the generic faiss-cpu wheel
-on a 2-core CPU, see benchmarks/go_side.py). If FAISS is missing, or
+Index kinds (``mining.index``): ``torch`` (the default, no FAISS: exact matmul + topk, which
+beat the flat index of the generic faiss-cpu wheel 2.5-3.5x on a 2-core CPU over all of GO,
+see benchmarks/go_side.py), ``exact`` (FAISS flat inner product), ``hnsw`` and ``ivf`` for
+vocabularies far larger than GO. If FAISS is missing, or
 a build or search raises, exact search on the matrix (torch) takes over and the reason is
 logged once.
 """

@@ -98,7 +98,8 @@ class PhaseManager:
         if c.mining.index != "torch" and resources.index is None:
             self.tracker.event("faiss_fallback", "FAISS index build failed; exact search on "
                                "the matrix takes over", step, index=c.mining.index)  # fmt: skip
-        self._done("faiss_index", reason, step, index=type(resources.index).__name__)
+        kind = "torch" if resources.index is None else type(resources.index).__name__
+        self._done("faiss_index", reason, step, index=kind)
         self.bank = MemoryBank.from_cache(self.cache, self.project, c.phases.bank_momentum)
         self._done("memory_bank", reason, step, rows=len(self.bank))
         resources.set_bank(self.bank)

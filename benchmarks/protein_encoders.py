@@ -1,9 +1,9 @@
-"""UniRep encoding speed: residues/s for each model, fp32 against bf16 in the same run, on the
-same real human proteins, through ``UniRepEncoder.embed_batched`` (the residue store's path),
-with the per-residue cosine of bf16 to fp32.
+"""Protein encoder speed: residues/s for each model (UniRep or ESM), fp32 against bf16 in the
+same run, on the same real human proteins, through ``embed_batched`` (the residue store's
+path), with the per-residue cosine of bf16 to fp32.
 
-    python benchmarks/unirep.py [--n-proteins 64] [--max-len 600] [--threads 2]
-        [--models unirep-64,unirep-256,unirep-1900] [--batch-tokens 8192]
+    python benchmarks/protein_encoders.py [--n-proteins 64] [--max-len 600] [--threads 2]
+        [--models protgo-esm-small,unirep-64,unirep-256,unirep-1900] [--batch-tokens 8192]
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-tokens", type=int, default=8192)
-    p.add_argument("--models", default="unirep-64,unirep-256,unirep-1900")
+    p.add_argument("--models", default="protgo-esm-small,unirep-64,unirep-256,unirep-1900")
     args = p.parse_args()
     pool = DatasetFolder.load("human-exp", default_data_dir()).sequences
     seqs = random.Random(0).sample([s for s in pool.values() if len(s) <= args.max_len],
                                    args.n_proteins)  # fmt: skip
+    torch.set_num_threads(args.threads)
     print(f"{len(seqs)} human-exp proteins <= {args.max_len} aa, {sum(map(len, seqs))} residues, "
           f"{args.threads} threads, batch_tokens {args.batch_tokens}")  # fmt: skip
     for name in args.models.split(","):

@@ -1,0 +1,116 @@
+"""Torch thread settings on a shared CPU: a real protgo workload under competing load.
+
+The workload (a fresh subprocess per run, so the OpenMP settings take effect at start) is one
+of the project's hot paths on real inputs:
+
+* ``text``: the GO text encoder (MiniLM, the default dtype) on ``--texts`` GO term texts;
+* ``residues``: the shipped ``protgo-esm-small`` on the first ``--proteins`` human-exp proteins.
+
+Each thread setting runs idle, then beside ``--load`` busy processes (one core each, pure
+Python loops, as another user's single-thread job would be). Settings: torch threads (1, all
+cores) x OpenMP wait policy (libgomp's default spin-then-sleep, ``PASSIVE``), and
+``OMP_WAIT_POLICY=PASSIVE`` with as many threads as cores are free at start (``auto``).
+
+    python benchmarks/shared_cpu.py [--workload text] [--load 0,1,2] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, sys, time, torch
+workload, n = sys.argv[1], int(sys.argv[2])
+if workload == "text":
+    import numpy as np
+    from protgo.config import GoTextConfig, default_data_dir
+    from protgo.data.godb import read_terms
+    from protgo.data.ontology import Ontology
+    from protgo.encoders.text import load_text_encoder
+    from protgo.stores.go_text import GoTextStore
+    sql = "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
+    onto = Ontology(read_terms(default_data_dir() / sql))
+    ids = sorted(np.random.default_rng(0).choice(onto.ids(), n, replace=False))
+    enc = load_text_encoder()
+    tok = GoTextStore(onto, GoTextConfig(), ids=ids).update_phase_and_tokenize(0, enc)
+    work = lambda: enc.encode_ids(tok.input_ids, 64, progress=False)
+    units = n
+else:
+    from protgo.config import ResiduesConfig, default_data_dir
+    from protgo.data.fasta import read_fasta
+    from protgo.encoders.protein import ProteinEncoder
+    seqs = read_fasta(default_data_dir() / "datasets/human-exp/proteins.fasta")
+    cleans = [s for _, s in zip(range(n), seqs.values())]
+    enc = ProteinEncoder(ResiduesConfig())
+    work = lambda: list(enc.embed_batched(cleans, 8192))
+    units = sum(map(len, cleans))
+work()  # warm-up
+start = time.perf_counter()
+work()
+print(json.dumps({"units_per_s": units / (time.perf_counter() - start),
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+def create_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=("text", "residues"), default="text")
+    p.add_argument("--n", type=int, default=None, help="texts (300) or proteins (60)")
+    p.add_argument("--load", default="0,1,2", help="competing busy processes")
+    p.add_argument("--repeats", type=int, default=2)
+    return p
+
+
+def _busy(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def _free_cores(cores: int) -> int:
+    """Cores not busy now: all of them minus the runnable processes of the last second."""
+    with open("/proc/stat") as fh:
+        running = next(int(ln.split()[1]) for ln in fh if ln.startswith("procs_running"))
+    return max(1, cores - (running - 1))  # minus this process itself
+
+
+def _run(workload: str, n: int, threads: str, policy: str | None) -> dict:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    cores = os.cpu_count() or 1
+    t = _free_cores(cores) if threads == "auto" else int(threads)
+    env["OMP_NUM_THREADS"] = str(t)
+    out = subprocess.run([sys.executable, "-c", CHILD, workload, str(n)], env=env,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    args = create_parser().parse_args()
+    n = args.n or (300 if args.workload == "text" else 60)
+    cores = str(os.cpu_count() or 1)
+    settings = [("1", None), (cores, None), ("1", "PASSIVE"), (cores, "PASSIVE"),
+                ("auto", "PASSIVE")]  # fmt: skip
+    unit = "texts/s" if args.workload == "text" else "residues/s"
+    for load in (int(x) for x in args.load.split(",")):
+        busy = _busy(load)
+        time.sleep(1.0)
+        try:
+            for threads, policy in settings:
+                rates = [_run(args.workload, n, threads, policy) for _ in range(args.repeats)]
+                best = max(r["units_per_s"] for r in rates)
+                print(json.dumps({"load": load, "threads": threads,
+                                  "used": rates[0]["threads"], "wait_policy": policy or "default",
+                                  unit: round(best, 1)}), flush=True)  # fmt: skip
+        finally:
+            for p in busy:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
