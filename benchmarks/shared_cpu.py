@@ -8,8 +8,8 @@ of the project's hot paths on real inputs:
 
 Each thread setting runs idle, then beside ``--load`` busy processes (one core each, pure
 Python loops, as another user's single-thread job would be). Settings: torch threads (1, all
-cores) x OpenMP wait policy (libgomp's default spin-then-sleep, ``PASSIVE``), and
-``OMP_WAIT_POLICY=PASSIVE`` with as many threads as cores are free at start (``auto``).
+cores) x OpenMP wait policy: libgomp's own (``OMP_WAIT_POLICY`` unset: spin a while, then
+sleep) and ``PASSIVE`` (protgo's default, see ``protgo/__init__.py``).
 
     python benchmarks/shared_cpu.py [--workload text] [--load 0,1,2] [--repeats 2]
 """
@@ -70,21 +70,10 @@ def _busy(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def _free_cores(cores: int) -> int:
-    """Cores not busy now: all of them minus the runnable processes of the last second."""
-    with open("/proc/stat") as fh:
-        running = next(int(ln.split()[1]) for ln in fh if ln.startswith("procs_running"))
-    return max(1, cores - (running - 1))  # minus this process itself
-
-
-def _run(workload: str, n: int, threads: str, policy: str | None) -> dict:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    cores = os.cpu_count() or 1
-    t = _free_cores(cores) if threads == "auto" else int(threads)
-    env["OMP_NUM_THREADS"] = str(t)
+def _run(workload: str, n: int, threads: str, policy: str) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY=policy, OMP_NUM_THREADS=threads)
+    if policy == "unset":
+        del env["OMP_WAIT_POLICY"]
     out = subprocess.run([sys.executable, "-c", CHILD, workload, str(n)], env=env,
                          capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,8 +83,7 @@ def main() -> None:
     args = create_parser().parse_args()
     n = args.n or (300 if args.workload == "text" else 60)
     cores = str(os.cpu_count() or 1)
-    settings = [("1", None), (cores, None), ("1", "PASSIVE"), (cores, "PASSIVE"),
-                ("auto", "PASSIVE")]  # fmt: skip
+    settings = [(t, p) for p in ("unset", "PASSIVE") for t in ("1", cores)]
     unit = "texts/s" if args.workload == "text" else "residues/s"
     for load in (int(x) for x in args.load.split(",")):
         busy = _busy(load)
@@ -105,7 +93,7 @@ def main() -> None:
                 rates = [_run(args.workload, n, threads, policy) for _ in range(args.repeats)]
                 best = max(r["units_per_s"] for r in rates)
                 print(json.dumps({"load": load, "threads": threads,
-                                  "used": rates[0]["threads"], "wait_policy": policy or "default",
+                                  "used": rates[0]["threads"], "wait_policy": policy,
                                   unit: round(best, 1)}), flush=True)  # fmt: skip
         finally:
             for p in busy:
