@@ -22,7 +22,8 @@ from protgo.stores.go_vectors import GoLookupCache, GoVectorCache, MemoryBank, l
 
 @pytest.fixture(scope="module")
 def encoder():
-    return load_text_encoder()
+    """fp32: a bf16 vector depends slightly on its batch, and these tests compare texts."""
+    return load_text_encoder(dtype="fp32")
 
 
 def build(tiny_obo, encoder, directory, phase=0, edit=None):

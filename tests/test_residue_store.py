@@ -23,7 +23,10 @@ SHARD_BYTES = 2 * 32 * 120  # about 120 residues per shard: several shards from 
 @pytest.fixture(scope="module")
 def enc(tiny_esm) -> ProteinEncoder:
     return ProteinEncoder(
-        ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, batch_tokens=160)
+        # fp32: the reference embeds one protein at a time, the store in batches
+        ResiduesConfig(
+            model=str(tiny_esm), win_size=24, win_stride=16, batch_tokens=160, dtype="fp32"
+        )  # fmt: skip
     )
 
 
@@ -160,7 +163,7 @@ def test_changed_model_or_layer_never_reuses_vectors(tmp_path, tiny_esm, enc, se
 
 def test_for_config_finds_the_store_without_the_model(reference, tiny_esm, tmp_path):
     data_dir = reference.root.parents[2]
-    cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16)
+    cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, dtype="fp32")
     assert ESMResidueStore.for_config(cfg, data_dir).root == reference.root
     with pytest.raises(UserError, match="run `protgo embed residues` first") as err:
         ESMResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
@@ -192,7 +195,8 @@ from protgo.config import ResiduesConfig
 from protgo.encoders.protein import ProteinEncoder
 from protgo.stores.residues import ESMResidueStore
 model, data_dir, seqs_file, go, shard_bytes = sys.argv[1:]
-enc = ProteinEncoder(ResiduesConfig(model=model, win_size=24, win_stride=16, batch_tokens=160))
+enc = ProteinEncoder(ResiduesConfig(model=model, win_size=24, win_stride=16, batch_tokens=160,
+                                    dtype="fp32"))
 seqs = json.loads(Path(seqs_file).read_text())
 while not Path(go).exists():  # start both runs at the same moment
     time.sleep(0.005)
