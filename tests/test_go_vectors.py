@@ -65,6 +65,32 @@ def test_cache_hit_and_invalidation(tiny_obo, encoder, tmp_path):
         encoder.max_length = saved
 
 
+def test_a_phase_reuses_the_unchanged_texts_of_another(tiny_obo, encoder, tmp_path):
+    """Phase 2 adds part_of and regulates: the texts without them are phase 1's, so their
+    vectors are copied from the phase-1 cache; the result equals encoding every text."""
+    from protgo.stores.go_vectors import cache_dir
+
+    def phase_dir(root, phase):
+        return cache_dir(root, "tiny", encoder.name, phase, ["BP", "MF", "CC"])
+
+    build(tiny_obo, encoder, phase_dir(tmp_path / "a", 1), phase=1)
+    reused = build(tiny_obo, encoder, phase_dir(tmp_path / "a", 2), phase=2)
+    alone = build(tiny_obo, encoder, phase_dir(tmp_path / "b", 2), phase=2)  # no phase 1 here
+    n_same = sum(
+        a == b
+        for a, b in zip(GoTextStore(Ontology.from_obo(tiny_obo), GoTextConfig()).texts_for_phase(1),
+                        GoTextStore(Ontology.from_obo(tiny_obo), GoTextConfig()).texts_for_phase(2),
+                        strict=True)
+    )  # fmt: skip
+    assert 0 < n_same < len(reused)  # some texts change (GO:0000006, part_of), some do not
+    assert reused.manifest["reused"] == n_same and alone.manifest["reused"] == 0
+    assert reused.text_keys == alone.text_keys
+    np.testing.assert_allclose(reused.vectors, alone.vectors, atol=1e-5)
+    # A cache reloaded from disk keeps its text keys, so it can give to the next phase.
+    again = GoVectorCache.load(phase_dir(tmp_path / "a", 2))
+    assert again.text_keys == reused.text_keys and all(again.text_keys)
+
+
 def test_lookup_filter_and_errors(tmp_path):
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((5, 8)).astype(np.float32)

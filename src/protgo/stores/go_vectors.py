@@ -2,10 +2,11 @@
 
 * :class:`GoVectorCache`: one L2-normalised float32 vector per GO term for one text phase and
   one encoder, with id<->row maps. On disk (``<data_dir>/stores/go/<dataset>/<encoder>/
-  phase<P>-<aspects>/``): ``vectors.npy`` (N, D), ``ids.tsv`` (id, aspect) and
-  ``manifest.json`` (encoder identity, phase, text hash), written last so a crash mid-write
-  never leaves a cache that looks complete. :func:`load_or_build` re-encodes only when the
-  manifest differs.
+  phase<P>-<aspects>/``): ``vectors.npy`` (N, D), ``ids.tsv`` (id, aspect, text key: a hash
+  of the term's token ids) and ``manifest.json`` (encoder identity, phase, text hash), written
+  last so a crash mid-write never leaves a cache that looks complete. :func:`load_or_build`
+  re-encodes only when the manifest differs, and then only the texts no other phase's cache
+  of the same encoder holds (65% of GO's texts are the same in phases 1 and 2).
 * :class:`GoLookupCache`: torch access to a cache (``vectors(ids)``, ``rows(ids)``).
 * :class:`MemoryBank`: the cache mirrored in the aligned space (the model's projected GO
   vectors, possibly another dimension), updated with momentum during training.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -31,7 +33,8 @@ from protgo.stores.go_text import GoTextStore
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2  # 2: manifest.json holds the sha256 of vectors.npy and ids.tsv
+# 2: manifest.json holds the sha256 of vectors.npy and ids.tsv; 3: ids.tsv holds text keys
+MANIFEST_VERSION = 3
 Projection = Callable[[torch.Tensor], torch.Tensor]  # (B, D_text) -> (B, D_aligned)
 
 
@@ -52,14 +55,19 @@ def _rows(row: dict[str, int], ids: Iterable[str], what: str) -> np.ndarray:
 
 
 class GoVectorCache:
-    """(N, D) float32 unit vectors, ``ids[i]`` <-> row i, ``aspects[i]`` its GO aspect."""
+    """(N, D) float32 unit vectors, ``ids[i]`` <-> row i, ``aspects[i]`` its GO aspect,
+    ``text_keys[i]`` the hash of its token ids (:func:`text_key`; empty when not known)."""
 
-    def __init__(self, ids: Sequence[str], aspects: Sequence[str], vectors, manifest: dict):
+    def __init__(
+        self, ids: Sequence[str], aspects: Sequence[str], vectors, manifest: dict,
+        text_keys: Sequence[str] | None = None,
+    ):  # fmt: skip
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(ids) != len(vectors) or len(aspects) != len(ids):
             raise ValueError(f"{len(ids)} ids, {len(aspects)} aspects, vectors {vectors.shape}")
         self.ids = list(ids)
         self.aspects = list(aspects)
+        self.text_keys = list(text_keys) if text_keys is not None else [""] * len(self.ids)
         self.vectors = vectors
         self.manifest = dict(manifest)
         self.row = _row_map(self.ids)
@@ -88,7 +96,7 @@ class GoVectorCache:
         idx = [i for i, a in enumerate(self.aspects) if a in keep]
         sub = GoVectorCache(
             [self.ids[i] for i in idx], [self.aspects[i] for i in idx], self.vectors[idx],
-            {**self.manifest, "aspects": sorted(keep)},
+            {**self.manifest, "aspects": sorted(keep)}, [self.text_keys[i] for i in idx],
         )  # fmt: skip
         sub.from_disk = self.from_disk
         return sub
@@ -99,7 +107,10 @@ class GoVectorCache:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
         atomic_write(directory / "vectors.npy", lambda fh: np.save(fh, self.vectors))
-        rows = "".join(f"{g}\t{a}\n" for g, a in zip(self.ids, self.aspects, strict=True))
+        rows = "".join(
+            f"{g}\t{a}\t{k}\n"
+            for g, a, k in zip(self.ids, self.aspects, self.text_keys, strict=True)
+        )
         atomic_write_text(directory / "ids.tsv", rows)
         manifest = {**self.manifest, "version": MANIFEST_VERSION, "n": len(self), "dim": self.dim,
                     "sha256": {f: file_sha256(directory / f) for f in CACHE_FILES}}  # fmt: skip
@@ -133,7 +144,8 @@ class GoVectorCache:
                 f"{len(pairs)} ids, manifest says {manifest['n']}x{manifest['dim']}): "
                 "run `protgo embed go --force` to encode it again"
             )
-        cache = cls([p[0] for p in pairs], [p[1] for p in pairs], vectors, manifest)
+        cols = list(zip(*pairs, strict=True)) if pairs else [(), (), ()]
+        cache = cls(cols[0], cols[1], vectors, manifest, cols[2])
         cache.from_disk = True
         return cache
 
@@ -169,6 +181,56 @@ def cache_dir(
     )
 
 
+def text_key(input_ids: Sequence[int]) -> str:
+    """A term's text as the encoder sees it (its token ids), hashed: equal keys under the same
+    encoder give the same vector, whatever the phase."""
+    return hashlib.blake2b(np.asarray(input_ids, np.int64).tobytes(), digest_size=8).hexdigest()
+
+
+def _donor_vectors(directory: Path, manifest: dict) -> dict[str, np.ndarray]:
+    """text key -> vector from the other complete caches beside ``directory`` (other phases or
+    aspects) whose encoder is this one but for the added relation tokens (which change the
+    ids of the texts that use them, and nothing else)."""
+
+    def base(identity: dict) -> dict:
+        return {k: v for k, v in identity.items() if k != "added_tokens"}
+
+    found: dict[str, np.ndarray] = {}
+    for other in sorted(Path(directory).parent.glob("phase*")):
+        path = other / "manifest.json"
+        if other == Path(directory) or not path.is_file():
+            continue
+        try:
+            old = json.loads(path.read_text())
+            if base(old.get("encoder", {})) != base(manifest["encoder"]):
+                continue
+            cache = GoVectorCache.load(other)
+        except (json.JSONDecodeError, UserError):
+            continue  # unreadable or damaged: nothing to reuse from it
+        found.update((k, v) for k, v in zip(cache.text_keys, cache.vectors, strict=True) if k)
+    return found
+
+
+def encode_missing(
+    store, encoder, directory: Path, manifest: dict, batch_size, progress, reuse: bool = True
+):
+    """(N, D) vectors of ``store``'s texts: those another cache of this encoder holds are
+    copied (unless not ``reuse``), the others encoded. ``manifest["reused"]`` says how many
+    were copied."""
+    keys = [text_key(x) for x in store.tokenized.input_ids]
+    donors = _donor_vectors(directory, manifest) if reuse else {}
+    todo = [i for i, k in enumerate(keys) if k not in donors]
+    vectors = np.zeros((len(keys), encoder.dim), dtype=np.float32)
+    if todo:
+        ids = store.tokenized.input_ids
+        vectors[todo] = encoder.encode_ids([ids[i] for i in todo], batch_size, progress)
+    for i, k in enumerate(keys):
+        if k in donors:
+            vectors[i] = donors[k]
+    manifest["reused"] = len(keys) - len(todo)
+    return vectors, keys
+
+
 def cache_manifest(store, encoder) -> dict:
     """What the vectors depend on: the encoder's identity, the phase and the texts' hash."""
     return {
@@ -200,7 +262,7 @@ def load_or_build(
     """The cache for ``store``'s current phase: loaded when unchanged, else encoded and saved.
 
     ``store`` must have been through ``update_phase_and_tokenize(phase, encoder)``.
-    ``force`` re-encodes anyway (e.g. after fine-tuning the encoder's top layers).
+    ``force`` encodes every text anyway, copying nothing from other phases.
     """
     if store.tokenized is None:
         store.update_phase_and_tokenize(store.phase if store.phase is not None else 0, encoder)
@@ -217,16 +279,15 @@ def load_or_build(
                 log.info("GO vector cache hit: %s", directory)
                 return cache
             reason = "ids differ"
-    log.info(
-        "encoding %d GO texts (phase %s) into %s: %s",
-        len(store.ids),
-        store.phase,
-        directory,
-        reason,
+    vectors, keys = encode_missing(
+        store, encoder, directory, manifest, batch_size, progress, reuse=not force
     )
-    vectors = encoder.encode_ids(store.tokenized.input_ids, batch_size, progress)
+    log.info(
+        "encoded %d GO texts (phase %s) into %s (%s); %d more copied from other phases",
+        len(store.ids) - manifest["reused"], store.phase, directory, reason, manifest["reused"],
+    )  # fmt: skip
     manifest["n_truncated"] = store.tokenized.n_truncated
-    cache = GoVectorCache(store.ids, store.aspects(), vectors, manifest)
+    cache = GoVectorCache(store.ids, store.aspects(), vectors, manifest, keys)
     cache.save(directory)
     return cache
 
