@@ -71,7 +71,7 @@ def test_a_phase_reuses_the_unchanged_texts_of_another(tiny_obo, encoder, tmp_pa
     from protgo.stores.go_vectors import cache_dir
 
     def phase_dir(root, phase):
-        return cache_dir(root, "tiny", encoder.name, phase, ["BP", "MF", "CC"])
+        return cache_dir(root, "tiny", GoTextConfig(), phase, ["BP", "MF", "CC"])
 
     build(tiny_obo, encoder, phase_dir(tmp_path / "a", 1), phase=1)
     reused = build(tiny_obo, encoder, phase_dir(tmp_path / "a", 2), phase=2)

@@ -322,9 +322,15 @@ def evaluate(
 
 @app.command("predict")
 def predict(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint file or run folder (latest).")],
     fasta: Annotated[Path, typer.Option(help="Query sequences (FASTA, unique ids).")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="A shipped model's name or a bundle directory (`protgo export`)."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Or: a training checkpoint or run folder (latest).")
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Terms per protein and aspect (readable files).")] = 20,
     aspects: Annotated[
         str | None, typer.Option(help="Comma-separated aspects (default: the checkpoint's).")
@@ -345,22 +351,64 @@ def predict(
     keep_general: Annotated[
         bool, typer.Option(help="Keep very general terms (binding, ...) in readable files.")
     ] = False,
+    most_specific: Annotated[
+        bool, typer.Option(help="Readable files: leave out a term when a descendant is listed.")
+    ] = False,
+    obo: Annotated[
+        Path | None,
+        typer.Option(help="With --model: score the terms of this (newer) ontology instead."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Proteins scored per chunk.")] = 256,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score every GO term of the chosen aspects for each sequence (unseen terms included).
 
     Writes protgo.tsv (CAFA format, for `protgo evaluate`), predictions.tsv and
-    predictions.json (protein, aspect, GO id, name, score; best first) and, with
-    --attributions, attributions.json."""
+    predictions.json (protein, aspect, GO id, name, score, class, threshold; best first) and,
+    with --attributions, attributions.json."""
+    from protgo.config import check_device
+    from protgo.infer.bundle import resolve_model
     from protgo.infer.command import run_predict
 
+    if (model is None) == (checkpoint is None):
+        raise UserError("give one of --model (a shipped model or bundle) and --checkpoint")
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
+    source = resolve_model(model) if model is not None else checkpoint
     asp = _aspects(aspects) if aspects else None
     info = run_predict(
-        checkpoint, fasta, out, top_k, asp, attributions, propagate, threshold,
+        source, fasta, out, top_k, asp, attributions, propagate, threshold,
         data_dir.expanduser() if data_dir else None, calibrate, keep_general,
+        most_specific=most_specific, obo=obo, device=device, batch_size=batch_size,
     )  # fmt: skip
     typer.echo(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                            for k, v in info.items()}))  # fmt: skip
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint file or run folder (latest).")],
+    out: Annotated[Path, typer.Option(help="New bundle directory.")],
+    with_vectors: Annotated[
+        bool, typer.Option(help="Include the GO text vectors (else rebuilt on first use).")
+    ] = False,
+    metrics: Annotated[
+        Path | None, typer.Option(help="A results.tsv of `protgo evaluate` to record.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write an inference bundle: weights (fp16 safetensors), config, ontology, term table,
+    calibration and provenance, for `protgo predict --model DIR` anywhere, offline."""
+    from protgo.infer.bundle import export as export_bundle
+    from protgo.infer.bundle import read_metrics
+    from protgo.infer.predict import Predictor
+
+    pred = Predictor(checkpoint, data_dir.expanduser() if data_dir else None)
+    path = export_bundle(pred, out, with_vectors, read_metrics(metrics) if metrics else None)
+    typer.echo(f"bundle written to {path}")
 
 
 @app.command("demo")

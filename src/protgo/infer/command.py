@@ -53,28 +53,49 @@ def parse_threshold(text: str | None) -> str | float | None:
     return value
 
 
+ROW_KEYS = ("protein", "aspect", "go_id", "name", "score", "class", "threshold")
+
+
 def top_terms(
     pred: Predictor, result: ProteinResult, top_k: int, threshold: str | float | None,
-    keep_general: bool = False,
+    keep_general: bool = False, most_specific: bool = False,
 ) -> list[dict]:  # fmt: skip
-    """The readable rows of one protein: best ``top_k`` per aspect at or above the threshold."""
+    """The readable rows of one protein: best ``top_k`` per aspect at or above the threshold;
+    ``most_specific`` drops a term when a descendant of it is reported too (after
+    propagation a parent scores at least its best child, so the list fills with ancestors)."""
     cut = pred.thresholds() if threshold == "auto" else {}
     rows = []
     for aspect in pred.aspects:
         cols = np.flatnonzero(pred.go_aspects == aspect)
         if not keep_general:
             cols = np.array([j for j in cols if pred.go_ids[j] not in GENERAL], dtype=np.int64)
-        sc = result.scores[cols]
-        order = cols[np.argsort(-sc, kind="stable")]
+        order = cols[np.argsort(-result.scores[cols], kind="stable")]
         t = cut.get(aspect, 0.0) if threshold == "auto" else (threshold or 0.0)
-        for j in order[:top_k]:
-            if result.scores[j] < t:
+        kept: list[int] = []
+        for j in order:
+            if len(kept) == top_k or result.scores[j] < t:
                 break
+            g = pred.go_ids[j]
+            if most_specific:
+                if g in _ancestors_of(pred, [pred.go_ids[k] for k in kept]):
+                    continue  # a descendant of it is already in: the descendant says more
+                up = pred.ontology.ancestors(g)
+                kept = [k for k in kept if pred.go_ids[k] not in up]  # g is more specific
+            kept.append(j)
+        for j in kept:
             g = pred.go_ids[j]
             rows.append({"protein": result.pid, "aspect": aspect, "go_id": g,
                          "name": pred.ontology.terms[g].name,
-                         "score": round(float(result.scores[j]), 4)})  # fmt: skip
+                         "score": round(float(result.scores[j]), 4),
+                         "class": pred.term_class(g), "threshold": round(t, 4)})  # fmt: skip
     return rows
+
+
+def _ancestors_of(pred: Predictor, ids: list[str]) -> set[str]:
+    out: set[str] = set()
+    for g in ids:
+        out |= pred.ontology.ancestors(g)
+    return out
 
 
 def write_outputs(out: Path, files: Mapping[str, str]) -> None:
@@ -107,24 +128,27 @@ def run_predict(
     checkpoint: Path, fasta: Path, out: Path, top_k: int = 20,
     aspects: Iterable[str] | None = None, attributions: bool = False, propagate: bool = True,
     threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
-    keep_general: bool = False, progress: bool = True,
+    keep_general: bool = False, progress: bool = True, most_specific: bool = False,
+    obo: Path | None = None, device: str = "cpu", batch_size: int = 256,
 ) -> dict:  # fmt: skip
-    """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help)."""
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help).
+    ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
+    if top_k < 1 or batch_size < 1:
+        raise UserError(f"--top-k and --batch-size must be at least 1, got {top_k}, {batch_size}")
     check_output_path(out, "--out", folder=True)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
-    pred = Predictor(checkpoint, data_dir, aspects)
-    if calibrate or (cut == "auto" and not pred.calibration):
+    pred = Predictor(checkpoint, data_dir, aspects, device, obo)
+    if calibrate or (cut == "auto" and not pred.calibration and pred.folder is not None):
         pred.fit_calibration()
     if cut == "auto":
         pred.thresholds()  # fails now, before any work, when there is no calibration
     t0 = time.perf_counter()
-    results = pred.predict(seqs, propagate=propagate, progress=progress,
+    results = pred.predict(seqs, propagate=propagate, progress=progress, chunk=batch_size,
                            keep_residues=attributions)  # fmt: skip
     seconds = time.perf_counter() - t0
-    rows = [row for r in results for row in top_terms(pred, r, top_k, cut, keep_general)]
+    rows = [row for r in results
+            for row in top_terms(pred, r, top_k, cut, keep_general, most_specific)]  # fmt: skip
     files = {"protgo.tsv": cafa_lines(pred, results), "predictions.tsv": readable_tsv(rows),
              "predictions.json": readable_json(pred, results, rows, cut)}  # fmt: skip
     if attributions:
@@ -141,15 +165,14 @@ def run_predict(
 
 
 def readable_tsv(rows: list[dict]) -> str:
-    cols = ("protein", "aspect", "go_id", "name", "score")
-    body = ["\t".join(str(r[c]) for c in cols) for r in rows]
-    return "\n".join(["\t".join(cols), *body]) + "\n"
+    body = ["\t".join(str(r[c]) for c in ROW_KEYS) for r in rows]
+    return "\n".join(["\t".join(ROW_KEYS), *body]) + "\n"
 
 
 def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict], cut) -> str:
     by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
     for row in rows:
-        by_pid[row["protein"]].append({k: row[k] for k in ("aspect", "go_id", "name", "score")})
+        by_pid[row["protein"]].append({k: row[k] for k in ROW_KEYS[1:-1]})
     thresholds = pred.thresholds() if cut == "auto" else cut
     meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
             "aspects": pred.aspects, "calibrated": bool(pred.calibration),

@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protgo.config import Config
+from protgo.config import Config, default_data_dir
 from protgo.data.folder import DatasetFolder
+from protgo.data.ontology import Ontology
 from protgo.encoders.protein import pack_by_tokens, protein_encoder
 from protgo.errors import UserError
-from protgo.infer import calibration, scoring
+from protgo.infer import bundle, calibration, scoring
 from protgo.model.aligner import ProtGoAligner
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
@@ -54,44 +55,70 @@ class Predictor:
     """A trained aligner with its GO vectors, ready to score sequences."""
 
     def __init__(
-        self, checkpoint: Path, data_dir: Path | None = None,
-        aspects: Iterable[str] | None = None, device: str = "cpu",
+        self, source: Path, data_dir: Path | None = None,
+        aspects: Iterable[str] | None = None, device: str = "cpu", obo: Path | None = None,
     ):  # fmt: skip
-
-        self.checkpoint = resolve_checkpoint(Path(checkpoint))
-        state = load_checkpoint(self.checkpoint, "cpu")
-        self.cfg = _config_of(state, self.checkpoint)
-        self.data_dir = Path(data_dir) if data_dir else self.cfg.data.resolved_data_dir()
+        """``source``: a training checkpoint or run folder (its dataset folder under
+        ``data_dir`` gives the ontology and GO vectors), or a bundle directory
+        (:mod:`protgo.infer.bundle`), which needs no dataset. ``obo`` (bundles only): score
+        the terms of this ontology instead, e.g. a newer GO release."""
         self.device = torch.device(device)
-        self.phase = int(state.get("phase") or 0)
-        self.step = int(state.get("step", 0))
-        self._load_dataset()
-        self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
-        self._load_model(state)
-        self.calibration = calibration.read(self.checkpoint, self.logit_input)
         self._encoder = None
+        if bundle.is_bundle(source):
+            self._from_bundle(bundle.load(Path(source)), data_dir, aspects, obo)
+        else:
+            if obo is not None:
+                raise UserError("--obo needs a bundle (--model); `protgo export` makes one "
+                                "from a checkpoint")  # fmt: skip
+            self._from_checkpoint(Path(source), data_dir, aspects)
         self._store = self._open_store()
 
     # ---- loading ---------------------------------------------------------------------------
-    def _load_dataset(self) -> None:
-
+    def _from_checkpoint(self, path: Path, data_dir: Path | None, aspects) -> None:
+        self.checkpoint = resolve_checkpoint(path)
+        state = load_checkpoint(self.checkpoint, "cpu")
+        self.cfg = _config_of(state, self.checkpoint)
+        self.data_dir = Path(data_dir) if data_dir else self.cfg.data.resolved_data_dir()
+        self.phase = int(state.get("phase") or 0)
+        self.step = int(state.get("step", 0))
         self.folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         self.ontology = self.folder.ontology
+        self.terms = self.folder.terms
+        self.trained_ids = set(self.ontology.terms)
+        self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
+        cache = go_text_cache(self.cfg, self.phase, self.aspects, self.data_dir)
+        self._load_model(state.get("model"), cache)
+        self.calibration = calibration.read(self.checkpoint, self.logit_input)
 
-    def _load_model(self, state: dict) -> None:
+    def _from_bundle(self, b: bundle.Bundle, data_dir: Path | None, aspects, obo) -> None:
+        self.checkpoint = b.path
+        self.cfg = b.cfg
+        # The exporting machine's data dir means nothing here: only caches go there.
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.phase, self.step = b.phase, int(b.meta.get("step", 0))
+        self.folder = None
+        self.ontology = Ontology.from_obo(Path(obo)) if obo is not None else b.ontology
+        self.terms = b.terms
+        self.trained_ids = set(b.ontology.terms)
+        self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
+        new = self.ontology if obo is not None else None
+        cache = b.text_vectors(self.data_dir, new).filter_aspect(self.aspects)
+        self._load_model(b.weights, cache)
+        self.calibration = b.meta.get("calibration")
 
-        ids, aspects, text = go_text_vectors(self.cfg, self.phase, self.aspects, self.data_dir)
-        keep = scoring.scorable_columns(self.ontology, ids)
-        self.go_ids = [ids[i] for i in keep]
-        self.go_aspects = np.array([aspects[i] for i in keep])
-        weights = state.get("model")
+    def _load_model(self, weights, cache: GoVectorCache) -> None:
+        self.text_cache = cache
+        self.text_recipe = {k: cache.manifest.get(k) for k in ("encoder", "phase", "text_hash")}
+        keep = scoring.scorable_columns(self.ontology, cache.ids)
+        self.go_ids = [cache.ids[i] for i in keep]
+        self.go_aspects = np.array([cache.aspects[i] for i in keep])
         if not isinstance(weights, dict) or "pool.key.weight" not in weights:
             raise UserError(
                 f"checkpoint {self.checkpoint} holds no aligner weights (no 'model' entry with "
                 "pool.key.weight): give a checkpoint written by `protgo train`"
             )
         residue_dim = int(weights["pool.key.weight"].shape[1])
-        self.model = ProtGoAligner(self.cfg.model, residue_dim, text.shape[1])
+        self.model = ProtGoAligner(self.cfg.model, residue_dim, cache.dim)
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as exc:
@@ -102,9 +129,13 @@ class Predictor:
         self.model.to(self.device).eval()
         self.residue_dim = residue_dim
         with torch.no_grad():
-            self.go_text = torch.from_numpy(text[keep]).to(self.device)  # (T, Dt)
+            self.go_text = torch.from_numpy(cache.vectors[keep]).to(self.device)  # (T, Dt)
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
         self.logit_input = "cos" if self.model.term_bias is None else "logit"
+
+    def term_class(self, go_id: str) -> str:
+        """common | few | zero (no training protein) | new (not in the trained ontology)."""
+        return bundle.term_class(self.terms, self.trained_ids, go_id)
 
     def _open_store(self):
         """The residue store of the checkpoint's ESM settings, or None if there is none."""
@@ -206,10 +237,12 @@ class Predictor:
             why = f"has no calibration for {', '.join(missing)}" + (
                 " (its validation split has too few proteins there)" if fitted else ""
             )
+            fix = ("export the bundle again from its checkpoint (export fits the calibration)"
+                   if self.folder is None else "run `protgo predict --calibrate` (needs the "
+                   "dataset's valid split in the residue store)")  # fmt: skip
             raise UserError(
                 f"checkpoint {self.checkpoint} {why}, so --threshold auto has nothing to use: "
-                "run `protgo predict --calibrate` (needs the dataset's valid split in the "
-                "residue store), leave those aspects out, or give --threshold 0.5"
+                f"{fix}, leave those aspects out, or give --threshold 0.5"
             )
         return {a: fitted[a]["threshold"] for a in self.aspects}
 
@@ -238,6 +271,9 @@ class Predictor:
     def fit_calibration(self, max_proteins: int = 2000) -> dict:
         """Fit and save the calibration (:func:`protgo.infer.calibration.fit`); used from
         then on."""
+        if self.folder is None:
+            raise UserError(f"bundle {self.checkpoint} carries its calibration and no dataset "
+                            "to fit another: leave out --calibrate")  # fmt: skip
         self.calibration = calibration.fit(self, max_proteins)
         return self.calibration
 
@@ -254,24 +290,19 @@ def _check_finite(scores: np.ndarray, pids: list[str]) -> None:
         )
 
 
-def go_text_vectors(
-    cfg, phase: int, aspects: list[str], data_dir: Path
-) -> tuple[list[str], list[str], np.ndarray]:
-    """(ids, aspects, (T, Dt) text vectors) of the checkpoint's phase: the cache written in
+def go_text_cache(cfg, phase: int, aspects: list[str], data_dir: Path) -> GoVectorCache:
+    """The GO text vectors of ``aspects`` at the checkpoint's phase: the cache written in
     training when it covers ``aspects``, else encoded now (and cached)."""
     name = Path(cfg.data.dataset).name
     for trained in (cfg.data.aspects, aspects):
-        d = cache_dir(data_dir, name, cfg.go_text.encoder, phase, trained)
-        if cfg.go_text.quantize_int8:
-            d = d.with_name(d.name + "-int8")
+        d = cache_dir(data_dir, name, cfg.go_text, phase, trained)
         if set(aspects) <= set(trained) and (d / "manifest.json").is_file():
             cache = GoVectorCache.load(d)
             if cache.manifest.get("phase") == phase:
                 break
     else:
         cache, _ = embed_go(cfg.data.dataset, phase, aspects, data_dir, cfg.go_text)
-    cache = cache.filter_aspect(aspects)
-    return cache.ids, cache.aspects, cache.vectors
+    return cache.filter_aspect(aspects)
 
 
 def _config_of(state: dict, path: Path):

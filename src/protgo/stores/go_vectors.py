@@ -171,13 +171,17 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "encoder"
 
 
-def cache_dir(
-    data_dir: Path, dataset: str, encoder: str, phase: int, aspects: Iterable[str]
-) -> Path:
-    """``<data_dir>/stores/go/<dataset>/<encoder>/phase<P>-<ASPECTS>``."""
+def cache_dir(data_dir: Path, dataset: str, cfg: GoTextConfig, phase: int, aspects) -> Path:
+    """``<data_dir>/stores/go/<dataset>/<encoder>/phase<P>-<ASPECTS>[-int8]``."""
     tag = "".join(a for a in ("BP", "MF", "CC") if a in set(aspects))
+    tag += "-int8" if cfg.quantize_int8 else ""
     return (
-        Path(data_dir) / "stores" / "go" / _slug(dataset) / _slug(encoder) / f"phase{phase}-{tag}"
+        Path(data_dir)
+        / "stores"
+        / "go"
+        / _slug(dataset)
+        / _slug(cfg.encoder)
+        / f"phase{phase}-{tag}"
     )
 
 
@@ -306,15 +310,23 @@ def embed_go(
             f"(it holds {', '.join(a for a in ('BP', 'MF', 'CC') if ontology.ids(a))}): leave "
             f"{', '.join(empty)} out of the aspects"
         )
+    directory = cache_dir(data_dir, Path(dataset).name, cfg, phase, aspects)
+    cache, _ = encode_ontology(ontology, phase, aspects, cfg, directory, force, progress)
+    return cache, directory
+
+
+def encode_ontology(
+    ontology, phase: int, aspects: Iterable[str], cfg: GoTextConfig, directory: Path,
+    force: bool = False, progress: bool = True,
+) -> tuple[GoVectorCache, GoTextStore]:  # fmt: skip
+    """The GO vector cache of ``ontology``'s terms of ``aspects`` at ``phase`` in
+    ``directory`` (:func:`cache_dir`), and the text store behind it."""
     encoder = load_text_encoder(
         cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device, cfg.dtype
     )
-    store = GoTextStore(ontology, cfg, aspects=aspects)
+    store = GoTextStore(ontology, cfg, aspects=list(aspects))
     store.update_phase_and_tokenize(phase, encoder)
-    directory = cache_dir(data_dir, Path(dataset).name, cfg.encoder, phase, aspects)
-    if cfg.quantize_int8:
-        directory = directory.with_name(directory.name + "-int8")
-    return load_or_build(store, encoder, directory, cfg.batch_size, force, progress), directory
+    return load_or_build(store, encoder, directory, cfg.batch_size, force, progress), store
 
 
 class GoLookupCache:

@@ -1,0 +1,215 @@
+"""Inference bundles: a trained model as one directory that predicts anywhere, offline.
+
+``protgo export --checkpoint C --out DIR`` writes::
+
+    DIR/bundle.json        schema version, resolved config, text phase, step, aspects,
+                           calibration (Platt + threshold per aspect), the GO text recipe
+                           (encoder identity, phase, texts' hash), the protein encoder's
+                           settings, provenance (dataset, GO release, split sizes, protgo
+                           version, training time, validation metrics)
+    DIR/model.safetensors  the aligner's weights (fp16)
+    DIR/go.obo             the ontology it was trained with
+    DIR/terms.tsv          term, aspect, name, n_train, class (common | few | zero), held_out
+    DIR/go_vectors/        optional (``--with-vectors``): the GO text vectors it scores
+                           against, a GO vector cache (checksummed); without it they are
+                           rebuilt from the recipe on first use and cached under the data dir
+
+Nothing in a bundle is pickled: JSON, TSV, OBO, safetensors and ``.npy`` without pickle. A
+bundle needs no dataset folder: ``protgo predict --model DIR_OR_NAME`` and
+:func:`protgo.load_model` read everything from it (the protein encoder is named by its
+settings: a shipped model, a local directory or a hub id).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import protgo
+from protgo.config import Config
+from protgo.data.folder import DatasetFolder
+from protgo.data.ontology import Ontology
+from protgo.errors import UserError
+from protgo.io import atomic_write_text, check_output_path
+from protgo.resources import models_dir, shipped_model
+from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
+
+SCHEMA_VERSION = 1
+FILES = ("bundle.json", "model.safetensors", "go.obo", "terms.tsv")
+
+
+def is_bundle(path: Path) -> bool:
+    return (Path(path) / "bundle.json").is_file()
+
+
+def resolve_model(name: str | Path) -> Path:
+    """A bundle directory, or the name of a bundle shipped with protgo."""
+    path = Path(name).expanduser()
+    if is_bundle(path):
+        return path
+    shipped = shipped_model(str(name))
+    if shipped is not None and is_bundle(shipped):
+        return shipped
+    names = sorted(d.name for d in models_dir().iterdir() if is_bundle(d))
+    raise UserError(
+        f"--model '{name}' is neither a bundle directory (with bundle.json) nor a model shipped "
+        f"with protgo ({', '.join(names) or 'none'}); `protgo export` writes a bundle"
+    )
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: everything a :class:`protgo.infer.predict.Predictor` needs."""
+
+    path: Path
+    meta: dict
+    cfg: Config
+    weights: dict[str, torch.Tensor]
+    ontology: Ontology
+    terms: dict[str, dict]  # term -> {aspect, name, n_train, class, held_out}
+
+    @property
+    def phase(self) -> int:
+        return int(self.meta["phase"])
+
+    def text_vectors(self, data_dir: Path, ontology: Ontology | None = None) -> GoVectorCache:
+        """The GO text vectors of the bundle's phase: shipped in the bundle, else encoded
+        from its recipe (once; cached under ``data_dir``). With ``ontology`` (``--obo``):
+        that ontology's terms, encoded the same way."""
+        aspects = self.cfg.data.aspects
+        if ontology is None and (self.path / "go_vectors" / "manifest.json").is_file():
+            return GoVectorCache.load(self.path / "go_vectors")
+        onto = ontology or self.ontology
+        tag = self.meta["recipe"]["text_hash"] if ontology is None else "obo"
+        name = f"bundle-{self.path.name}-{tag}"
+        directory = cache_dir(data_dir, name, self.cfg.go_text, self.phase, aspects)
+        cache, store = encode_ontology(onto, self.phase, aspects, self.cfg.go_text, directory)
+        if ontology is None and store.text_hash() != self.meta["recipe"]["text_hash"]:
+            print(f"warning: the GO texts of bundle {self.path} rebuilt here differ from the "
+                  "ones it was trained with (another protgo version builds them differently); "
+                  "scores may differ slightly")  # fmt: skip
+        return cache
+
+
+def load(path: Path) -> Bundle:
+    """Read a bundle; a missing file or another schema is one UserError with the fix."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"bundle {path} lacks {', '.join(missing)}: export it again with "
+                        "`protgo export`")  # fmt: skip
+    try:
+        meta = json.loads((path / "bundle.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"bundle {path}: bundle.json is not JSON ({exc})") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(
+            f"bundle {path} has schema version {meta.get('schema_version')}, this protgo reads "
+            f"{SCHEMA_VERSION}: use the protgo version that exported it"
+        )
+    try:
+        cfg = Config.model_validate(meta["config"])
+        weights = {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
+    except Exception as exc:  # noqa: BLE001 - any damage has the same remedy
+        raise UserError(f"bundle {path} is damaged ({type(exc).__name__}: {exc}); export it "
+                        "again") from None  # fmt: skip
+    terms = {}
+    lines = (path / "terms.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    for line in lines[1:]:
+        row = dict(zip(head, line.split("\t"), strict=True))
+        terms[row["term"]] = row
+    return Bundle(path, meta, cfg, weights, Ontology.from_obo(path / "go.obo"), terms)
+
+
+def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None) -> Path:
+    """Write the bundle of a checkpoint's ``predictor`` into ``out`` (a new directory, made
+    whole in a staging directory and renamed, so it is never half-written). The calibration
+    is fitted on the validation split first when the checkpoint has none."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    check_output_path(out, "--out", folder=True)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty: give a new directory")
+    folder: DatasetFolder = predictor.folder
+    if predictor.calibration is None and folder.ids("valid"):
+        predictor.fit_calibration()
+    info = folder.info
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "protgo_version": protgo.__version__,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": predictor.cfg.model_dump(mode="json"),
+        "phase": predictor.phase,
+        "step": predictor.step,
+        "aspects": predictor.cfg.data.aspects,
+        "calibration": predictor.calibration,
+        "recipe": predictor.text_recipe,
+        "protein_encoder": predictor.cfg.residues.model_dump(mode="json"),
+        "provenance": {
+            "checkpoint": str(predictor.checkpoint),
+            "dataset": info.get("name"),
+            "go_release": info.get("provenance", {}).get("go"),
+            "dataset_provenance": info.get("provenance"),
+            "proteins_per_split": {s: len(folder.ids(s)) for s in ("train", "valid", "test")},
+            "metrics": metrics or {},
+        },
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        state = {k: v.detach().half().contiguous() for k, v in predictor.model.state_dict().items()}
+        save_file(state, stage / "model.safetensors")
+        shutil.copyfile(folder.obo_path, stage / "go.obo")
+        atomic_write_text(stage / "terms.tsv", _terms_table(folder))
+        if with_vectors:
+            predictor.text_cache.save(stage / "go_vectors")
+        atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
+        if out.exists():
+            out.rmdir()
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def read_metrics(path: Path) -> dict:
+    """``results.tsv`` of ``protgo evaluate`` as {method: {aspect: {metric: value}}}."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise UserError(f"--metrics {path} not found: give the results.tsv of `protgo evaluate`")
+    df = pd.read_csv(path, sep="\t")
+    out: dict = {}
+    for row in df.to_dict("records"):
+        method, aspect = row.pop("method"), row.pop("aspect")
+        out.setdefault(method, {})[aspect] = {k: v for k, v in row.items() if pd.notna(v)}
+    return out
+
+
+def _terms_table(folder: DatasetFolder) -> str:
+    onto = folder.ontology
+    rows = ["term\taspect\tname\tn_train\tclass\theld_out"]
+    for t, r in sorted(folder.terms.items()):
+        name = onto.terms[t].name if t in onto.terms else ""
+        rows.append(
+            f"{t}\t{r['aspect']}\t{name}\t{r['n_train']}\t{r['class']}\t{int(r['held_out'])}"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def term_class(terms: dict[str, dict], ontology_ids: set[str], go_id: str) -> str:
+    """common | few | zero (no training protein) for the bundle's terms; new for a term of a
+    newer ontology (``--obo``) that the bundle's ontology does not hold."""
+    if go_id in terms:
+        return terms[go_id]["class"]
+    return "zero" if go_id in ontology_ids else "new"

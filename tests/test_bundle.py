@@ -1,0 +1,141 @@
+"""Inference bundles: export -> load gives the checkpoint's scores, predict from another folder
+with an empty data dir, a newer ontology (--obo), the Python API, and a malicious bundle."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protgo.errors import UserError
+from protgo.infer.bundle import export
+from protgo.infer.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def bundles(trained, tmp_path_factory):
+    """(checkpoint predictor, bundle with vectors, bundle without)."""
+    ckpt, data_dir, _ = trained
+    pred = Predictor(ckpt, data_dir)
+    root = tmp_path_factory.mktemp("bundles")
+    return pred, export(pred, root / "with", with_vectors=True), export(pred, root / "plain")
+
+
+def _scores(pred: Predictor, seqs: dict) -> np.ndarray:
+    return np.stack([r.scores for r in pred.predict(seqs)])
+
+
+def test_bundle_scores_equal_the_checkpoints(trained, bundles, tmp_path):
+    _, _, seqs = trained
+    ref, with_vectors, plain = bundles
+    queries = {k: seqs[k] for k in list(seqs)[:6]}
+    want = _scores(ref, queries)
+    for path in (with_vectors, plain):  # plain: GO vectors rebuilt from the recipe
+        got = Predictor(path, tmp_path / f"empty-{path.name}")
+        assert got.go_ids == ref.go_ids and got.folder is None
+        # fp16 weights in the bundle: scores within fp16 rounding of the checkpoint's
+        np.testing.assert_allclose(_scores(got, queries), want, atol=2e-3)
+    assert not list((tmp_path / "empty-with").glob("stores/go/*"))  # vectors were in the bundle
+    assert list((tmp_path / "empty-plain").glob("stores/go/bundle-plain-*"))  # rebuilt, cached
+
+
+def test_predict_from_another_folder_with_an_empty_data_dir(trained, bundles, tmp_path):
+    from typer.testing import CliRunner
+
+    from protgo.cli import app
+
+    _, _, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">{k}\n{seqs[k]}\n" for k in list(seqs)[:3]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        res = CliRunner().invoke(app, [
+            "predict", "--model", str(bundles[1]), "--fasta", str(fasta), "--out", "out",
+            "--data-dir", str(tmp_path / "empty"), "--most-specific", "--threshold", "auto",
+        ])  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 0, res.output
+    lines = (elsewhere / "out" / "predictions.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["protein", "aspect", "go_id", "name", "score", "class",
+                                    "threshold"]  # fmt: skip
+    rows = [ln.split("\t") for ln in lines[1:]]
+    assert rows and {r[5] for r in rows} <= {"common", "few", "zero"}
+    # --most-specific: no reported term is an ancestor of another reported for the protein
+    pred = bundles[0]
+    for pid in {r[0] for r in rows}:
+        ids = {r[2] for r in rows if r[0] == pid}
+        for g in ids:
+            assert not (pred.ontology.ancestors(g) & ids), g
+
+
+def test_a_newer_ontology_scores_a_term_the_model_never_saw(trained, bundles, tmp_path):
+    _, _, seqs = trained
+    path = bundles[2]
+    pred = bundles[0]
+    parent = next(g for g in pred.go_ids if pred.ontology.aspect(g) == "MF")
+    new_obo = tmp_path / "newer.obo"
+    new_obo.write_text((path / "go.obo").read_text() + (
+        "\n[Term]\nid: GO:9999999\nname: sugar kinase activity from a newer release\n"
+        "namespace: molecular_function\ndef: \"Catalysis of the phosphorylation of a sugar.\" []\n"
+        f"is_a: {parent}\n"
+    ))  # fmt: skip
+    newer = Predictor(path, tmp_path / "data", obo=new_obo)
+    assert "GO:9999999" in newer.go_ids and "GO:9999999" not in pred.go_ids
+    assert newer.term_class("GO:9999999") == "new" and newer.term_class(parent) != "new"
+    scores = _scores(newer, {"q": seqs[next(iter(seqs))]})
+    assert np.isfinite(scores).all() and scores[0, newer.go_ids.index("GO:9999999")] > 0
+
+
+def test_python_api_returns_the_documented_columns(trained, bundles, tmp_path):
+    from protgo import load_model
+
+    _, _, seqs = trained
+    m = load_model(bundles[1], data_dir=tmp_path)
+    df = m.predict({k: seqs[k] for k in list(seqs)[:2]}, top_k=3)
+    assert list(df.columns) == ["protein", "aspect", "go_id", "name", "score", "class",
+                                "threshold"]  # fmt: skip
+    assert len(df) and set(df["protein"]) == set(list(seqs)[:2])
+    assert (df.groupby(["protein", "aspect"]).size() <= 3).all()
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">a\n{seqs[next(iter(seqs))]}\n")
+    assert set(m.predict_fasta(fasta)["protein"]) == {"a"}
+
+
+class Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_bundle_does_not_execute(bundles, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles[1], bad)
+    marker = tmp_path / "pwned"
+    (bad / "model.safetensors").write_bytes(pickle.dumps(Evil(marker)))
+    with pytest.raises(UserError, match="damaged"):
+        Predictor(bad, tmp_path / "data")
+    assert not marker.exists()
+    # A pickled vectors.npy in the bundle's GO vectors: refused by its checksum, never loaded.
+    bad2 = tmp_path / "bad2"
+    shutil.copytree(bundles[1], bad2)
+    (bad2 / "go_vectors" / "vectors.npy").write_bytes(pickle.dumps(Evil(marker)))
+    with pytest.raises(UserError, match="vectors.npy"):
+        Predictor(bad2, tmp_path / "data")
+    assert not marker.exists()
+
+
+def test_unknown_model_names_the_choices(tmp_path):
+    from protgo.infer.bundle import resolve_model
+
+    with pytest.raises(UserError, match="neither a bundle directory"):
+        resolve_model(tmp_path / "nothing")
