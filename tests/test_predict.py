@@ -84,7 +84,7 @@ def test_run_predict_writes_files_and_attributions(trained, tmp_path):
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["meta"]["calibrated"] and "MF" in doc["meta"]["threshold"]
     lines = (out / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "protein\taspect\tgo_id\tname\tscore"
+    assert lines[0] == "protein\taspect\tgo_id\tname\tscore\tclass\tthreshold"
     for p in doc["proteins"]:
         scores = [t["score"] for t in p["terms"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3
