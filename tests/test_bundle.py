@@ -3,6 +3,7 @@ with an empty data dir, a newer ontology (--obo), the Python API, and a maliciou
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import shutil
@@ -82,7 +83,7 @@ def test_a_newer_ontology_scores_a_term_the_model_never_saw(trained, bundles, tm
     pred = bundles[0]
     parent = next(g for g in pred.go_ids if pred.ontology.aspect(g) == "MF")
     new_obo = tmp_path / "newer.obo"
-    new_obo.write_text((path / "go.obo").read_text() + (
+    new_obo.write_text(gzip.decompress((path / "go.obo.gz").read_bytes()).decode() + (
         "\n[Term]\nid: GO:9999999\nname: sugar kinase activity from a newer release\n"
         "namespace: molecular_function\ndef: \"Catalysis of the phosphorylation of a sugar.\" []\n"
         f"is_a: {parent}\n"

@@ -8,7 +8,7 @@
                            settings, provenance (dataset, GO release, split sizes, protgo
                            version, training time, validation metrics)
     DIR/model.safetensors  the aligner's weights (fp16)
-    DIR/go.obo             the ontology it was trained with
+    DIR/go.obo.gz          the ontology it was trained with (gzip)
     DIR/terms.tsv          term, aspect, name, n_train, class (common | few | zero), held_out
     DIR/go_vectors/        optional (``--with-vectors``): the GO text vectors it scores
                            against, a GO vector cache (checksummed); without it they are
@@ -22,6 +22,7 @@ settings: a shipped model, a local directory or a hub id).
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
 
 SCHEMA_VERSION = 1
-FILES = ("bundle.json", "model.safetensors", "go.obo", "terms.tsv")
+FILES = ("bundle.json", "model.safetensors", "go.obo.gz", "terms.tsv")
 
 
 def is_bundle(path: Path) -> bool:
@@ -127,7 +128,7 @@ def load(path: Path) -> Bundle:
     for line in lines[1:]:
         row = dict(zip(head, line.split("\t"), strict=True))
         terms[row["term"]] = row
-    return Bundle(path, meta, cfg, weights, Ontology.from_obo(path / "go.obo"), terms)
+    return Bundle(path, meta, cfg, weights, Ontology.from_obo(path / "go.obo.gz"), terms)
 
 
 def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None) -> Path:
@@ -169,7 +170,12 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
     try:
         state = {k: v.detach().half().contiguous() for k, v in predictor.model.state_dict().items()}
         save_file(state, stage / "model.safetensors")
-        shutil.copyfile(folder.obo_path, stage / "go.obo")
+        with (
+            folder.obo_path.open("rb") as src,
+            open(stage / "go.obo.gz", "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst,  # the same bytes each time
+        ):
+            shutil.copyfileobj(src, dst)
         atomic_write_text(stage / "terms.tsv", _terms_table(folder))
         if with_vectors:
             predictor.text_cache.save(stage / "go_vectors")
