@@ -297,10 +297,7 @@ def go_text_cache(cfg, phase: int, aspects: list[str], data_dir: Path) -> GoVect
     for trained in (cfg.data.aspects, aspects):
         d = cache_dir(data_dir, name, cfg.go_text, phase, trained)
         if set(aspects) <= set(trained) and (d / "manifest.json").is_file():
-            try:
-                cache = GoVectorCache.load(d)
-            except UserError:  # damaged or from another version: embed_go encodes it again
-                continue
+            cache = GoVectorCache.load(d)
             if cache.manifest.get("phase") == phase:
                 break
     else:
