@@ -23,7 +23,12 @@ def shipped_model_names() -> list[str]:
     root = models_dir()
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file())
+    # protein language models (config.json) and aligner bundles (bundle.json)
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if (d / "config.json").is_file() or (d / "bundle.json").is_file()
+    )
 
 
 def configs_dir() -> Path:
