@@ -179,6 +179,7 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
         atomic_write_text(stage / "terms.tsv", _terms_table(folder))
         if with_vectors:
             predictor.text_cache.save(stage / "go_vectors")
+        atomic_write_text(stage / "README.md", model_card(out.name, meta))
         atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
         if out.exists():
             out.rmdir()
@@ -200,6 +201,45 @@ def read_metrics(path: Path) -> dict:
         method, aspect = row.pop("method"), row.pop("aspect")
         out.setdefault(method, {})[aspect] = {k: v for k, v in row.items() if pd.notna(v)}
     return out
+
+
+CARD_COLUMNS = ("fmax", "wfmax", "smin", "coverage", "zero_auc", "few_auc")
+
+
+def model_card(name: str, meta: dict) -> str:
+    """The bundle's README.md: what it is, how it was made, and the test-split table."""
+    prov, cfg = meta["provenance"], meta["config"]
+    split = prov["proteins_per_split"]
+    calibrated = sorted((meta["calibration"] or {}).get("aspects", {})) or ["none"]
+    lines = [
+        f"# {name}", "",
+        f"A protgo aligner bundle (schema {meta['schema_version']}, protgo "
+        f"{meta['protgo_version']}, exported {meta['exported']}).", "",
+        f"- Dataset: {prov['dataset']} ({split['train']} train / {split['valid']} valid / "
+        f"{split['test']} test proteins), GO release {prov['go_release']}",
+        f"- Aspects: {', '.join(meta['aspects'])}; text phase {meta['phase']}, step "
+        f"{meta['step']}",
+        f"- Protein encoder: `{cfg['residues']['model']}` (layer {cfg['residues']['layer']}); "
+        f"text encoder: `{cfg['go_text']['encoder']}`",
+        f"- Calibrated aspects: {', '.join(calibrated)}",
+        "", "Use: `protgo predict --model " + name + " --fasta F --out O` or "
+        f"`protgo.load_model(\"{name}\")`.", "",
+    ]  # fmt: skip
+    metrics = prov.get("metrics") or {}
+    if metrics:
+        lines += ["## Test split (cafaeval; zero/few: term-centric AUC)", ""]
+        head = "| aspect | method | " + " | ".join(CARD_COLUMNS) + " |"
+        lines += [head, "|" + "---|" * (len(CARD_COLUMNS) + 2)]
+        for aspect in ("BP", "MF", "CC"):
+            for method, per_aspect in metrics.items():
+                row = per_aspect.get(aspect)
+                if row is None:
+                    continue
+                cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else "-"
+                         for c in CARD_COLUMNS]  # fmt: skip
+                lines.append(f"| {aspect} | {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def _terms_table(folder: DatasetFolder) -> str:
