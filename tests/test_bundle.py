@@ -140,3 +140,20 @@ def test_unknown_model_names_the_choices(tmp_path):
 
     with pytest.raises(UserError, match="neither a bundle directory"):
         resolve_model(tmp_path / "nothing")
+
+
+def test_model_card_tables_the_evaluate_results(bundles, tmp_path):
+    import json
+
+    from protgo.infer.bundle import model_card, read_metrics
+
+    results = tmp_path / "results.tsv"
+    results.write_text("method\taspect\tfmax\ttau\tcoverage\twfmax\tsmin\tzero_auc\n"
+                       "protgo\tMF\t0.5\t0.3\t1.0\t0.4\t2.0\t0.7\n"
+                       "naive\tMF\t0.4\t0.2\t1.0\t0.3\t2.5\t\n")  # fmt: skip
+    meta = json.loads((bundles[1] / "bundle.json").read_text())
+    meta["provenance"]["metrics"] = read_metrics(results)
+    card = model_card("x", meta)
+    assert "| MF | protgo | 0.500 | 0.400 | 2.000 | 1.000 | 0.700 | - |" in card
+    assert "| MF | naive | 0.400 | 0.300 | 2.500 | 1.000 | - | - |" in card
+    assert (bundles[1] / "README.md").read_text().startswith("# with")
