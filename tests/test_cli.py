@@ -37,3 +37,10 @@ def test_shipped_config_by_name_from_another_folder(tmp_path):
     assert "hard_frac" in out.stdout and (tmp_path / "c.png").is_file()
     bad = subprocess.run([*cmd[:6], "nope"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "demo" in bad.stderr and "nope" in bad.stderr
+
+
+def test_version():
+    from protgo import __version__
+
+    out = _protgo("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"protgo {__version__}"

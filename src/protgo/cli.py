@@ -16,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="protgo: predict Gene Ontology terms by aligning ESM protein and GO text embeddings.",
+    help="protgo: predict Gene Ontology terms by aligning protein and GO text embeddings.",
 )
 data_app = typer.Typer(
     no_args_is_help=True, help="Fetch GO, sequences and annotations; build datasets."
@@ -34,6 +34,27 @@ curriculum_app = typer.Typer(
     no_args_is_help=True, help="Inspect the mining curriculum and loss-weight stages."
 )
 app.add_typer(curriculum_app, name="curriculum")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from protgo import __version__
+
+        typer.echo(f"protgo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """protgo: predict Gene Ontology terms by aligning protein and GO text embeddings."""
+
 
 DataDirOpt = Annotated[
     Path | None,
