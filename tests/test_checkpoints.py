@@ -89,7 +89,7 @@ def test_tracker_jsonl_events_tables_and_resume(tmp_path):
     for step in range(4):
         tr.log({"loss": 1.0 / (step + 1), "neg_hard": 3}, step)
     tr.event("bank_refresh", "end of epoch 0", step=3, rows=12)
-    tr.table("curriculum", ["step", "hard_frac"], [[0, 0.2], [3, 0.8]])
+    tr.table("curriculum", ["step", "hard_frac"], [[0, 0.2], [3, 0.8]], 0)
     tr.close()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows if r["kind"] == "train"] == [0, 1, 2, 3]
@@ -107,9 +107,14 @@ def test_tracker_wandb_offline(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     tr = Tracker(tmp_path, TrackingConfig(wandb="offline"), {"train": {"lr": 1e-3}})
-    tr.log({"loss": 0.5}, 0)
-    tr.table("curriculum", ["step", "k_hard"], [[0, 4]])
+    calls, real = [], tr.wandb.log
+    tr.wandb.log = lambda data, **kw: (calls.append(kw.get("step")), real(data, **kw))
+    tr.table("curriculum", ["step", "k_hard"], [[0, 4]], 0)  # the trainer's order at start
+    tr.event("go_texts", "start", 0)
+    tr.log({"loss": 0.5}, 1)
     tr.close()
+    # W&B drops a record whose step is below one it has seen: each call names a step, in order
+    assert calls == [0, 0, 1]
     run_id = (tmp_path / "wandb_id.txt").read_text().strip()
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the run's records, on disk

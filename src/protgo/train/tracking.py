@@ -92,8 +92,10 @@ class Tracker:
         log.info("%s at step %d: %s %s", name, step, reason, json.dumps(info, default=str))
         self.log({"event": name, "reason": reason, **info}, step, kind="event")
 
-    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
-        """A table (e.g. the curriculum preview): ``<name>.tsv`` in the run folder and W&B."""
+    def table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
+        """A table (e.g. the curriculum preview): ``<name>.tsv`` in the run folder and W&B,
+        at ``step`` (W&B drops records whose step is below one it has seen: every call gives
+        its step, so none is)."""
         if self.rank != 0:
             return
         text = "\t".join(columns) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows)
@@ -101,7 +103,7 @@ class Tracker:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({name: wandb.Table(columns=columns, data=rows)})
+            self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def close(self) -> None:
         if self.rank != 0:

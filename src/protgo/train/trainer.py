@@ -515,7 +515,7 @@ class Trainer:
         rows = [
             [s, *self.curriculum(s).as_dict().values()] for s in self.curriculum.default_steps()
         ]
-        self.tracker.table("curriculum", names, rows)
+        self.tracker.table("curriculum", names, rows, self.step)
 
     def _bar(self, total: int):
         if not self.progress or self.rank != 0:
