@@ -79,19 +79,21 @@ class Bundle:
     def phase(self) -> int:
         return int(self.meta["phase"])
 
-    def text_vectors(self, data_dir: Path, ontology: Ontology | None = None) -> GoVectorCache:
-        """The GO text vectors of the bundle's phase: shipped in the bundle, else encoded
-        from its recipe (once; cached under ``data_dir``). With ``ontology`` (``--obo``):
-        that ontology's terms, encoded the same way."""
-        aspects = self.cfg.data.aspects
+    def text_vectors(
+        self, data_dir: Path, aspects: list[str], ontology: Ontology | None = None
+    ) -> GoVectorCache:
+        """The GO text vectors of ``aspects`` at the bundle's phase: shipped in the bundle,
+        else encoded from its recipe (once; cached under ``data_dir``). With ``ontology``
+        (``--obo``): that ontology's terms, encoded the same way."""
         if ontology is None and (self.path / "go_vectors" / "manifest.json").is_file():
-            return GoVectorCache.load(self.path / "go_vectors")
+            return GoVectorCache.load(self.path / "go_vectors").filter_aspect(aspects)
         onto = ontology or self.ontology
         tag = self.meta["recipe"]["text_hash"] if ontology is None else "obo"
         name = f"bundle-{self.path.name}-{tag}"
         directory = cache_dir(data_dir, name, self.cfg.go_text, self.phase, aspects)
         cache, store = encode_ontology(onto, self.phase, aspects, self.cfg.go_text, directory)
-        if ontology is None and store.text_hash() != self.meta["recipe"]["text_hash"]:
+        full = set(aspects) == set(self.cfg.data.aspects)  # the recipe hashes every aspect
+        if ontology is None and full and store.text_hash() != self.meta["recipe"]["text_hash"]:
             print(f"warning: the GO texts of bundle {self.path} rebuilt here differ from the "
                   "ones it was trained with (another protgo version builds them differently); "
                   "scores may differ slightly")  # fmt: skip

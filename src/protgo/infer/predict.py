@@ -102,7 +102,7 @@ class Predictor:
         self.trained_ids = set(b.ontology.terms)
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
         new = self.ontology if obo is not None else None
-        cache = b.text_vectors(self.data_dir, new).filter_aspect(self.aspects)
+        cache = b.text_vectors(self.data_dir, self.aspects, new)
         self._load_model(b.weights, cache)
         self.calibration = b.meta.get("calibration")
 
