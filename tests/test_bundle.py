@@ -157,3 +157,16 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path):
     assert "| MF | protgo | 0.500 | 0.400 | 2.000 | 1.000 | 0.700 | - |" in card
     assert "| MF | naive | 0.400 | 0.300 | 2.500 | 1.000 | - | - |" in card
     assert (bundles[1] / "README.md").read_text().startswith("# with")
+
+
+def test_the_shipped_model_loads_from_its_name():
+    """protgo-human ships as package data: found by name, readable without a dataset."""
+    from protgo.infer.bundle import load, resolve_model
+
+    path = resolve_model("protgo-human")
+    b = load(path)
+    assert b.cfg.data.aspects == ["BP", "MF", "CC"] and b.weights["pool.key.weight"].ndim == 2
+    assert b.meta["calibration"]["aspects"].keys() == {"BP", "MF", "CC"}
+    assert {"protgo", "naive", "diamond"} <= set(b.meta["provenance"]["metrics"])
+    assert len(b.ontology.terms) > 40_000 and b.terms
+    assert (path / "README.md").read_text().count("| protgo |") == 3  # one row per aspect

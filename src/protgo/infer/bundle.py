@@ -161,7 +161,7 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
         "provenance": {
             "checkpoint": str(predictor.checkpoint),
             "dataset": info.get("name"),
-            "go_release": info.get("provenance", {}).get("go"),
+            "go_release": info.get("provenance", {}).get("go_source_date"),
             "dataset_provenance": info.get("provenance"),
             "proteins_per_split": {s: len(folder.ids(s)) for s in ("train", "valid", "test")},
             "metrics": metrics or {},
@@ -183,6 +183,9 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
             predictor.text_cache.save(stage / "go_vectors")
         atomic_write_text(stage / "README.md", model_card(out.name, meta))
         atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
+        for f in stage.rglob("*"):  # mkdtemp and safetensors make owner-only files
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        stage.chmod(0o755)
         if out.exists():
             out.rmdir()
         stage.rename(out)
