@@ -37,7 +37,7 @@ from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, check_output_path
+from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
 
@@ -164,6 +164,7 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
             "go_release": info.get("provenance", {}).get("go_source_date"),
             "dataset_provenance": info.get("provenance"),
             "proteins_per_split": {s: len(folder.ids(s)) for s in ("train", "valid", "test")},
+            "training_seconds": _training_seconds(Path(predictor.checkpoint)),
             "metrics": metrics or {},
         },
     }
@@ -223,7 +224,7 @@ def model_card(name: str, meta: dict) -> str:
         f"- Dataset: {prov['dataset']} ({split['train']} train / {split['valid']} valid / "
         f"{split['test']} test proteins), GO release {prov['go_release']}",
         f"- Aspects: {', '.join(meta['aspects'])}; text phase {meta['phase']}, step "
-        f"{meta['step']}",
+        f"{meta['step']}, training {prov.get('training_seconds') or '?'} s",
         f"- Protein encoder: `{cfg['residues']['model']}` (layer {cfg['residues']['layer']}); "
         f"text encoder: `{cfg['go_text']['encoder']}`",
         f"- Calibrated aspects: {', '.join(calibrated)}",
@@ -245,6 +246,14 @@ def model_card(name: str, meta: dict) -> str:
                 lines.append(f"| {aspect} | {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _training_seconds(checkpoint: Path) -> float | None:
+    """Wall time of the run that wrote ``checkpoint``: the last record of its run folder's
+    ``metrics.jsonl`` (None when the checkpoint is not in a run folder)."""
+    path = checkpoint.parent.parent / "metrics.jsonl"
+    rows = read_jsonl(path)[0] if path.is_file() else []
+    return rows[-1].get("time") if rows else None
 
 
 def _terms_table(folder: DatasetFolder) -> str:
