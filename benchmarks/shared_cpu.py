@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+# torch is imported before protgo, so an unset OMP_WAIT_POLICY reaches libgomp as unset
+# (protgo's own default, PASSIVE, is set only when protgo loads first).
 CHILD = r"""
 import json, sys, time, torch
 workload, n = sys.argv[1], int(sys.argv[2])

@@ -108,6 +108,8 @@ def test_python_api_returns_the_documented_columns(trained, bundles, tmp_path):
     fasta = tmp_path / "q.fasta"
     fasta.write_text(f">a\n{seqs[next(iter(seqs))]}\n")
     assert set(m.predict_fasta(fasta)["protein"]) == {"a"}
+    with pytest.raises(UserError, match="--threshold"):
+        m.predict({"a": seqs[next(iter(seqs))]}, threshold=1.5)
 
 
 class Evil:

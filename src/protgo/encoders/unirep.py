@@ -23,10 +23,10 @@ pass). Right padding leaves the real positions unchanged.
 
 ``dtype="bf16"`` runs the widest matmul (``m Wh``) in bfloat16 (fp32 accumulation), everything
 else in fp32: on a CPU with AVX512-BF16 1.9x faster for unirep-1900 and 1.6x for unirep-256
-(``benchmarks/protein_encoders.py``, 48 human proteins of up to 600 residues). Per residue it agrees
-with fp32 to a mean cosine of 0.99988 for unirep-1900, but rounding can tip a gate: the worst
-of 17.9k residues fell to 0.93. unirep-256 and unirep-64 stay above 0.9999. fp32 is the
-default and the reference.
+(``benchmarks/protein_encoders.py``, 48 human proteins of up to 600 residues). Per residue it
+agrees with fp32 to a mean cosine of 0.99988 for unirep-1900, but rounding can tip a gate: the
+worst of 17.9k residues fell to 0.93. unirep-256 and unirep-64 stay above 0.9999. fp32 is the
+default (``dtype: auto`` means fp32 here) and the reference.
 """
 
 from __future__ import annotations

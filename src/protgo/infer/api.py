@@ -31,7 +31,7 @@ class Model:
 
     @property
     def go_ids(self) -> list[str]:
-        """Every term scored (the columns of :meth:`scores`)."""
+        """Every GO term the model scores (those of its aspects, roots left out)."""
         return self.predictor.go_ids
 
     def predict(
@@ -39,7 +39,7 @@ class Model:
         most_specific: bool = False, keep_general: bool = False,
     ) -> pd.DataFrame:  # fmt: skip
         """{protein id: sequence} -> one row per reported (protein, term), best first."""
-        cut = parse_threshold(threshold) if isinstance(threshold, str) else threshold
+        cut = None if threshold is None else parse_threshold(str(threshold))  # checks range
         cleans = {pid: clean_sequence(pid, seq) for pid, seq in sequences.items()}
         results = self.predictor.predict(cleans)
         rows = [

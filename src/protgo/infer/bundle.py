@@ -2,11 +2,11 @@
 
 ``protgo export --checkpoint C --out DIR`` writes::
 
-    DIR/bundle.json        schema version, resolved config, text phase, step, aspects,
-                           calibration (Platt + threshold per aspect), the GO text recipe
-                           (encoder identity, phase, texts' hash), the protein encoder's
-                           settings, provenance (dataset, GO release, split sizes, protgo
-                           version, training time, validation metrics)
+    DIR/bundle.json        schema version, resolved config (its ``residues`` section names
+                           the protein encoder), text phase, step, aspects, calibration
+                           (Platt + threshold per aspect), the GO text recipe (encoder
+                           identity, phase, texts' hash), provenance (dataset, GO release,
+                           split sizes, protgo version, training time, test metrics)
     DIR/model.safetensors  the aligner's weights (fp16)
     DIR/go.obo.gz          the ontology it was trained with (gzip)
     DIR/terms.tsv          term, aspect, name, n_train, class (common | few | zero), held_out
@@ -157,7 +157,6 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
         "aspects": predictor.cfg.data.aspects,
         "calibration": predictor.calibration,
         "recipe": predictor.text_recipe,
-        "protein_encoder": predictor.cfg.residues.model_dump(mode="json"),
         "provenance": {
             "checkpoint": str(predictor.checkpoint),
             "dataset": info.get("name"),
