@@ -172,3 +172,38 @@ def test_the_shipped_model_loads_from_its_name():
     assert {"protgo", "naive", "diamond"} <= set(b.meta["provenance"]["metrics"])
     assert len(b.ontology.terms) > 40_000 and b.terms
     assert (path / "README.md").read_text().count("| protgo |") == 3  # one row per aspect
+
+
+def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(tiny_esm, tmp_path):
+    """A store with residues.project_dim: training reads the projected residues; the bundle
+    carries the projection, so a machine without the store embeds and projects the same."""
+    from train_world import CONFIGS, build_predict_world
+
+    from protgo.config import load_config
+    from protgo.encoders.protein import ProteinEncoder
+    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.residues import ESMResidueStore
+    from protgo.train.trainer import Trainer
+
+    data_dir = tmp_path / "data"
+    overrides, seqs = build_predict_world(data_dir, tiny_esm, "tinyproj")
+    more = ["phases.start_epochs=[0]", "train.epochs=1", f"train.out_dir={tmp_path / 'run'}",
+            "residues.project_dim=8", "residues.dtype=fp32"]  # fmt: skip
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
+    enc = ProteinEncoder(cfg.residues)
+    store = ESMResidueStore.for_encoder(data_dir, enc)
+    store.embed(enc, seqs, progress=False)
+    embed_go("tinyproj", 0, ["MF"], data_dir, cfg.go_text, progress=False)
+    Trainer(cfg, progress=False).fit()
+    ref = Predictor(tmp_path / "run" / "checkpoints" / "final.pt", data_dir)
+    assert ref.residue_dim == 8 and ref.projection is not None  # the store's
+    path = export(ref, tmp_path / "bundle")
+    assert (path / "residue_projection.npz").is_file()
+    got = Predictor(path, tmp_path / "empty")  # no store here: embeds and projects
+    assert got._store is None and got.projection is not None
+    queries = {k: seqs[k] for k in list(seqs)[:5]}
+    np.testing.assert_allclose(_scores(got, queries), _scores(ref, queries), atol=3e-3)
+    (path / "residue_projection.npz").unlink()
+    (path / "residue_projection.json").unlink()
+    with pytest.raises(UserError, match="projection is not here"):
+        Predictor(path, tmp_path / "empty").predict(queries)

@@ -254,3 +254,52 @@ def test_checksum_is_verified_once_per_process_and_again_after_a_rewrite(tmp_pat
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="fails its checksum"):
         ESMResidueStore(root).get("P07")
+
+
+def test_projection_fit_matches_a_reference_pca():
+    from sklearn.decomposition import PCA
+
+    from protgo.stores.projection import Projection
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 12)) @ rng.normal(size=(12, 12)) + rng.normal(size=12)
+    proj = Projection.fit(x, 4)
+    ref = PCA(n_components=4, svd_solver="full").fit(x)
+    np.testing.assert_allclose(proj.mean, ref.mean_, atol=1e-5)
+    # the same subspace, component by component (up to sign)
+    np.testing.assert_allclose(np.abs(proj.components.T @ ref.components_.T), np.eye(4), atol=1e-4)
+    assert proj.explained == pytest.approx(ref.explained_variance_ratio_.sum(), rel=1e-5)
+    with pytest.raises(UserError, match="at least 20 residues"):
+        Projection.fit(x[:10], 20)
+
+
+def test_projected_store_keeps_full_means_and_projects_residues(tmp_path, tiny_esm, seqs):
+    from protgo.stores.projection import Projection
+
+    cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, batch_tokens=160,
+                         dtype="fp32", project_dim=8)  # fmt: skip
+    enc = ProteinEncoder(cfg)
+    store = ESMResidueStore.for_encoder(tmp_path, enc)
+    assert "-p8-" in store.root.name and store.dim == 8 and store.mean_dim == enc.dim
+    store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False)
+    store.reload()
+    proj = Projection.load(store.projection_path)
+    for pid, seq in seqs.items():
+        full = enc.embed(seq).numpy()
+        assert store.get(pid).shape == (len(full), 8)
+        np.testing.assert_allclose(store.get(pid).astype(np.float32), proj.apply(full),
+                                   atol=5e-3, rtol=2e-3)  # fmt: skip
+        np.testing.assert_allclose(store.mean(pid), full.mean(0), atol=1e-5)
+    # found again from the config; a second run neither refits nor re-embeds
+    again = ESMResidueStore.for_config(cfg, tmp_path)
+    assert again.root == store.root
+    before = store.projection_path.read_bytes()
+    assert again.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False).residues == 0
+    assert store.projection_path.read_bytes() == before
+    # a damaged projection is refused with the fix
+    store.projection_path.write_bytes(before[:-8] + b"\0" * 8)
+    with pytest.raises(UserError, match="fails its checksum"):
+        Projection.load(store.projection_path)
+    with pytest.raises(UserError, match="not below the model's"):
+        ESMResidueStore.for_encoder(tmp_path, ProteinEncoder(cfg.model_copy(
+            update={"project_dim": enc.dim})))  # fmt: skip

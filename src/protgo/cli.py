@@ -256,7 +256,7 @@ def embed_residues(
     if max_proteins is not None:
         seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
     encoder = protein_encoder(cfg)
-    store = ESMResidueStore.create(root, encoder.settings())
+    store = ESMResidueStore.for_encoder(root, encoder)
     shard_bytes = cfg.shard_mb << 20
     report = store.embed(encoder, seqs, rank=rank, world_size=world, shard_bytes=shard_bytes)
     typer.echo(f"residue store {store.root}")

@@ -84,6 +84,11 @@ class ResiduesConfig(Section):
     threads: Pos | None = None
     # fp16 vectors per store shard; shards are the unit of resume and of work split across ranks
     shard_mb: Pos = 256
+    # Store residues projected onto this many principal components (a PCA fitted once per
+    # store on ~100k of its residues; protein means stay full width). "auto": 512 for models
+    # wider than 1024 dims (unirep-1900: 3.8 kB -> 1 kB per residue), else every dim; null:
+    # every dim. Measured: README "UniRep".
+    project_dim: Pos | Literal["auto"] | None = "auto"
 
 
 class GoTextConfig(Section):

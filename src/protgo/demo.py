@@ -94,7 +94,7 @@ class Demo:
 
         seqs = DatasetFolder.load(self.cfg.data.dataset, self.data_dir).sequences
         enc = protein_encoder(self.cfg.residues)
-        store = ESMResidueStore.create(self.data_dir, enc.settings())
+        store = ESMResidueStore.for_encoder(self.data_dir, enc)
         rep = store.embed(enc, seqs, shard_bytes=self.cfg.residues.shard_mb << 20)
         print(f"  {len(store)} proteins in {store.root} ({rep.residues} residues embedded now, "
               f"{rep.residues / max(rep.seconds, 1e-9):.0f} residues/s)", flush=True)  # fmt: skip

@@ -10,6 +10,9 @@
     DIR/model.safetensors  the aligner's weights (fp16)
     DIR/go.obo.gz          the ontology it was trained with (gzip)
     DIR/terms.tsv          term, aspect, name, n_train, class (common | few | zero), held_out
+    DIR/residue_projection.npz / .json
+                           for a model trained on projected residues (residues.project_dim):
+                           the residue store's PCA, applied to every sequence it embeds
     DIR/go_vectors/        optional (``--with-vectors``): the GO text vectors it scores
                            against, a GO vector cache (checksummed); without it they are
                            rebuilt from the recipe on first use and cached under the data dir
@@ -40,9 +43,11 @@ from protgo.errors import UserError
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
+from protgo.stores.projection import Projection
 
 SCHEMA_VERSION = 1
 FILES = ("bundle.json", "model.safetensors", "go.obo.gz", "terms.tsv")
+PROJECTION = "residue_projection.npz"
 
 
 def is_bundle(path: Path) -> bool:
@@ -74,6 +79,7 @@ class Bundle:
     weights: dict[str, torch.Tensor]
     ontology: Ontology
     terms: dict[str, dict]  # term -> {aspect, name, n_train, class, held_out}
+    projection: Projection | None = None  # the residue projection of a projected store
 
     @property
     def phase(self) -> int:
@@ -130,7 +136,10 @@ def load(path: Path) -> Bundle:
     for line in lines[1:]:
         row = dict(zip(head, line.split("\t"), strict=True))
         terms[row["term"]] = row
-    return Bundle(path, meta, cfg, weights, Ontology.from_obo(path / "go.obo.gz"), terms)
+    proj_path = path / PROJECTION
+    projection = Projection.load(proj_path) if proj_path.is_file() else None
+    onto = Ontology.from_obo(path / "go.obo.gz")
+    return Bundle(path, meta, cfg, weights, onto, terms, projection)
 
 
 def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None) -> Path:
@@ -181,6 +190,8 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
         atomic_write_text(stage / "terms.tsv", _terms_table(folder))
         if with_vectors:
             predictor.text_cache.save(stage / "go_vectors")
+        if predictor.projection is not None:
+            predictor.projection.save(stage / PROJECTION, {})
         atomic_write_text(stage / "README.md", model_card(out.name, meta))
         atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
         for f in stage.rglob("*"):  # mkdtemp and safetensors make owner-only files

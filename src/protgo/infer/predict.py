@@ -38,6 +38,7 @@ from protgo.model.aligner import ProtGoAligner
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, embed_go
+from protgo.stores.projection import Projection, resolve_project_dim
 from protgo.stores.residues import ESMResidueStore
 
 
@@ -64,6 +65,7 @@ class Predictor:
         the terms of this ontology instead, e.g. a newer GO release."""
         self.device = torch.device(device)
         self._encoder = None
+        self.projection: Projection | None = None  # a projected store's PCA (bundles carry it)
         if bundle.is_bundle(source):
             self._from_bundle(bundle.load(Path(source)), data_dir, aspects, obo)
         else:
@@ -72,6 +74,8 @@ class Predictor:
                                 "from a checkpoint")  # fmt: skip
             self._from_checkpoint(Path(source), data_dir, aspects)
         self._store = self._open_store()
+        if self.projection is None and self._store is not None and self._store.projected:
+            self.projection = self._store.projection
 
     # ---- loading ---------------------------------------------------------------------------
     def _from_checkpoint(self, path: Path, data_dir: Path | None, aspects) -> None:
@@ -105,6 +109,7 @@ class Predictor:
         cache = b.text_vectors(self.data_dir, self.aspects, new)
         self._load_model(b.weights, cache)
         self.calibration = b.meta.get("calibration")
+        self.projection = b.projection
 
     def _load_model(self, weights, cache: GoVectorCache) -> None:
         self.text_cache = cache
@@ -149,12 +154,21 @@ class Predictor:
     def encoder(self):
         """The ESM encoder, loaded on first use (only for sequences not in the store)."""
         if self._encoder is None:
-            self._encoder = protein_encoder(self.cfg.residues)
-            if self._encoder.dim != self.residue_dim:
+            enc = protein_encoder(self.cfg.residues)
+            dim = self.projection.dim if self.projection is not None else enc.dim
+            if self.projection is None and resolve_project_dim(self.cfg.residues.project_dim,
+                                                               enc.dim):  # fmt: skip
                 raise UserError(
-                    f"ESM model '{self.cfg.residues.model}' gives {self._encoder.dim}-dim "
-                    f"residues, the checkpoint expects {self.residue_dim}: is it the same model?"
+                    f"checkpoint {self.checkpoint} was trained on projected residues of "
+                    f"'{self.cfg.residues.model}' and the projection is not here: embed its "
+                    "dataset (`protgo embed residues`) or predict with an exported bundle"
                 )
+            if dim != self.residue_dim:
+                raise UserError(
+                    f"protein model '{self.cfg.residues.model}' gives {dim}-dim residues, the "
+                    f"checkpoint expects {self.residue_dim}: is it the same model?"
+                )
+            self._encoder = enc
         return self._encoder
 
     # ---- residues and protein vectors -------------------------------------------------------
@@ -176,11 +190,13 @@ class Predictor:
 
         enc = self.encoder
         pids, seqs = list(todo), list(todo.values())
-        arrays = [np.empty((len(s), enc.dim), dtype=np.float16) for s in seqs]
+        proj = self.projection
+        arrays = [np.empty((len(s), self.residue_dim), dtype=np.float16) for s in seqs]
         bar = tqdm(total=sum(map(len, seqs)), desc="embed (ESM)", unit="res", unit_scale=True,
                    disable=not progress, leave=False)  # fmt: skip
         for idx, seg, vec in enc.embed_batched(seqs, enc.cfg.batch_tokens, bar):
-            arrays[idx][seg.lo : seg.hi] = vec.numpy()  # fp16 as the store keeps them
+            vec = proj.apply(vec.numpy()) if proj is not None else vec.numpy()
+            arrays[idx][seg.lo : seg.hi] = vec  # fp16 as the store keeps them
         bar.close()
         return dict(zip(pids, arrays, strict=True))
 

@@ -4,11 +4,16 @@ Layout of ``<data_dir>/stores/residues/<key>/`` (the key names model, weights fi
 layer, window and dtype, so a changed model or setting gets a new directory, never stale
 vectors)::
 
-    store.json              settings the vectors depend on (see ProteinEncoder.settings)
+    store.json              settings the vectors depend on (see ProteinEncoder.settings), and
+                            ``project_dim`` when residues are stored projected
+    projection.npz / .json  the PCA projection of a projected store (stores.projection), fitted
+                            on a sample of the first run's proteins before any shard
     manifest.json           shards {name: rows, sha256s}; entries {seq hash: [shard, row, L,
                             mean row]}; proteins {pid: seq hash}
     shards/<name>.npy       (rows, D) fp16 residue vectors of many proteins, concatenated
-    shards/<name>.mean.npy  (n, D) fp32 mean-pooled vector per protein (for the baselines)
+                            (D: ``project_dim`` if set, else the model's dim)
+    shards/<name>.mean.npy  (n, dim) fp32 mean-pooled vector per protein (for the baselines),
+                            always of the full vectors
     shards/<name>.json      the shard's entries and checksums; written last, so it marks the
                             shard as complete
     shards/<name>.lock      held by the one process writing the shard (see stores.shards)
@@ -39,6 +44,7 @@ import numpy as np
 from protgo.encoders.protein import ProteinEncoder, clean_sequence, describe_model, sequence_hash
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, file_lock, write_json
+from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit
 from protgo.stores.residue_plan import Plan, make_plan, merge_into
 from protgo.stores.shards import check_shard, is_complete, lock_path, shard_paths, write_shard
 
@@ -46,12 +52,21 @@ FORMAT_VERSION = 1
 
 
 def store_key(settings: Mapping) -> str:
-    """Directory name: readable model/layer/window parts plus a hash of all settings."""
+    """Directory name: readable model/layer/window/reduction parts plus a hash of all
+    settings."""
     blob = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True)
     digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(settings["model"])).name)[:40] or "model"
     s = settings
-    return f"{slug}-l{s['layer']}-w{s['win_size']}s{s['win_stride']}-{s['dtype']}-{digest}"
+    reduced = f"-p{s['project_dim']}" if s.get("project_dim") else ""
+    return f"{slug}-l{s['layer']}-w{s['win_size']}s{s['win_stride']}-{s['dtype']}{reduced}-{digest}"
+
+
+def store_settings(encoder_settings: Mapping, project_dim: int | str | None) -> dict:
+    """The store's settings: the encoder's, plus ``project_dim`` when residues are stored
+    projected (``residues.project_dim``; "auto" projects models wider than 1024 dims)."""
+    k = resolve_project_dim(project_dim, int(encoder_settings["dim"]))
+    return {**encoder_settings, "project_dim": k} if k else dict(encoder_settings)
 
 
 def store_dir(data_dir: Path, settings: Mapping) -> Path:
@@ -79,7 +94,9 @@ class ESMResidueStore:
         if not (self.root / "store.json").is_file():
             raise UserError(f"{self.root} is not a residue store; run `protgo embed residues`")
         self.settings = json.loads((self.root / "store.json").read_text())
-        self.dim = int(self.settings["dim"])
+        self.mean_dim = int(self.settings["dim"])  # the model's width (the means')
+        self.dim = int(self.settings.get("project_dim") or self.mean_dim)  # stored residues'
+        self._projection: Projection | None = None
         self.verify_mode = verify
         self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.reload()
@@ -101,9 +118,15 @@ class ESMResidueStore:
         return cls(root, **kw)
 
     @classmethod
+    def for_encoder(cls, data_dir: Path, encoder, **kw) -> ESMResidueStore:
+        """The store ``encoder`` (with its ``residues`` config) writes into, made if new."""
+        return cls.create(data_dir, store_settings(encoder.settings(), encoder.cfg.project_dim),
+                          **kw)  # fmt: skip
+
+    @classmethod
     def for_config(cls, cfg, data_dir: Path, **kw) -> ESMResidueStore:
         """The store of a ``ResiduesConfig`` without loading the model (only its files)."""
-        root = store_dir(data_dir, describe_model(cfg)[1])
+        root = store_dir(data_dir, store_settings(describe_model(cfg)[1], cfg.project_dim))
         if not (root / "manifest.json").is_file():
             # Same model name, layer and window but another digest: other weights or input.
             prefix = root.name.rsplit("-", 1)[0]
@@ -163,7 +186,7 @@ class ESMResidueStore:
     def means(self, pids: Iterable[str]) -> np.ndarray:
         """(N, D) fp32 mean vectors, in the order of ``pids``."""
         rows = [self.mean(p) for p in pids]
-        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(rows) if rows else np.zeros((0, self.mean_dim), dtype=np.float32)
 
     def _entry(self, pid: str) -> list:
         if pid not in self:
@@ -176,9 +199,9 @@ class ESMResidueStore:
     def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._maps:
             info = self.shards[shard]
-            problem = check_shard(self.root, shard, info, self.dim, deep=False)
+            problem = check_shard(self.root, shard, info, self.dim, False, self.mean_dim)
             if problem is None and self.verify_mode == "checksum":
-                problem = _verified_once(self.root, shard, info, self.dim)
+                problem = _verified_once(self.root, shard, info, self.dim, self.mean_dim)
             if problem:
                 raise UserError(
                     f"residue store {self.root}: {problem}; run `protgo embed residues` "
@@ -195,7 +218,7 @@ class ESMResidueStore:
         """{shard: problem} for every manifest shard that is missing, truncated or corrupt."""
         bad = {}
         for name, info in self.shards.items():
-            problem = check_shard(self.root, name, info, self.dim, deep=deep)
+            problem = check_shard(self.root, name, info, self.dim, deep, self.mean_dim)
             if problem:
                 bad[name] = problem
         return bad
@@ -215,7 +238,8 @@ class ESMResidueStore:
 
         Every stored shard is checked against its checksum first (reads the whole store once),
         so vectors of a corrupt shard are embedded again rather than kept."""
-        if encoder.settings() != self.settings:
+        own = {k: v for k, v in self.settings.items() if k != "project_dim"}
+        if encoder.settings() != own:
             raise UserError(f"encoder settings differ from store {self.root}'s store.json")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside world size {world_size}")
@@ -223,6 +247,9 @@ class ESMResidueStore:
         cleans = {pid: clean_sequence(pid, seq) for pid, seq in sequences.items()}
         self._drop_bad_shards()
         self.reload()
+        if self.projected and not self.projection_path.is_file():
+            self._fit_projection(encoder, cleans, batch_tokens or encoder.cfg.batch_tokens,
+                                 progress)  # fmt: skip
         plan = make_plan(self.entries, cleans, self.dim, shard_bytes)
         mine = [k for k in range(len(plan.shards)) if k % world_size == rank]
         total = sum(len(c) for k in mine for _, c in plan.shards[k])
@@ -259,10 +286,11 @@ class ESMResidueStore:
         with file_lock(lock_path(self.root, name), blocking=wait) as got:
             if not got:
                 return "busy"
-            if is_complete(self.root, name, self.dim):
+            if is_complete(self.root, name, self.dim, self.mean_dim):
                 bar.update(sum(len(c) for _, c in plan.shards[k]))
                 return "complete"
-            write_shard(self.root, name, plan.shards[k], encoder, batch_tokens, bar)
+            write_shard(self.root, name, plan.shards[k], encoder, batch_tokens, bar,
+                        self.projection)  # fmt: skip
             return "written"
 
     def _drop_bad_shards(self) -> None:
@@ -277,6 +305,42 @@ class ESMResidueStore:
                 self.shards.pop(name, None)
             self.entries = {h: e for h, e in self.entries.items() if e[0] in self.shards}
             self.write_manifest()
+
+    # ----- projection (stores.projection) -----
+    @property
+    def projected(self) -> bool:
+        return "project_dim" in self.settings
+
+    @property
+    def projection_path(self) -> Path:
+        return self.root / "projection.npz"
+
+    @property
+    def projection(self) -> Projection | None:
+        """The fitted projection of a projected store (None for a full-width one)."""
+        if self.projected and self._projection is None:
+            self._projection = Projection.load(self.projection_path)
+        return self._projection
+
+    def _fit_projection(self, encoder, cleans: Mapping[str, str], batch_tokens: int,
+                        progress: bool) -> None:  # fmt: skip
+        """Fit the PCA on a sample of ``cleans`` (by sequence hash, so every rank and every
+        restart picks the same) once; a second process waits for the first one's fit."""
+        with file_lock(self.root / "projection.lock"):
+            if self.projection_path.is_file():
+                return
+            sample = sample_for_fit({(sequence_hash(c), c) for c in cleans.values()})
+            seqs = [c for _, c in sample]
+            full = np.empty((sum(map(len, seqs)), encoder.dim), dtype=np.float32)
+            starts = np.concatenate([[0], np.cumsum([len(c) for c in seqs])[:-1]])
+            bar = _progress_bar(len(full), "embed the projection's sample", progress)
+            for idx, seg, v in encoder.embed_batched(seqs, batch_tokens, progress=bar):
+                full[starts[idx] + seg.lo : starts[idx] + seg.hi] = v.numpy()
+            bar.close()
+            proj = Projection.fit(full, int(self.settings["project_dim"]))
+            proj.save(self.projection_path, {"proteins": len(seqs), "residues": len(full)})
+            print(f"residue store: projection {encoder.dim} -> {proj.dim} dims fitted on "
+                  f"{len(full)} residues keeps {proj.explained:.1%} of their variance")  # fmt: skip
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -293,7 +357,7 @@ class ESMResidueStore:
 _VERIFIED: set[tuple] = set()
 
 
-def _verified_once(root: Path, name: str, info: Mapping, dim: int) -> str | None:
+def _verified_once(root: Path, name: str, info: Mapping, dim: int, mean_dim: int) -> str | None:
     """:func:`check_shard` with checksums, done once per shard file per process (a file
     rewritten since, by size or mtime, is checked again)."""
     key = tuple(
@@ -302,7 +366,7 @@ def _verified_once(root: Path, name: str, info: Mapping, dim: int) -> str | None
     )
     if key in _VERIFIED:
         return None
-    problem = check_shard(root, name, info, dim, deep=True)
+    problem = check_shard(root, name, info, dim, True, mean_dim)
     if problem is None:
         _VERIFIED.add(key)
     return problem

@@ -20,6 +20,7 @@ import numpy as np
 
 from protgo.encoders.protein import ProteinEncoder
 from protgo.io import file_sha256, fsync_path, write_json
+from protgo.stores.projection import Projection
 
 
 def shard_paths(root: Path, name: str) -> tuple[Path, Path, Path]:
@@ -32,13 +33,16 @@ def lock_path(root: Path, name: str) -> Path:
     return Path(root) / "shards" / f"{name}.lock"
 
 
-def check_shard(root: Path, name: str, info: Mapping, dim: int, deep: bool) -> str | None:
+def check_shard(
+    root: Path, name: str, info: Mapping, dim: int, deep: bool, mean_dim: int | None = None
+) -> str | None:
     """None if the shard's files exist with the recorded shape (and, if deep, checksums);
-    else what is wrong with them."""
+    else what is wrong with them. ``mean_dim``: the means' width when residues are projected
+    (default ``dim``)."""
     vectors, means, _ = shard_paths(root, name)
     for path, shape, key in (
         (vectors, (info["rows"], dim), "sha256"),
-        (means, (info["n"], dim), "mean_sha256"),
+        (means, (info["n"], mean_dim or dim), "mean_sha256"),
     ):
         if not path.is_file():
             return f"shard file {path} is missing"
@@ -62,12 +66,12 @@ def read_sidecar(root: Path, name: str) -> dict | None:
         return None
 
 
-def is_complete(root: Path, name: str, dim: int) -> bool:
+def is_complete(root: Path, name: str, dim: int, mean_dim: int | None = None) -> bool:
     """Shard ``name`` was written and its files still match their checksums."""
     info = read_sidecar(root, name)
     if info is None:
         return False
-    problem = check_shard(root, name, info, dim, deep=True)
+    problem = check_shard(root, name, info, dim, deep=True, mean_dim=mean_dim)
     if problem:
         print(f"residue store: {problem}; writing it again")
     return problem is None
@@ -81,10 +85,11 @@ def remove_leftovers(root: Path, name: str) -> None:
 
 def write_shard(
     root: Path, name: str, members: Sequence[tuple[str, str]], encoder: ProteinEncoder,
-    batch_tokens: int, bar,
+    batch_tokens: int, bar, projection: Projection | None = None,
 ) -> None:  # fmt: skip
     """Embed ``members`` ([(sequence hash, cleaned sequence)]) into temp files, then rename
-    them and write the sidecar (last). Call with the shard's lock held."""
+    them and write the sidecar (last). Call with the shard's lock held. With ``projection``,
+    residues are stored projected and the means are of the full vectors."""
     cleans = [c for _, c in members]
     lens = np.array([len(c) for c in cleans], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
@@ -94,12 +99,15 @@ def write_shard(
     try:
         # Written in place through a memmap: RAM holds one batch, not the shard.
         vec = np.lib.format.open_memmap(
-            tmp_vec, mode="w+", dtype=np.float16, shape=(int(lens.sum()), encoder.dim)
-        )
+            tmp_vec, mode="w+", dtype=np.float16,
+            shape=(int(lens.sum()), projection.dim if projection else encoder.dim),
+        )  # fmt: skip
         sums = np.zeros((len(cleans), encoder.dim), dtype=np.float64)  # (n, D) for the means
         for idx, seg, v in encoder.embed_batched(cleans, batch_tokens, progress=bar):
             v = v.numpy()  # (hi - lo, D) fp32
-            vec[offsets[idx] + seg.lo : offsets[idx] + seg.hi] = v
+            vec[offsets[idx] + seg.lo : offsets[idx] + seg.hi] = (
+                projection.apply(v) if projection else v
+            )
             sums[idx] += v.sum(axis=0, dtype=np.float64)
         vec.flush()
         del vec
