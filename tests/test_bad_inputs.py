@@ -215,12 +215,12 @@ def test_bit_flip_in_a_residue_shard_is_never_a_silent_drop(world, capsys, monke
 def test_checkpoint_missing_weights(world, capsys, monkeypatch, tmp_path):
     ckpt = world[0]
     state = torch.load(ckpt, weights_only=True)
-    del state["model"]["pool.key.weight"]
+    del state["model"]["protein_head.proj.weight"]
     torch.save(state, tmp_path / "broken.pt")
     args = _predict((tmp_path / "broken.pt", *world[1:]), tmp_path / "pred")
     assert_one_error(*run_cli(args, capsys, monkeypatch), "broken.pt", "no aligner weights")
     state = torch.load(ckpt, weights_only=True)
-    del state["model"][next(k for k in state["model"] if k != "pool.key.weight")]
+    del state["model"][next(k for k in state["model"] if k != "protein_head.proj.weight")]
     torch.save(state, tmp_path / "broken2.pt")
     args = _predict((tmp_path / "broken2.pt", *world[1:]), tmp_path / "pred")
     assert_one_error(*run_cli(args, capsys, monkeypatch), "broken2.pt", "does not fit")

@@ -456,6 +456,39 @@ def demo(
     typer.echo(f"report: {report}")
 
 
+@app.command("ablate")
+def ablate(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated variants (default: all; full is always added)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder of the runs and the tables.")] = Path(
+        "runs/ablate"
+    ),
+    deletion_proteins: Annotated[
+        int, typer.Option(help="Test proteins in the attribution deletion test.")
+    ] = 40,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train and evaluate each variant (one component off) per seed on the same data and
+    caches; write OUT/ablation.tsv, .md and .png. Resumes: finished runs are skipped.
+    Variants: `protgo.ablate.VARIANTS` (README, "What the evidence says")."""
+    from protgo.ablate import Ablation, parse_seeds, parse_variants
+    from protgo.config import load_config
+
+    cfg_path = config or Path("ablate")
+    cfg = load_config(cfg_path, overrides or [])
+    root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
+    run = Ablation(cfg_path, overrides or [], out, parse_variants(variants), parse_seeds(seeds),
+                   root, deletion_proteins)  # fmt: skip
+    table, path = run.run()
+    typer.echo(table)
+    typer.echo(f"tables: {path} (and .tsv, .png)")
+
+
 @curriculum_app.command("show")
 def curriculum_show(
     config: ConfigOpt = None,

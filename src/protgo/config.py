@@ -155,6 +155,9 @@ class CurriculumConfig(Section):
 
 class ModelConfig(Section):
     align_dim: Pos = 768
+    # attention: learned multi-query attention over residues; mean: their plain mean (the
+    # ablation of attention pooling; its attributions are uniform)
+    pooling: Literal["attention", "mean"] = "attention"
     n_queries: Pos = 4
     n_heads: Pos = 4
     dropout: Rate = 0.1

@@ -117,12 +117,12 @@ class Predictor:
         keep = scoring.scorable_columns(self.ontology, cache.ids)
         self.go_ids = [cache.ids[i] for i in keep]
         self.go_aspects = np.array([cache.aspects[i] for i in keep])
-        if not isinstance(weights, dict) or "pool.key.weight" not in weights:
+        if not isinstance(weights, dict) or "protein_head.proj.weight" not in weights:
             raise UserError(
                 f"checkpoint {self.checkpoint} holds no aligner weights (no 'model' entry with "
-                "pool.key.weight): give a checkpoint written by `protgo train`"
+                "protein_head.proj.weight): give a checkpoint written by `protgo train`"
             )
-        residue_dim = int(weights["pool.key.weight"].shape[1])
+        residue_dim = int(weights["protein_head.proj.weight"].shape[1])
         self.model = ProtGoAligner(self.cfg.model, residue_dim, cache.dim)
         try:
             self.model.load_state_dict(weights)

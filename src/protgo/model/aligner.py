@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from protgo.config import ModelConfig
-from protgo.model.pooling import AttentionPooling
+from protgo.model.pooling import AttentionPooling, MeanPooling
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -49,9 +49,11 @@ class ProtGoAligner(nn.Module):
     def __init__(self, cfg: ModelConfig, residue_dim: int, go_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.pool = AttentionPooling(
-            residue_dim, cfg.n_queries, cfg.n_heads, cfg.dropout, cfg.residue_chunk
-        )
+        self.pool = (
+            AttentionPooling(residue_dim, cfg.n_queries, cfg.n_heads, cfg.dropout,
+                             cfg.residue_chunk)
+            if cfg.pooling == "attention" else MeanPooling()
+        )  # fmt: skip
         self.protein_head = ProjectionHead(residue_dim, cfg.align_dim, cfg.dropout)
         self.go_head = ProjectionHead(go_dim, cfg.align_dim, cfg.dropout)
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))

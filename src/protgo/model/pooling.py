@@ -84,6 +84,16 @@ class AttentionPooling(nn.Module):
         return self.norm(self.out(self.dropout(v)))
 
 
+class MeanPooling(nn.Module):
+    """The plain masked mean of the residues (``model.pooling: mean``, the ablation of
+    attention pooling): ``attn`` is uniform over the real residues."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, chunk: int | None = None) -> dict:
+        weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)  # (B, L)
+        pooled = torch.einsum("bl,bld->bd", weights, x.float())
+        return {"pooled": pooled, "attn": weights, "attn_heads": weights[:, None]}
+
+
 def pad_residues(arrays: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, D) fp32 zero-padded residues and (B, L) bool mask."""
     L = max(len(a) for a in arrays)
