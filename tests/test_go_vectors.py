@@ -205,6 +205,9 @@ def test_embed_go_command(tiny_obo, tmp_path):
     assert "encoded" in out.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
+    assert "INFO protgo.stores.go_vectors: GO vector cache hit" in again.output  # log.info shown
+    quiet = CliRunner().invoke(app, ["-q", *args])
+    assert quiet.exit_code == 0 and "cached" in quiet.output and "INFO" not in quiet.output
     # 8 flipped bytes in the vectors: the checksum catches it and the command encodes again
     raw = bytearray((d / "vectors.npy").read_bytes())
     raw[-8:] = bytes(b ^ 0xFF for b in raw[-8:])

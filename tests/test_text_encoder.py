@@ -121,3 +121,14 @@ def test_pooling_read_from_checkpoint(tmp_path):
 def test_missing_encoder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="text encoder"):
         load_text_encoder(str(tmp_path / "no-such-model"))
+
+
+def test_a_checkpoint_with_a_dense_module_is_refused(tmp_path):
+    """protgo applies Transformer, Pooling and Normalize itself; a Dense head would be
+    skipped silently, so such a checkpoint is refused with the fix."""
+    modules = [{"type": "sentence_transformers.models.Transformer", "path": ""},
+               {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+               {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}]  # fmt: skip
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UserError, match="Dense module"):
+        read_pooling(str(tmp_path))

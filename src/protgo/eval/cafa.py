@@ -14,6 +14,7 @@ from pathlib import Path
 from protgo.errors import UserError
 from protgo.eval.metrics import TH_STEP, term_centric
 from protgo.eval.predictions import read_predictions, write_ground_truth
+from protgo.extras import need
 from protgo.io import atomic_write_text
 
 NS_ASPECT = {"biological_process": "BP", "molecular_function": "MF", "cellular_component": "CC"}
@@ -33,6 +34,7 @@ def run_cafaeval(
 ) -> Path:
     """Evaluate each prediction file (named by its key) with cafaeval; returns the path of
     ``evaluation_all.tsv``. cafaeval is GPL-3, so it runs as a program, never imported."""
+    need("cafaeval", "eval", "evaluation (cafaeval)", load=False)
     out_dir = Path(out_dir)
     pred_dir = out_dir / "cafaeval_input"
     pred_dir.mkdir(parents=True, exist_ok=True)

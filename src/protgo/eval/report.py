@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protgo.extras import pyplot
 from protgo.io import atomic_write_text
 from protgo.mining.curriculum import CurriculumScheduler
 from protgo.mining.curriculum_show import plot
@@ -29,18 +30,9 @@ LOSS_COLOURS = {"total": "black", "con": "tab:blue", "bce": "tab:orange", "attr"
                 "distill": "tab:olive"}  # fmt: skip
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
     """Write a figure atomically (temp name, then rename)."""
-    plt = _plt()
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
@@ -69,7 +61,7 @@ def _grouped_bars(ax, results, column: str, aspects: list[str], methods: list[st
 
 def plot_metric_bars(results, path: Path) -> Path:
     """Fmax, weighted Fmax and Smin per aspect: one bar per method."""
-    plt = _plt()
+    plt = pyplot()
     metrics = [m for m in ("fmax", "wfmax", "smin") if m in results]
     aspects = sorted(results["aspect"].unique())
     methods = _methods(results["method"])
@@ -84,7 +76,7 @@ def plot_metric_bars(results, path: Path) -> Path:
 
 def plot_pr_curves(curves, results, path: Path) -> Path:
     """Precision-recall over thresholds per aspect; a dot marks each method's Fmax point."""
-    plt = _plt()
+    plt = pyplot()
     aspects = sorted(curves["aspect"].unique())
     fig, axes = plt.subplots(1, len(aspects), figsize=(4.5 * len(aspects), 4), squeeze=False)
     for ax, aspect in zip(axes[0], aspects, strict=True):
@@ -109,7 +101,7 @@ def plot_term_auc(results, path: Path) -> Path | None:
     cols = [c for c in ("zero_auc", "few_auc") if c in results]
     if not cols:
         return None
-    plt = _plt()
+    plt = pyplot()
     aspects = sorted(results["aspect"].unique())
     methods = _methods(results["method"])
     fig, axes = plt.subplots(1, len(cols), figsize=(4.8 * len(cols), 3.8), squeeze=False)
@@ -127,7 +119,7 @@ def plot_training(records: list[dict], path: Path) -> Path | None:
     valid = [r for r in records if r["kind"] == "valid"]
     if not train:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in train]
     for key, colour in LOSS_COLOURS.items():
@@ -159,7 +151,7 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
     items = [(p, a) for p, a in attributions.items() if a.get("masking")][:n]
     if not items:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(items), 1, figsize=(11, 2.6 * len(items)), squeeze=False)
     for ax, (pid, a) in zip(axes[:, 0], items, strict=True):
         term, drop = next(iter(a["masking"].items()))

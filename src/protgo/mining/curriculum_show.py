@@ -24,11 +24,9 @@ def table(sched: CurriculumScheduler, steps: Sequence[int]) -> str:
 
 def plot(sched: CurriculumScheduler, path: Path, n_points: int = 400) -> Path:
     """A PNG with one panel per parameter over all steps (written atomically)."""
-    import matplotlib
+    from protgo.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = sorted({round(i * sched.last_step / (n_points - 1)) for i in range(n_points)})
     params = [sched(s).as_dict() for s in steps]
     names = [k for k in CurriculumParams.__dataclass_fields__ if k != "stage"]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from protgo.config import TrackingConfig
+from protgo.extras import need
 from protgo.io import read_jsonl, truncate_jsonl
 
 log = logging.getLogger("protgo.train")
@@ -58,7 +59,8 @@ class Tracker:
         self._log_target = target
 
     def _init_wandb(self, config: dict, resume: bool) -> None:
-        import wandb
+        wandb = need("wandb", "train", f"tracking.wandb={self.cfg.wandb} (or set "
+                     "tracking.wandb=disabled)")  # fmt: skip
 
         self.wandb = wandb.init(
             project=self.cfg.project, name=self.cfg.run_name, mode=self.cfg.wandb,
