@@ -286,6 +286,38 @@ def embed_residues(
         report.residues / max(report.seconds, 1e-9))}))  # fmt: skip
 
 
+@embed_app.command("fasta")
+def embed_fasta(
+    fasta: Annotated[Path, typer.Argument(help="Protein sequences (FASTA).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for one <label>.pt per protein.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="unirep-1900/256/64, a shipped ESM, a directory or a hub id."),
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="ESM layer (-1: the last).")] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="mean and/or per_tok (repeat the option).")
+    ] = None,
+    toks_per_batch: Annotated[
+        int | None, typer.Option(help="Residues per batch (residues.batch_tokens).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Per-protein embedding files in the layout of ESM's extract.py (`representations`,
+    `mean_representations` by layer), for use outside protgo; any length (stitched windows).
+    Read them with torch.load(path, weights_only=True). Resumes: existing files are kept."""
+    from protgo.config import load_config, updated
+    from protgo.encoders.extract import extract_fasta
+
+    full = load_config(config, overrides or [])
+    cfg = updated(full.residues, "residues", model=model, layer=layer,
+                  batch_tokens=toks_per_batch, device=device)  # fmt: skip
+    info = extract_fasta(fasta, out_dir, cfg, include or ["mean", "per_tok"])
+    typer.echo(json.dumps(info))
+
+
 @embed_app.command("go")
 def embed_go_texts(
     dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
