@@ -184,3 +184,35 @@ def test_build_from_the_web_fetch(tmp_path, tiny_obo, all_evidence):
     }
     assert ("IEA" in evidence) == all_evidence
     assert len(ds.sequences) == 48
+
+
+def _gaf_line(acc, go, evidence, qualifier="enables"):
+    cols = ["UniProtKB", acc, "SYM", qualifier, go, "PMID:1", evidence, "", "F", "name", "",
+            "protein", "taxon:9606", "20220101", "UniProt", "", ""]  # fmt: skip
+    return "\t".join(cols) + "\n"
+
+
+def test_gaf_annotations_match_the_tsv(tmp_path, tiny_obo):
+    """A GAF 2.2 file gives the same rows as the TSV; NOT rows and IEA are dropped (IEA kept
+    with all_evidence); UniProt FASTA ids (sp|ACC|NAME) are matched by accession."""
+    fasta, ann = _family_data(tmp_path)
+    want = build.user_sources(fasta, ann, tiny_obo).rows
+    records = read_fasta(fasta)
+    uni = tmp_path / "uni.fasta"
+    write_fasta([(f"sp|{p}|{p}_HUMAN", s) for p, s in records.items()], uni)
+    gaf = tmp_path / "ann.gaf"
+    lines = ["!gaf-version: 2.2\n", "!generated-by: test\n"]
+    lines += [_gaf_line(p, g, e) for p, g, e in want]
+    lines += [_gaf_line("P01_0", "GO:0000005", "IDA", "NOT|enables"),
+              _gaf_line("P01_0", "GO:0000006", "IEA")]  # fmt: skip
+    gaf.write_text("".join(lines))
+    src = build.user_sources(uni, gaf, tiny_obo)
+    assert [(p.split("|")[1] if "|" in p else p, g, e) for p, g, e in src.rows] == want
+    assert src.provenance["gaf_version"] == "2.2"
+    assert src.provenance["gaf_rows"] == {"kept": len(want), "NOT_dropped": 1,
+                                          "evidence_dropped": 1}  # fmt: skip
+    every = build.user_sources(uni, gaf, tiny_obo, all_evidence=True)
+    assert ("sp|P01_0|P01_0_HUMAN", "GO:0000006", "IEA") in every.rows
+    gaf.write_text("!gaf-version: 2.2\nUniProtKB\tP1\tonly three columns\n")
+    with pytest.raises(UserError, match="not a GAF 2.x line"):
+        build.user_sources(uni, gaf, tiny_obo)

@@ -169,11 +169,16 @@ def data_build(
         Path | None, typer.Option(help="Your own sequences (with --annotations, --obo).")
     ] = None,
     annotations: Annotated[
-        Path | None, typer.Option(help="Your own TSV: protein, GO id, optional evidence.")
+        Path | None,
+        typer.Option(
+            help="Your own annotations: a TSV (protein, GO id, optional evidence) or "
+            "a GAF 2.x file (.gaf, .gaf.gz)."
+        ),  # fmt: skip
     ] = None,
     obo: Annotated[Path | None, typer.Option(help="The ontology for your own data.")] = None,
     all_evidence: Annotated[
-        bool, typer.Option(help="--source web: keep every evidence code, IEA included.")
+        bool,
+        typer.Option(help="--source web or a GAF: keep every evidence code, IEA included."),
     ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:

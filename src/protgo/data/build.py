@@ -160,13 +160,25 @@ def swissprot_sources(go_sqlite: Path, metastudent_dir: Path) -> Sources:
     return Sources(godb.read_terms(go_sqlite), seqs, rows, prov)
 
 
-def user_sources(fasta: Path, annotations: Path, obo: Path) -> Sources:
-    """The user's own FASTA, annotation TSV (protein, GO id, optional evidence) and OBO."""
-    rows = []
+def user_sources(fasta: Path, annotations: Path, obo: Path, all_evidence: bool = False) -> Sources:
+    """The user's own FASTA, annotations and OBO. Annotations: the project's TSV (protein, GO
+    id, optional evidence; every row kept) or GAF 2.x (``!gaf-version`` first; NOT rows
+    dropped, experimental and high-throughput evidence only unless ``all_evidence``)."""
     path = Path(annotations)
     if not path.is_file():
         raise UserError(f"annotation file {path} not found")
     prov = {"sequence_source": str(fasta), "annotation_source": str(path), "go_source": str(obo)}
+    sequences = read_fasta(fasta)
+    if _is_gaf(path):
+        rows = read_gaf(path, prov, None if all_evidence else EXPERIMENTAL + HIGH_THROUGHPUT)
+        rows = _to_fasta_ids(rows, sequences)
+    else:
+        rows = _read_annotation_tsv(path, prov)
+    return Sources(parse_obo(obo), sequences, rows, prov)
+
+
+def _read_annotation_tsv(path: Path, prov: dict) -> list[tuple[str, str, str]]:
+    rows = []
     for lineno, line in iter_text_lines(path, "annotation file"):
         if not line.strip() or line.startswith("#"):
             continue
@@ -178,11 +190,52 @@ def user_sources(fasta: Path, annotations: Path, obo: Path) -> Sources:
                 print(f"note: {path}:{lineno} taken as a header and skipped: {line.strip()!r}")
                 continue
             raise UserError(
-                f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]', "
-                f"got {line.strip()!r}"
+                f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]' or a GAF "
+                f"file starting with '!gaf-version', got {line.strip()!r}"
             )
         rows.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "NA"))
-    return Sources(parse_obo(obo), read_fasta(fasta), rows, prov)
+    return rows
+
+
+def _is_gaf(path: Path) -> bool:
+    for _, line in iter_text_lines(path, "annotation file"):
+        if line.strip():
+            return line.startswith("!gaf-version")
+    return False
+
+
+def read_gaf(path: Path, prov: dict, codes: tuple[str, ...] | None) -> list[tuple[str, str, str]]:
+    """(DB object id, GO id, evidence) of a GAF 2.x file: column 2, 5 and 7; rows whose
+    qualifier (column 4) holds NOT are negative annotations and dropped; ``codes``: keep only
+    these evidence codes (None: all). Counts go into ``prov``."""
+    rows, negative, other = [], 0, 0
+    for lineno, line in iter_text_lines(path, "GAF file"):
+        if line.startswith("!"):
+            if line.startswith("!gaf-version"):
+                prov["gaf_version"] = line.split(":", 1)[-1].strip()
+            continue
+        if not line.strip():
+            continue
+        cols = line.rstrip("\n").split("\t")
+        if len(cols) < 15 or not cols[4].startswith("GO:"):
+            raise UserError(f"{path}:{lineno}: not a GAF 2.x line (15-17 tab-separated "
+                            f"columns, GO id in column 5): {line.strip()[:120]!r}")  # fmt: skip
+        if "NOT" in cols[3].split("|"):
+            negative += 1
+        elif codes is not None and cols[6] not in codes:
+            other += 1
+        else:
+            rows.append((cols[1], cols[4], cols[6]))
+    prov["gaf_rows"] = {"kept": len(rows), "NOT_dropped": negative, "evidence_dropped": other}
+    prov["evidence_codes"] = "all" if codes is None else list(codes)
+    return rows
+
+
+def _to_fasta_ids(rows, sequences: dict[str, str]) -> list[tuple[str, str, str]]:
+    """GAF rows name UniProt accessions; FASTA records may be named ``sp|ACC|NAME``: map an
+    accession to its record's id when the accession itself is not an id."""
+    by_acc = {pid.split("|")[1]: pid for pid in sequences if pid.count("|") == 2}
+    return [(p if p in sequences else by_acc.get(p, p), g, e) for p, g, e in rows]
 
 
 def select_sources(
@@ -194,7 +247,7 @@ def select_sources(
     if any(own):
         if not all(own):
             raise UserError("your own data needs all three of --fasta, --annotations and --obo")
-        return user_sources(*own)
+        return user_sources(*own, all_evidence=all_evidence)
     if kind in ("human-exp", "swissprot-2014"):
         p = debian_paths(data_dir)
         if kind == "human-exp":
