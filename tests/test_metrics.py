@@ -224,3 +224,17 @@ def test_write_cafa_round_trip_keeps_order_and_threshold(tiny_obo, tmp_path):
     back = read_predictions(tmp_path / "x.tsv", onto).to_dict()
     assert back["P1"] == {GO[1]: 0.85, GO[2]: 0.85, GO[4]: 0.85}  # 0.45 dropped, parents max
     assert back["P2"][GO[1]] == 0.55
+
+
+def test_fmax_interval_brackets_fmax_and_shrinks_to_it_for_identical_proteins():
+    from protgo.eval.metrics import fmax_interval, fmax_smin
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((200, 30)) < 0.2
+    scores = np.clip(truth * 0.5 + rng.random((200, 30)) * 0.6, 0, 0.999)
+    lo, hi = fmax_interval(scores, truth, n_boot=300)
+    point = fmax_smin(scores, truth)["fmax"]
+    assert lo < point < hi and hi - lo < 0.2
+    one = np.repeat(scores[:1], 50, axis=0), np.repeat(truth[:1], 50, axis=0)
+    lo1, hi1 = fmax_interval(*one, n_boot=50)
+    assert lo1 == pytest.approx(hi1) == pytest.approx(fmax_smin(*one)["fmax"])

@@ -87,12 +87,17 @@ def test_report_renders_every_section(tmp_path):
     page = build_report(_run_dir(tmp_path / "run"), _eval_dir(tmp_path / "eval"), cfg, out,
                         attributions=_attributions(tmp_path / "attr.json"))  # fmt: skip
     text = page.read_text()
+    import base64
+
     for png in ("metrics", "pr_curves", "term_auc", "training", "curriculum", "attr"):
         path = out / f"{png}.png"
-        assert f'src="{png}.png"' in text
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000  # a real plot, not an empty canvas
+        # inlined: the page is one file that can be mailed
+        assert base64.b64encode(path.read_bytes()).decode() in text
+    assert 'src="' not in text.replace('src="data:image/png;base64,', "")  # no file links
     assert "<table" in text and "protgo" in text and "zero_auc" in text
+    assert "Provenance" in text and "config sha256" in text and "Appendix" in text
     assert not list(out.glob(".*.tmp*"))  # every file renamed into place
 
 
@@ -101,7 +106,7 @@ def test_report_without_evaluation_keeps_training(tmp_path):
 
     page = build_report(_run_dir(tmp_path / "run"), None, None, tmp_path / "r")
     text = page.read_text()
-    assert 'src="training.png"' in text and "metrics.png" not in text
+    assert 'alt="Training"' in text and "Fmax, weighted Fmax" not in text
 
 
 @pytest.mark.parametrize("missing", ["zero_auc", "few_auc"])

@@ -143,7 +143,7 @@ class Demo:
 
         attributions = self.run / "predict" / "test" / "attributions.json"
         path = build_report(self.run, self.run / "eval", self.cfg, self.run / "report",
-                            attributions=attributions)  # fmt: skip
+                            attributions=attributions, data_dir=self.data_dir)  # fmt: skip
         print(f"  report: {path}", flush=True)
 
     # ---- completion checks ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from protgo.errors import UserError
-from protgo.eval.metrics import TH_STEP, term_centric
+from protgo.eval.metrics import ASPECTS, TH_STEP, aspect_problem, fmax_interval, term_centric
 from protgo.eval.predictions import read_predictions, write_ground_truth
 from protgo.extras import need
 from protgo.io import atomic_write_text
@@ -110,6 +110,20 @@ def summarize_cafaeval(evaluation_all: Path):
 # ----------------------------------------------------------------------------------------------
 # A whole evaluation: cafaeval + term-centric, for a dataset split
 # ----------------------------------------------------------------------------------------------
+def _intervals(name: str, pred, folder, pids: list[str]) -> list[dict]:
+    """Per aspect: the proteins scored (annotated in the aspect) and a 95% bootstrap interval
+    of the method's Fmax over them (:func:`protgo.eval.metrics.fmax_interval`)."""
+    onto, rows = folder.ontology, []
+    prop = pred.propagated(onto)
+    for aspect in ASPECTS:
+        scores, truth, _ = aspect_problem(prop, folder.annotations, pids, onto, aspect)
+        if scores.shape[0]:
+            lo, hi = fmax_interval(scores, truth)
+            rows.append({"method": name, "aspect": aspect, "proteins": scores.shape[0],
+                         "fmax_lo": lo, "fmax_hi": hi})  # fmt: skip
+    return rows
+
+
 def evaluate_split(
     folder,
     split: str,
@@ -121,7 +135,8 @@ def evaluate_split(
     """Score prediction files (``{method: path}``) on ``split`` of a dataset folder.
 
     Writes ``ground_truth_<split>.tsv``, cafaeval's output, ``results.tsv`` (method x aspect:
-    cafaeval figures plus zero/few-shot term AUC/AUPR) and ``curves.tsv`` under ``out_dir``;
+    cafaeval figures plus zero/few-shot term AUC/AUPR), ``curves.tsv`` and ``terms.tsv`` (each
+    zero/few-shot term's AUC and best-scored proteins, per method) under ``out_dir``;
     returns (results, curves) DataFrames."""
     import pandas as pd
 
@@ -132,7 +147,7 @@ def evaluate_split(
     onto = folder.ontology
     gt = out_dir / f"ground_truth_{split}.tsv"
     write_ground_truth(folder.annotations, pids, gt)
-    term_rows = []
+    term_rows, per_term, intervals = [], [], []
     for name, path in pred_files.items():
         pred = read_predictions(path, onto)  # checks every file before cafaeval runs
         if not set(pred.pids) & set(pids):
@@ -140,12 +155,18 @@ def evaluate_split(
                 f"prediction file {path} names none of the {len(pids)} '{split}' "
                 f"proteins of {folder.root.name}; was it made for another split?"
             )
-        for r in term_centric(pred, folder.annotations, pids, onto, folder.term_class):
+        terms_of_method: list[dict] = []
+        for r in term_centric(pred, folder.annotations, pids, onto, folder.term_class,
+                              per_term=terms_of_method):  # fmt: skip
             term_rows.append({"method": name, **r})
+        per_term += [{"method": name, **r} for r in terms_of_method]
+        intervals += _intervals(name, pred, folder, pids)
     result = run_cafaeval(
         folder.obo_path, folder.ia_path, gt, pred_files, out_dir, threads, th_step
     )
     table, curves = summarize_cafaeval(result)
+    ci = pd.DataFrame(intervals, columns=["method", "aspect", "proteins", "fmax_lo", "fmax_hi"])
+    table = table.merge(ci, on=["method", "aspect"], how="left")
     if term_rows:
         tc = pd.DataFrame(term_rows).pivot_table(
             index=["method", "aspect"], columns="class", values=["auc", "aupr", "terms"]
@@ -154,7 +175,9 @@ def evaluate_split(
         table = table.merge(tc.reset_index(), on=["method", "aspect"], how="left")
         for col in [c for c in table.columns if c.endswith("_terms")]:
             table[col] = table[col].astype("Int64")  # counts, not floats
-    for name, df in (("results.tsv", table), ("curves.tsv", curves)):
+    terms = pd.DataFrame(per_term, columns=["method", "aspect", "class", "term", "positives",
+                                            "auc", "aupr", "top"])  # fmt: skip
+    for name, df in (("results.tsv", table), ("curves.tsv", curves), ("terms.tsv", terms)):
         text = df.to_csv(sep="\t", index=False, float_format="%.4f")
         atomic_write_text(out_dir / name, text)
     return table, curves

@@ -49,7 +49,12 @@ def threshold_curve(
     Each score is binned once by how many thresholds it passes, so the cost is O(N T), not
     O(N T K) for K thresholds."""
     tau = thresholds(th_step)
-    k = len(tau)
+    return _curve(*_counts(scores, truth, weights, len(tau), tau, chunk), tau)
+
+
+def _counts(scores, truth, weights, k: int, tau: np.ndarray, chunk: int):
+    """Per protein and threshold: true positives, predicted terms (weighted), and per protein
+    the (weighted) true terms: (tp (N, K), n_pred (N, K), n_gt (N, 1))."""
     n_prot, n_terms = scores.shape
     w = np.ones(n_terms) if weights is None else np.asarray(weights, dtype=np.float64)
     pred_w = np.zeros((n_prot, k + 1))  # weight of terms whose score passes exactly b thresholds
@@ -67,6 +72,11 @@ def threshold_curve(
     n_pred = np.cumsum(pred_w[:, ::-1], axis=1)[:, ::-1][:, 1:]
     tp = np.cumsum(tp_w[:, ::-1], axis=1)[:, ::-1][:, 1:]
     n_gt = (truth * w).sum(axis=1)[:, None]  # (N, 1)
+    return tp, n_pred, n_gt
+
+
+def _curve(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, tau: np.ndarray) -> dict:
+    n_prot, k = tp.shape
     has_pred = n_pred > 0
     n_cov = has_pred.sum(axis=0)
     prec_sum = np.divide(tp, n_pred, out=np.zeros_like(tp), where=has_pred).sum(axis=0)
@@ -85,6 +95,25 @@ def threshold_curve(
         "f": f,
         "s": np.sqrt(mi**2 + ru**2),
     }
+
+
+def fmax_interval(
+    scores: np.ndarray, truth: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+    seed: int = 0, th_step: float = TH_STEP,
+) -> tuple[float, float]:  # fmt: skip
+    """Percentile bootstrap interval of Fmax over proteins (rows resampled with replacement;
+    each resample takes its own best threshold, as Fmax does)."""
+    tau = thresholds(th_step)
+    tp, n_pred, n_gt = _counts(scores, truth, None, len(tau), tau, 512)
+    rng = np.random.default_rng(seed)
+    n = len(tp)
+    best = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        cu = _curve(tp[idx], n_pred[idx], n_gt[idx], tau)
+        best[b] = np.max(np.where(cu["cov"] > 0, cu["f"], 0.0))
+    lo, hi = np.quantile(best, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def fmax_smin(
@@ -225,12 +254,15 @@ def term_centric(
     ontology: Ontology,
     term_class: Mapping[str, str],
     classes: Iterable[str] = ("zero", "few"),
+    per_term: list | None = None,
 ) -> list[dict]:
     """Mean per-term ROC AUC and AUPR for each term class and aspect.
 
     Per aspect, the proteins are those of ``pids`` annotated in it (an unannotated protein is
     not a known negative); truth and scores are propagated; a term counts when it has at least
-    one positive and one negative among them. Unpredicted pairs score 0."""
+    one positive and one negative among them. Unpredicted pairs score 0. ``per_term``, when
+    given, receives one row per counted term (its AUC, AUPR, positives and its three
+    best-scored proteins as ``pid:score:truth``)."""
     pids = list(pids)
     prop = pred.propagated(ontology)
     out = []
@@ -250,6 +282,15 @@ def term_centric(
             scores = prop.aligned(rows, [terms[j] for j in usable])
             aucs = [roc_auc(truth[:, j], scores[:, c]) for c, j in enumerate(usable)]
             aps = [average_precision(truth[:, j], scores[:, c]) for c, j in enumerate(usable)]
+            if per_term is not None:
+                for c, j in enumerate(usable):
+                    top = np.argsort(-scores[:, c], kind="stable")[:3]
+                    per_term.append({
+                        "aspect": aspect, "class": cls, "term": terms[j],
+                        "positives": int(npos[j]), "auc": aucs[c], "aupr": aps[c],
+                        "top": " ".join(f"{rows[i]}:{scores[i, c]:.3f}:{int(truth[i, j])}"
+                                        for i in top),
+                    })  # fmt: skip
             out.append(
                 {
                     "aspect": aspect,

@@ -145,9 +145,12 @@ def plot_training(records: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None:
+def plot_attributions(attributions: dict, path: Path, n: int = 3,
+                      names: dict[str, str] | None = None) -> Path | None:  # fmt: skip
     """Per-residue importance for ``n`` proteins: pooling attention and the masking drop of
-    the protein's top term (a residue matters when hiding it lowers the term's score)."""
+    the protein's top term (a residue matters when hiding it lowers the term's score). The
+    ten residues whose masking lowers the score most are marked with their letters."""
+    names = names or {}
     items = [(p, a) for p, a in attributions.items() if a.get("masking")][:n]
     if not items:
         return None
@@ -156,8 +159,13 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3) -> Path | None
     for ax, (pid, a) in zip(axes[:, 0], items, strict=True):
         term, drop = next(iter(a["masking"].items()))
         x = np.arange(1, len(a["attention"]) + 1)
-        ax.plot(x, drop, color="tab:red", lw=1, label=f"masking drop: {term}")
+        label = f"{term} {names.get(term, '')}".strip()
+        ax.plot(x, drop, color="tab:red", lw=1, label=f"masking drop: {label[:70]}")
         ax.axhline(0, color="black", lw=0.5)
+        seq = a.get("sequence", "")
+        for i in np.argsort(-np.asarray(drop))[: min(10, len(drop))] if seq else []:
+            ax.annotate(f"{seq[i]}{i + 1}", (x[i], drop[i]), fontsize=7, color="tab:red",
+                        textcoords="offset points", xytext=(0, 3), ha="center")  # fmt: skip
         ax.set(ylabel="score drop", xlim=(1, len(x)))
         twin = ax.twinx()
         # attention x L: 1 where the weight is uniform, so peaks stand out at any length
@@ -189,51 +197,151 @@ def _read_records(run_dir: Path | None) -> list[dict]:
 
 
 def _table_html(results) -> str:
-    cols = [c for c in ("method", "aspect", "fmax", "wfmax", "smin", "coverage", "zero_auc",
-                        "zero_aupr", "few_auc", "zero_terms") if c in results]  # fmt: skip
-    df = results[cols].copy()
+    df = results.copy()
+    if {"fmax_lo", "fmax_hi"} <= set(df):
+        pairs = zip(df["fmax_lo"], df["fmax_hi"], strict=True)
+        df["fmax 95% CI"] = [f"{lo:.3f}-{hi:.3f}" if lo == lo else "-" for lo, hi in pairs]
+    df = df.rename(columns={"tau": "threshold"})
+    cols = [c for c in ("method", "aspect", "proteins", "fmax", "fmax 95% CI", "threshold",
+                        "wfmax", "smin", "coverage", "zero_auc", "zero_aupr", "few_auc",
+                        "zero_terms") if c in df]  # fmt: skip
+    df = df[cols]
     df["_o"] = df["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(99)
     df = df.sort_values(["aspect", "_o"]).drop(columns="_o")
     return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-", border=0)
 
 
+def provenance(cfg, data_dir: Path | None, run_dir: Path | None) -> dict[str, str]:
+    """What the page was made from: protgo version, date, dataset and GO release, checkpoint,
+    protein and text encoders, and a hash of the resolved config."""
+    import hashlib
+    import time
+
+    import protgo
+
+    out = {"protgo": protgo.__version__, "made": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                time.gmtime())}  # fmt: skip
+    if cfg is not None:
+        dump = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        out |= {"dataset": cfg.data.dataset, "aspects": ", ".join(cfg.data.aspects),
+                "protein encoder": cfg.residues.model, "text encoder": cfg.go_text.encoder,
+                "config sha256": hashlib.sha256(dump.encode()).hexdigest()[:16]}  # fmt: skip
+        info = Path(data_dir or cfg.data.resolved_data_dir()) / "datasets" / cfg.data.dataset
+        if (info / "dataset.json").is_file():
+            meta = json.loads((info / "dataset.json").read_text())
+            prov = meta.get("provenance", {})
+            out["GO release"] = str(prov.get("go_source_date") or prov.get("go_source", "?"))
+            counts = meta.get("proteins", {})
+            out["proteins (train/valid/test)"] = "/".join(
+                str(counts.get(k, "?")) for k in ("train", "valid", "test")
+            )
+    if run_dir is not None:
+        best = Path(run_dir) / "checkpoints" / "best.pt"
+        if best.is_file():
+            out["checkpoint"] = str(best)
+    return out
+
+
+def term_names(cfg, data_dir: Path | None) -> dict[str, str]:
+    """GO id -> name from the run's dataset ontology ({} when it is not here)."""
+    if cfg is None:
+        return {}
+    obo = Path(data_dir or cfg.data.resolved_data_dir()) / "datasets" / cfg.data.dataset
+    if not (obo / "go.obo").is_file():
+        return {}
+    from protgo.data.ontology import Ontology
+
+    return {t: v.name for t, v in Ontology.from_obo(obo / "go.obo").terms.items()}
+
+
+def zero_shot_table(eval_dir: Path, names: dict[str, str], n: int = 15) -> str:
+    """protgo's zero-shot terms (never seen in training): each term's own AUC on the test
+    split and its three best-scored proteins (true ones in bold)."""
+    import pandas as pd
+
+    path = Path(eval_dir) / "terms.tsv"
+    if not path.is_file():
+        return ""
+    df = pd.read_csv(path, sep="\t")
+    df = df[(df["method"] == "protgo") & (df["class"] == "zero")]
+    if df.empty:
+        return ""
+    df = df.sort_values(["aspect", "auc"], ascending=[True, False])
+    rows = []
+    for r in df.groupby("aspect").head(n).itertuples():
+        tops = []
+        for item in str(r.top).split():
+            pid, score, truth = item.rsplit(":", 2)
+            cell = f"{html.escape(pid)} ({float(score):.2f})"
+            tops.append(f"<b>{cell}</b>" if truth == "1" else cell)
+        rows.append(f"<tr><td>{r.aspect}</td><td>{r.term}</td><td style='text-align:left'>"
+                    f"{html.escape(names.get(r.term, ''))}</td><td>{r.positives}</td>"
+                    f"<td>{r.auc:.3f}</td><td style='text-align:left'>{', '.join(tops)}</td>"
+                    "</tr>")  # fmt: skip
+    head = ("<tr><th>aspect</th><th>term</th><th>name</th><th>test positives</th><th>AUC</th>"
+            "<th>best-scored proteins (bold: annotated)</th></tr>")  # fmt: skip
+    note = (f"<p>{len(df)} zero-shot terms scored; the {n} with the highest AUC per aspect "
+            "are shown.</p>")  # fmt: skip
+    return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _inline(png: Path, alt: str) -> str:
+    """An <img> holding the PNG itself, so the page is one file that can be mailed."""
+    import base64
+
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
 def build_report(
     run_dir: Path | None, eval_dir: Path | None, cfg=None, out_dir: Path | None = None,
     attributions: Path | None = None, title: str = "protgo run report",
+    data_dir: Path | None = None,
 ) -> Path:  # fmt: skip
-    """Write ``out_dir/index.html`` and its PNGs; returns the HTML path.
+    """Write ``out_dir/index.html`` (one self-contained file: images inlined) and its PNGs;
+    returns the HTML path.
 
-    ``eval_dir`` holds ``results.tsv`` and ``curves.tsv`` (``protgo evaluate``); ``run_dir``
-    the training run (``metrics.jsonl``); either may be None."""
+    ``eval_dir`` holds ``results.tsv``, ``curves.tsv`` and ``terms.tsv`` (``protgo
+    evaluate``); ``run_dir`` the training run (``metrics.jsonl``); either may be None.
+    ``data_dir`` (default: the config's) gives the dataset's provenance and GO term names."""
     import pandas as pd
 
     out = Path(out_dir or Path(run_dir or eval_dir) / "report")
     out.mkdir(parents=True, exist_ok=True)
     records = _read_records(run_dir)
-    sections: list[tuple[str, str, Path | None]] = []  # (title, html, png)
+    names = term_names(cfg, data_dir)
+    prov = provenance(cfg, data_dir, run_dir)
+    left = "style='text-align:left'"
+    rows = "".join(f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>"
+                   for k, v in prov.items())  # fmt: skip
+    sections: list[tuple[str, str, Path | None]] = [("Provenance", f"<table>{rows}</table>", None)]
     if eval_dir is not None and (Path(eval_dir) / "results.tsv").is_file():
         results = pd.read_csv(Path(eval_dir) / "results.tsv", sep="\t")
         curves = pd.read_csv(Path(eval_dir) / "curves.tsv", sep="\t")
+        ci = ("<p>Fmax 95% CI: percentile bootstrap over the test proteins (1,000 resamples); "
+              "threshold: the score cut at Fmax.</p>")  # fmt: skip
         sections += [
-            ("Results (test split, cafaeval)", _table_html(results), None),
+            ("Results (test split, cafaeval)", ci + _table_html(results), None),
             ("Fmax, weighted Fmax, Smin", "", plot_metric_bars(results, out / "metrics.png")),
             ("Precision-recall", "", plot_pr_curves(curves, results, out / "pr_curves.png")),
-            ("Zero- and few-shot terms", "", plot_term_auc(results, out / "term_auc.png")),
-        ]
-    sections += [
-        ("Training", "", plot_training(records, out / "training.png")),
-        ("Curriculum", "", plot_curriculum(cfg, records, out / "curriculum.png")),
-    ]
+            ("Zero- and few-shot terms", zero_shot_table(Path(eval_dir), names),
+             plot_term_auc(results, out / "term_auc.png")),
+        ]  # fmt: skip
     if attributions is not None and Path(attributions).is_file():
         attr = json.loads(Path(attributions).read_text())
-        sections.append(("Residue attributions", "", plot_attributions(attr, out / "attr.png")))
+        sections.append(("Residue attributions", "",
+                         plot_attributions(attr, out / "attr.png", names=names)))  # fmt: skip
+    sections += [
+        ("Training", "", plot_training(records, out / "training.png")),
+        ("Appendix: the curriculum", "", plot_curriculum(cfg, records, out / "curriculum.png")),
+    ]
     body = [f"<h1>{html.escape(title)}</h1>"]
     for name, text, png in sections:
         if not text and png is None:
             continue
         body.append(f"<h2>{html.escape(name)}</h2>{text}")
         if png is not None:
-            body.append(f'<img src="{png.name}" alt="{html.escape(name)}">')
+            body.append(_inline(png, name))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
              "table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}")  # fmt: skip
     head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
