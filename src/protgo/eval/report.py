@@ -109,7 +109,7 @@ def plot_term_auc(results, path: Path) -> Path | None:
         _grouped_bars(ax, results, col, aspects, methods)
         ax.axhline(0.5, color="black", lw=0.8, ls="--")
         ax.set(ylim=(0, 1), title=f"{col.split('_')[0]}-shot terms: mean ROC AUC")
-    axes[0][0].legend(fontsize=8, loc="lower left")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the bars
     return _save(fig, path)
 
 
