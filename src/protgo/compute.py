@@ -10,9 +10,12 @@ and the outputs in fp32, the weights kept in fp32.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Literal
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Dtype = Literal["auto", "fp32", "bf16"]
 
@@ -34,6 +37,12 @@ def resolve_dtype(dtype: Dtype, device: torch.device) -> Literal["fp32", "bf16"]
     """``auto`` -> ``bf16`` on hardware with native bf16, else ``fp32``; others as given."""
     if dtype == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if dtype == "bf16" and not native_bf16(device):
+        log.warning(
+            "dtype bf16 on %s, which has no native bf16: it is emulated there and much slower "
+            "than fp32 (measured 17x for unirep-256 on an AVX2 CPU); use dtype auto or fp32",
+            device,
+        )
     return dtype
 
 
