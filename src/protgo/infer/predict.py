@@ -156,8 +156,8 @@ class Predictor:
         if self._encoder is None:
             enc = protein_encoder(self.cfg.residues)
             dim = self.projection.dim if self.projection is not None else enc.dim
-            if self.projection is None and resolve_project_dim(self.cfg.residues.project_dim,
-                                                               enc.dim):  # fmt: skip
+            wanted = resolve_project_dim(self.cfg.residues.project_dim, enc.dim)
+            if self.projection is None and wanted == self.residue_dim != enc.dim:
                 raise UserError(
                     f"checkpoint {self.checkpoint} was trained on projected residues of "
                     f"'{self.cfg.residues.model}' and the projection is not here: embed its "
