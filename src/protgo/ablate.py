@@ -193,8 +193,9 @@ def markdown(summary: list[dict], runs: dict[str, list[dict]]) -> str:
     lines = ["| variant | aspect | seeds | Fmax | wFmax | Smin | zero-shot AUC | few-shot AUC "
              "| ΔFmax vs full (sign consistency) |", "|" + "---|" * 9]  # fmt: skip
     for r in summary:
+        sign = f" ({r['fmax_sign']:.0%})" if _num(r.get("fmax_sign")) else ""
         diff = "-" if r["variant"] == "full" or not _num(r.get("fmax_diff")) else (
-            f"{r['fmax_diff']:+.3f} ({r['fmax_sign']:.0%})")  # fmt: skip
+            f"{r['fmax_diff']:+.3f}{sign}")  # fmt: skip
         cells = [pm(r, m) for m in METRICS]
         lines.append(f"| {r['variant']} | {r['aspect']} | {r['seeds']} | "
                      + " | ".join(cells) + f" | {diff} |")  # fmt: skip

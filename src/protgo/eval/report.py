@@ -149,7 +149,7 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3,
                       names: dict[str, str] | None = None) -> Path | None:  # fmt: skip
     """Per-residue importance for ``n`` proteins: pooling attention and the masking drop of
     the protein's top term (a residue matters when hiding it lowers the term's score). The
-    ten residues whose masking lowers the score most are marked with their letters."""
+    eight strongest residues (at least 9 apart) are marked with their letters."""
     names = names or {}
     items = [(p, a) for p, a in attributions.items() if a.get("masking")][:n]
     if not items:
@@ -163,7 +163,7 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3,
         ax.plot(x, drop, color="tab:red", lw=1, label=f"masking drop: {label[:70]}")
         ax.axhline(0, color="black", lw=0.5)
         seq = a.get("sequence", "")
-        for i in np.argsort(-np.asarray(drop))[: min(10, len(drop))] if seq else []:
+        for i in _peaks(np.asarray(drop), 8, 9) if seq else []:
             ax.annotate(f"{seq[i]}{i + 1}", (x[i], drop[i]), fontsize=7, color="tab:red",
                         textcoords="offset points", xytext=(0, 3), ha="center")  # fmt: skip
         ax.set(ylabel="score drop", xlim=(1, len(x)))
@@ -177,6 +177,17 @@ def plot_attributions(attributions: dict, path: Path, n: int = 3,
         ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("residue")
     return _save(fig, path)
+
+
+def _peaks(values: np.ndarray, n: int, apart: int) -> list[int]:
+    """The ``n`` highest positions at least ``apart`` from each other (readable labels)."""
+    picked: list[int] = []
+    for i in np.argsort(-values, kind="stable"):
+        if all(abs(int(i) - j) >= apart for j in picked):
+            picked.append(int(i))
+        if len(picked) == n:
+            break
+    return picked
 
 
 def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
@@ -266,7 +277,9 @@ def zero_shot_table(eval_dir: Path, names: dict[str, str], n: int = 15) -> str:
     df = df[(df["method"] == "protgo") & (df["class"] == "zero")]
     if df.empty:
         return ""
-    df = df.sort_values(["aspect", "auc"], ascending=[True, False])
+    # terms with at least 3 test positives first: an AUC from one positive says little
+    df = df.assign(_few=df["positives"] < 3)
+    df = df.sort_values(["aspect", "_few", "auc"], ascending=[True, True, False])
     rows = []
     for r in df.groupby("aspect").head(n).itertuples():
         tops = []
@@ -278,10 +291,11 @@ def zero_shot_table(eval_dir: Path, names: dict[str, str], n: int = 15) -> str:
                     f"{html.escape(names.get(r.term, ''))}</td><td>{r.positives}</td>"
                     f"<td>{r.auc:.3f}</td><td style='text-align:left'>{', '.join(tops)}</td>"
                     "</tr>")  # fmt: skip
-    head = ("<tr><th>aspect</th><th>term</th><th>name</th><th>test positives</th><th>AUC</th>"
+    head = ("<tr><th>aspect</th><th>term</th><th style='text-align:left'>name</th>"
+            "<th>test positives</th><th>AUC</th>"
             "<th>best-scored proteins (bold: annotated)</th></tr>")  # fmt: skip
-    note = (f"<p>{len(df)} zero-shot terms scored; the {n} with the highest AUC per aspect "
-            "are shown.</p>")  # fmt: skip
+    note = (f"<p>{len(df)} zero-shot terms scored; per aspect the {n} with the highest AUC "
+            "are shown, those with at least 3 test positives first.</p>")  # fmt: skip
     return f"{note}<table>{head}{''.join(rows)}</table>"
 
 
