@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import threading
@@ -124,15 +125,15 @@ class GoVectorCache:
         if not (directory / "manifest.json").is_file():
             raise UserError(f"no GO vector cache in {directory}: run `protgo embed go` first")
         manifest = json.loads((directory / "manifest.json").read_text())
-        problem = _cache_problem(directory, manifest)
+        problem, raw = _read_checked(directory, manifest)
         if problem:
             raise UserError(
                 f"GO vector cache {directory} is {problem}: run `protgo embed go --force` for "
                 "its dataset, phase and aspects (or delete the folder) to encode it again"
             )
-        pairs = [ln.split("\t") for ln in (directory / "ids.tsv").read_text().splitlines()]
-        try:
-            vectors = np.load(directory / "vectors.npy")  # allow_pickle=False: data only
+        pairs = [ln.split("\t") for ln in raw["ids.tsv"].decode("utf-8").splitlines()]
+        try:  # the bytes that were checksummed, read once; allow_pickle=False: data only
+            vectors = np.load(io.BytesIO(raw["vectors.npy"]))
         except (ValueError, EOFError, OSError) as exc:
             raise UserError(
                 f"GO vector cache {directory}: vectors.npy cannot be read ({exc}); run "
@@ -153,18 +154,21 @@ class GoVectorCache:
 CACHE_FILES = ("vectors.npy", "ids.tsv")
 
 
-def _cache_problem(directory: Path, manifest: dict) -> str | None:
-    """None when the cache's files match the manifest's checksums; else what is wrong."""
+def _read_checked(directory: Path, manifest: dict) -> tuple[str | None, dict[str, bytes]]:
+    """(None, {file: bytes}) when the cache's files match the manifest's checksums, else
+    (what is wrong, {}). Each file is read once: the bytes checked are the bytes used."""
     if manifest.get("version") != MANIFEST_VERSION:
-        return f"from another protgo version (manifest version {manifest.get('version')})"
+        return f"from another protgo version (manifest version {manifest.get('version')})", {}
     sums = manifest.get("sha256") or {}
+    raw = {}
     for name in CACHE_FILES:
         path = directory / name
         if not path.is_file():
-            return f"incomplete ({name} is missing)"
-        if file_sha256(path) != sums.get(name):
-            return f"corrupt ({name} fails its checksum)"
-    return None
+            return f"incomplete ({name} is missing)", {}
+        raw[name] = path.read_bytes()
+        if hashlib.sha256(raw[name]).hexdigest() != sums.get(name):
+            return f"corrupt ({name} fails its checksum)", {}
+    return None, raw
 
 
 def _slug(text: str) -> str:
