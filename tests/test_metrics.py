@@ -238,3 +238,12 @@ def test_fmax_interval_brackets_fmax_and_shrinks_to_it_for_identical_proteins():
     one = np.repeat(scores[:1], 50, axis=0), np.repeat(truth[:1], 50, axis=0)
     lo1, hi1 = fmax_interval(*one, n_boot=50)
     assert lo1 == pytest.approx(hi1) == pytest.approx(fmax_smin(*one)["fmax"])
+
+
+def test_propagating_twice_returns_the_same_predictions():
+    child = Term("GO:0000002", "child", "molecular_function", parents={"is_a": ["GO:0000001"]})
+    onto = Ontology([Term("GO:0000001", "root", "molecular_function"), child])
+    pred = Predictions(["P"], ["GO:0000002"], np.array([[0.7]]))
+    once = pred.propagated(onto)
+    assert once.terms == ["GO:0000001", "GO:0000002"] and once.scores.tolist() == [[0.7, 0.7]]
+    assert once.propagated(onto) is once and pred.propagated(onto) is not once

@@ -155,6 +155,7 @@ def evaluate_split(
                 f"prediction file {path} names none of the {len(pids)} '{split}' "
                 f"proteins of {folder.root.name}; was it made for another split?"
             )
+        pred = pred.propagated(onto)  # once: term_centric and _intervals reuse it
         terms_of_method: list[dict] = []
         for r in term_centric(pred, folder.annotations, pids, onto, folder.term_class,
                               per_term=terms_of_method):  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ class Predictions:
     terms: list[str]
     scores: np.ndarray  # (N, T); float64 when read from a file, so thresholds compare as
     # they do in cafaeval (float32 0.07 > float64 0.07)
+    # the ontology these scores were propagated with (set by propagated(): propagating
+    # again with it changes nothing, so it returns the same object)
+    propagated_for: Ontology | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, scores: Mapping[str, Mapping[str, float]]) -> Predictions:
@@ -47,12 +50,16 @@ class Predictions:
         return out
 
     def propagated(self, ontology: Ontology) -> Predictions:
-        """Scores made DAG-consistent (max over descendants), over the terms' upward closure."""
+        """Scores made DAG-consistent (max over descendants), over the terms' upward closure;
+        ``self`` when it is already the propagation with ``ontology``."""
+        if self.propagated_for is ontology:
+            return self
         terms = sorted(ontology.propagate(self.terms))
         col = {t: j for j, t in enumerate(terms)}
         mat = np.zeros((len(self.pids), len(terms)), dtype=self.scores.dtype)
         mat[:, [col[t] for t in self.terms]] = self.scores
-        return Predictions(list(self.pids), terms, ontology.propagate_matrix(mat, terms))
+        scores = ontology.propagate_matrix(mat, terms)
+        return Predictions(list(self.pids), terms, scores, propagated_for=ontology)
 
     def aligned(self, pids: list[str], terms: list[str]) -> np.ndarray:
         """(len(pids), len(terms)) float64 scores in that order; 0 where absent."""
