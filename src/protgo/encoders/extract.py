@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from protgo.encoders.protein import protein_encoder
+from protgo.encoders.protein import embed_arrays, protein_encoder
 from protgo.errors import UserError
 from protgo.io import atomic_write, atomic_write_text
 
@@ -34,7 +33,7 @@ def file_name(label: str) -> str:
 
 def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress: bool = True):
     """Embed every record of ``fasta`` with the ``ResiduesConfig`` ``cfg`` into ``out_dir``;
-    returns {"proteins", "written", "skipped", "layer"}."""
+    returns {"proteins", "written", "skipped", "layer", "dim"}."""
     from tqdm import tqdm
 
     from protgo.infer.command import read_query_fasta
@@ -58,9 +57,7 @@ def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress:
                unit_scale=True, disable=not progress)  # fmt: skip
     for lo in range(0, len(todo), CHUNK):
         pids = todo[lo : lo + CHUNK]
-        arrays = [np.empty((len(seqs[p]), enc.dim), dtype=np.float32) for p in pids]
-        for idx, seg, vec in enc.embed_batched([seqs[p] for p in pids], cfg.batch_tokens, bar):
-            arrays[idx][seg.lo : seg.hi] = vec.numpy()
+        arrays = embed_arrays(enc, [seqs[p] for p in pids], cfg.batch_tokens, bar)
         for pid, arr in zip(pids, arrays, strict=True):
             rep = torch.from_numpy(arr)
             obj: dict = {"label": pid}

@@ -308,6 +308,15 @@ class ProteinEncoder:
                 progress.update(sum(s.hi - s.lo for w in batch for s in w.segments))
 
 
+def embed_arrays(encoder, cleans: Sequence[str], batch_tokens: int, progress=None) -> list:
+    """Each cleaned sequence's (L, D) fp32 vectors, assembled from the segments any encoder's
+    ``embed_batched`` yields (stitched windows for ESM, whole proteins for UniRep)."""
+    arrays = [np.empty((len(c), encoder.dim), dtype=np.float32) for c in cleans]
+    for idx, seg, vec in encoder.embed_batched(cleans, batch_tokens, progress):
+        arrays[idx][seg.lo : seg.hi] = vec.numpy()
+    return arrays
+
+
 def pack_by_tokens(items: Sequence, batch_tokens: int, key) -> Iterator[list]:
     """Consecutive batches whose padded size (count x longest) stays within ``batch_tokens``.
 

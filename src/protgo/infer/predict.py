@@ -31,7 +31,7 @@ import torch
 from protgo.config import Config, default_data_dir
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
-from protgo.encoders.protein import pack_by_tokens, protein_encoder
+from protgo.encoders.protein import embed_arrays, pack_by_tokens, protein_encoder
 from protgo.errors import UserError
 from protgo.infer import bundle, calibration, scoring
 from protgo.model.aligner import ProtGoAligner
@@ -191,13 +191,12 @@ class Predictor:
         enc = self.encoder
         pids, seqs = list(todo), list(todo.values())
         proj = self.projection
-        arrays = [np.empty((len(s), self.residue_dim), dtype=np.float16) for s in seqs]
         bar = tqdm(total=sum(map(len, seqs)), desc="embed (ESM)", unit="res", unit_scale=True,
                    disable=not progress, leave=False)  # fmt: skip
-        for idx, seg, vec in enc.embed_batched(seqs, enc.cfg.batch_tokens, bar):
-            vec = proj.apply(vec.numpy()) if proj is not None else vec.numpy()
-            arrays[idx][seg.lo : seg.hi] = vec  # fp16 as the store keeps them
+        full = embed_arrays(enc, seqs, enc.cfg.batch_tokens, bar)
         bar.close()
+        # projected (if the store is) and rounded to fp16, as the store keeps them
+        arrays = [(proj.apply(a) if proj is not None else a).astype(np.float16) for a in full]
         return dict(zip(pids, arrays, strict=True))
 
     @torch.no_grad()

@@ -10,6 +10,8 @@ bundles carry it (:mod:`protgo.infer.bundle`). Nothing here is pickled.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,10 +90,11 @@ class Projection:
         except (OSError, json.JSONDecodeError):
             why = f"{meta_path} is missing or unreadable: the residue projection is incomplete"
             raise UserError(f"{why}; remove its residue store and embed again") from None
-        if not Path(path).is_file() or file_sha256(path) != meta.get("sha256"):
+        raw = Path(path).read_bytes() if Path(path).is_file() else None
+        if raw is None or hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
             raise UserError(f"{path} is missing or fails its checksum: remove its residue "
                             "store (or bundle) and embed (or export) again")  # fmt: skip
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:  # the bytes checked, read once
             return cls(z["mean"], z["components"], float(meta["explained"]))
 
 

@@ -41,7 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.encoders.protein import ProteinEncoder, clean_sequence, describe_model, sequence_hash
+from protgo.encoders.protein import (
+    ProteinEncoder,
+    clean_sequence,
+    describe_model,
+    embed_arrays,
+    sequence_hash,
+)
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, file_lock, write_json
 from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit
@@ -331,11 +337,8 @@ class ESMResidueStore:
                 return
             sample = sample_for_fit({(sequence_hash(c), c) for c in cleans.values()})
             seqs = [c for _, c in sample]
-            full = np.empty((sum(map(len, seqs)), encoder.dim), dtype=np.float32)
-            starts = np.concatenate([[0], np.cumsum([len(c) for c in seqs])[:-1]])
-            bar = _progress_bar(len(full), "embed the projection's sample", progress)
-            for idx, seg, v in encoder.embed_batched(seqs, batch_tokens, progress=bar):
-                full[starts[idx] + seg.lo : starts[idx] + seg.hi] = v.numpy()
+            bar = _progress_bar(sum(map(len, seqs)), "embed the projection's sample", progress)
+            full = np.concatenate(embed_arrays(encoder, seqs, batch_tokens, bar))
             bar.close()
             proj = Projection.fit(full, int(self.settings["project_dim"]))
             proj.save(self.projection_path, {"proteins": len(seqs), "residues": len(full)})
