@@ -12,7 +12,6 @@ import torch
 from train_world import CONFIGS
 
 from protgo.ablate import (
-    VARIANTS,
     deletion_area,
     deletion_scores,
     markdown,
@@ -159,4 +158,3 @@ def test_ablate_runs_end_to_end_and_resumes(tiny_world, tmp_path):
     assert again.exit_code == 0, again.output
     assert (out / "full" / "seed0" / "result.json").stat().st_mtime_ns == stamp
     assert "| full | MF | 1 |" in again.output
-    assert set(VARIANTS) >= {"full", "no-dag"}
