@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from train_world import CONFIGS, build_predict_world
+
+from protgo.errors import UserError
 
 
 def test_demo_end_to_end_and_resume(tmp_path, tiny_esm, real_data_dir, capsys):
@@ -45,3 +48,10 @@ def test_demo_end_to_end_and_resume(tmp_path, tiny_esm, real_data_dir, capsys):
     out = capsys.readouterr().out
     for name in ("build", "train", "predict", "evaluate", "report"):
         assert f"{name}: already complete, skipped" in out
+
+    # evaluate again with a chosen list: only those baselines run beside protgo
+    (run / "eval" / "results.tsv").unlink()
+    table, _ = Demo(cfg, data_dir, baselines="naive").run_all()
+    assert {ln.split()[0] for ln in table.splitlines()[2:] if ln.strip()} == {"protgo", "naive"}
+    with pytest.raises(UserError, match="nope"):
+        Demo(cfg, data_dir, baselines="naive,nope")

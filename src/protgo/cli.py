@@ -498,6 +498,9 @@ def demo(
     max_proteins: Annotated[
         int | None, typer.Option(help="Proteins in the subset (default: data.max_proteins).")
     ] = None,
+    baselines: Annotated[
+        str, typer.Option(help="Baselines to evaluate beside protgo: a comma list or 'all'.")
+    ] = "all",
     data_dir: DataDirOpt = None,
 ) -> None:
     """The whole pipeline on a small human subset (shipped config `demo`): fetch, build, embed,
@@ -510,7 +513,7 @@ def demo(
         raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
     cfg = load_config(config or Path("demo"), overrides or [])
     root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
-    table, report = Demo(cfg, root, max_proteins).run_all()
+    table, report = Demo(cfg, root, max_proteins, baselines).run_all()
     typer.echo(table)
     typer.echo(f"report: {report}")
 

@@ -33,7 +33,7 @@ from protgo.data.fasta import write_fasta
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.encoders.protein import protein_encoder
-from protgo.eval.evaluate import evaluate_command
+from protgo.eval.evaluate import evaluate_command, parse_baselines
 from protgo.eval.report import build_report
 from protgo.infer.command import run_predict
 from protgo.io import atomic_write_text
@@ -46,8 +46,11 @@ STAGES = ("fetch", "build", "residues", "go", "train", "predict", "evaluate", "r
 
 
 class Demo:
-    def __init__(self, cfg: Config, data_dir: Path, max_proteins: int | None = None):
-        self.cfg, self.data_dir = cfg, Path(data_dir)
+    def __init__(
+        self, cfg: Config, data_dir: Path, max_proteins: int | None = None, baselines: str = "all"
+    ):
+        parse_baselines(baselines)  # a bad list fails now, not after training
+        self.cfg, self.data_dir, self.baselines = cfg, Path(data_dir), baselines
         self.n = max_proteins or cfg.data.max_proteins or 2000
         self.run = Path(cfg.train.out_dir)
         self.timings: dict[str, float] = {}
@@ -135,7 +138,7 @@ class Demo:
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         store = ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
         pred = self.run / "predict"
-        evaluate_command(folder, "test", [pred / "test" / "protgo.tsv"], "all",
+        evaluate_command(folder, "test", [pred / "test" / "protgo.tsv"], self.baselines,
                          self.run / "eval", valid_pred=pred / "valid" / "protgo.tsv",
                          store=store.root, threads=2, data_dir=self.data_dir)  # fmt: skip
 
