@@ -11,6 +11,8 @@ batches of 64 and 256 queries.
     python benchmarks/go_side.py                   # sample 1000, phases 0-2: fp32, bf16, int8
     python benchmarks/go_side.py --all-go --phases 0 --no-int8 --skip-search  # all of GO
     python benchmarks/go_side.py --skip-encode     # search timings only
+    python benchmarks/go_side.py --phases 0 --dtypes fp32 --no-int8 --onnx --skip-search
+                                                   # ONNX Runtime fp32/int8 beside torch fp32
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +42,11 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--dtypes", default="fp32,bf16", help="encoder dtypes, fp32 the reference")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 timing")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time ONNX Runtime, fp32 and dynamic int8 (pip install onnx onnxruntime)",
+    )
     p.add_argument(
         "--all-go",
         action="store_true",
@@ -63,6 +72,68 @@ def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: i
     enc.encode_ids(tok.input_ids[:batch_size], batch_size, progress=False)  # warm-up
     start = time.perf_counter()
     vecs = enc.encode_ids(tok.input_ids, batch_size, progress=True)
+    return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
+
+
+def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length, folder: Path):
+    """(vectors, seconds, tokens) as :func:`_encode_variant`, with the fp32 encoder's
+    transformer exported to ONNX and run by ONNX Runtime on the CPU (2 threads), optionally
+    after ONNX Runtime's dynamic int8 quantisation of every MatMul (per channel)."""
+    import onnxruntime as ort
+
+    from protgo.encoders.text import load_text_encoder, pool
+    from protgo.stores.go_text import GoTextStore
+
+    enc = load_text_encoder(max_length=max_length, dtype="fp32")
+    tok = GoTextStore(onto, GoTextConfig(), ids=ids).update_phase_and_tokenize(phase, enc)
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    path = folder / "model.onnx"
+    example = enc.tokenizer.pad(
+        {"input_ids": [list(x) for x in tok.input_ids[:4]]}, return_tensors="pt"
+    )
+    names = ("input_ids", "attention_mask", "hidden")
+    torch.onnx.export(
+        Hidden(enc.model).eval(), (example["input_ids"], example["attention_mask"]), path,
+        input_names=list(names[:2]), output_names=[names[2]],
+        dynamic_axes={n: {0: "batch", 1: "length"} for n in names},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            path, folder / "model-int8.onnx", weight_type=QuantType.QInt8, per_channel=True
+        )
+        path = folder / "model-int8.onnx"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def encode(input_ids) -> np.ndarray:  # the order and padding of TextEncoder.encode_ids
+        order = np.argsort([len(x) for x in input_ids], kind="stable")[::-1]
+        out = np.zeros((len(input_ids), enc.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            b = enc.tokenizer.pad(
+                {"input_ids": [list(input_ids[i]) for i in rows]}, return_tensors="np"
+            )
+            feed = {k: b[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+            hidden = torch.from_numpy(sess.run(None, feed)[0])
+            vec = pool(hidden, torch.from_numpy(feed["attention_mask"]), enc.pooling)
+            out[rows] = torch.nn.functional.normalize(vec, dim=-1).numpy()
+        return out
+
+    encode(tok.input_ids[:batch_size])  # warm-up
+    start = time.perf_counter()
+    vecs = encode(tok.input_ids)
     return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
 
 
@@ -106,13 +177,21 @@ def bench_encode(args, n_terms_out: dict) -> list[dict]:
     queries = _protein_queries(ids, args.queries) if args.all_go else None
     variants = [("fp32", False)] + [(d, False) for d in args.dtypes.split(",") if d != "fp32"]
     variants += [] if args.no_int8 else [("fp32", True)]
+    variants += [("onnx-fp32", False), ("onnx-fp32", True)] if args.onnx else []
     rows = []
+    scratch = tempfile.TemporaryDirectory(prefix="protgo-onnx-")  # the exported models
+    tmp = Path(scratch.name)
     for phase in (int(p) for p in args.phases.split(",")):
         ref = None
         for dtype, int8 in variants:
-            vecs, sec, n_tok = _encode_variant(
-                onto, ids, phase, dtype, int8, args.batch_size, args.max_length
-            )
+            if dtype.startswith("onnx"):
+                vecs, sec, n_tok = _encode_onnx(
+                    onto, ids, phase, int8, args.batch_size, args.max_length, tmp
+                )
+            else:
+                vecs, sec, n_tok = _encode_variant(
+                    onto, ids, phase, dtype, int8, args.batch_size, args.max_length
+                )
             ref = vecs if ref is None else ref
             cos = (vecs * ref).sum(1)
             row = {
@@ -126,6 +205,7 @@ def bench_encode(args, n_terms_out: dict) -> list[dict]:
                 row["top10_overlap"] = round(_top10_overlap(ref, vecs, queries), 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    scratch.cleanup()
     return rows
 
 
