@@ -78,7 +78,8 @@ def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: i
 def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length, folder: Path):
     """(vectors, seconds, tokens) as :func:`_encode_variant`, with the fp32 encoder's
     transformer exported to ONNX and run by ONNX Runtime on the CPU (2 threads), optionally
-    after ONNX Runtime's dynamic int8 quantisation of every MatMul (per channel)."""
+    after ONNX Runtime's dynamic int8 quantisation (per channel) of every MatMul but the
+    ``output.dense`` ones, which stay fp32 as in ``quantize_int8_dynamic``."""
     import onnxruntime as ort
 
     from protgo.encoders.text import load_text_encoder, pool
@@ -107,11 +108,15 @@ def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length,
         opset_version=17, dynamo=False,
     )  # fmt: skip
     if int8:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        graph = onnx.load(path).graph  # output.dense stays fp32, as in quantize_int8_dynamic
+        keep = [n.name for n in graph.node if n.op_type == "MatMul" and "output/dense" in n.name]
         quantize_dynamic(
-            path, folder / "model-int8.onnx", weight_type=QuantType.QInt8, per_channel=True
-        )
+            path, folder / "model-int8.onnx", weight_type=QuantType.QInt8, per_channel=True,
+            nodes_to_exclude=keep,
+        )  # fmt: skip
         path = folder / "model-int8.onnx"
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
