@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -75,20 +76,21 @@ def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: i
     return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
 
 
-def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length, folder: Path):
+def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length):
     """(vectors, seconds, tokens) as :func:`_encode_variant`, with the fp32 encoder's
     transformer exported to ONNX and run by ONNX Runtime on the CPU (2 threads), optionally
     after ONNX Runtime's dynamic int8 quantisation (per channel) of every MatMul but the
-    ``output.dense`` ones, which stay fp32 as in ``quantize_int8_dynamic``."""
+    ``output.dense`` ones, which stay fp32 as in ``quantize_int8_dynamic``. Batching, padding
+    and pooling are the encoder's own (``TextEncoder.encode_ids``)."""
     import onnxruntime as ort
 
-    from protgo.encoders.text import load_text_encoder, pool
+    from protgo.encoders.text import load_text_encoder
     from protgo.stores.go_text import GoTextStore
 
     enc = load_text_encoder(max_length=max_length, dtype="fp32")
     tok = GoTextStore(onto, GoTextConfig(), ids=ids).update_phase_and_tokenize(phase, enc)
 
-    class Hidden(torch.nn.Module):
+    class Hidden(torch.nn.Module):  # the transformer's token states, for the export
         def __init__(self, model):
             super().__init__()
             self.model = model
@@ -96,49 +98,49 @@ def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length,
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    path = folder / "model.onnx"
-    example = enc.tokenizer.pad(
-        {"input_ids": [list(x) for x in tok.input_ids[:4]]}, return_tensors="pt"
-    )
-    names = ("input_ids", "attention_mask", "hidden")
-    torch.onnx.export(
-        Hidden(enc.model).eval(), (example["input_ids"], example["attention_mask"]), path,
-        input_names=list(names[:2]), output_names=[names[2]],
-        dynamic_axes={n: {0: "batch", 1: "length"} for n in names},
-        opset_version=17, dynamo=False,
-    )  # fmt: skip
-    if int8:
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    class OnnxModel(torch.nn.Module):  # what encode_ids calls, answered by ONNX Runtime
+        def __init__(self, model, session):
+            super().__init__()
+            self.model, self.config, self.session = model, model.config, session
 
-        graph = onnx.load(path).graph  # output.dense stays fp32, as in quantize_int8_dynamic
-        keep = [n.name for n in graph.node if n.op_type == "MatMul" and "output/dense" in n.name]
-        quantize_dynamic(
-            path, folder / "model-int8.onnx", weight_type=QuantType.QInt8, per_channel=True,
-            nodes_to_exclude=keep,
-        )  # fmt: skip
-        path = folder / "model-int8.onnx"
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def encode(input_ids) -> np.ndarray:  # the order and padding of TextEncoder.encode_ids
-        order = np.argsort([len(x) for x in input_ids], kind="stable")[::-1]
-        out = np.zeros((len(input_ids), enc.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            b = enc.tokenizer.pad(
-                {"input_ids": [list(input_ids[i]) for i in rows]}, return_tensors="np"
+        def forward(self, input_ids, attention_mask, **_):
+            feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+            return SimpleNamespace(
+                last_hidden_state=torch.from_numpy(self.session.run(None, feed)[0])
             )
-            feed = {k: b[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-            hidden = torch.from_numpy(sess.run(None, feed)[0])
-            vec = pool(hidden, torch.from_numpy(feed["attention_mask"]), enc.pooling)
-            out[rows] = torch.nn.functional.normalize(vec, dim=-1).numpy()
-        return out
 
-    encode(tok.input_ids[:batch_size])  # warm-up
+    with tempfile.TemporaryDirectory(prefix="protgo-onnx-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        example = enc.tokenizer.pad(
+            {"input_ids": [list(x) for x in tok.input_ids[:4]]}, return_tensors="pt"
+        )
+        names = ("input_ids", "attention_mask", "hidden")
+        torch.onnx.export(
+            Hidden(enc.model).eval(), (example["input_ids"], example["attention_mask"]), path,
+            input_names=list(names[:2]), output_names=[names[2]],
+            dynamic_axes={n: {0: "batch", 1: "length"} for n in names},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+        if int8:
+            import onnx
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            graph = onnx.load(path).graph  # output.dense stays fp32, as in quantize_int8_dynamic
+            keep = [
+                n.name for n in graph.node if n.op_type == "MatMul" and "output/dense" in n.name
+            ]
+            quantize_dynamic(
+                path, path.with_name("model-int8.onnx"), weight_type=QuantType.QInt8,
+                per_channel=True, nodes_to_exclude=keep,
+            )  # fmt: skip
+            path = path.with_name("model-int8.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    enc.model = OnnxModel(enc.model, session)
+    enc.encode_ids(tok.input_ids[:batch_size], batch_size, progress=False)  # warm-up
     start = time.perf_counter()
-    vecs = encode(tok.input_ids)
+    vecs = enc.encode_ids(tok.input_ids, batch_size, progress=True)
     return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
 
 
@@ -184,14 +186,12 @@ def bench_encode(args, n_terms_out: dict) -> list[dict]:
     variants += [] if args.no_int8 else [("fp32", True)]
     variants += [("onnx-fp32", False), ("onnx-fp32", True)] if args.onnx else []
     rows = []
-    scratch = tempfile.TemporaryDirectory(prefix="protgo-onnx-")  # the exported models
-    tmp = Path(scratch.name)
     for phase in (int(p) for p in args.phases.split(",")):
         ref = None
         for dtype, int8 in variants:
             if dtype.startswith("onnx"):
                 vecs, sec, n_tok = _encode_onnx(
-                    onto, ids, phase, int8, args.batch_size, args.max_length, tmp
+                    onto, ids, phase, int8, args.batch_size, args.max_length
                 )
             else:
                 vecs, sec, n_tok = _encode_variant(
@@ -210,7 +210,6 @@ def bench_encode(args, n_terms_out: dict) -> list[dict]:
                 row["top10_overlap"] = round(_top10_overlap(ref, vecs, queries), 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    scratch.cleanup()
     return rows
 
 
