@@ -167,7 +167,7 @@ def test_missing_model_says_how_to_get_one(tmp_path):
 
 
 def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkeypatch):
-    """The default model (``protgo-esm-small``, and its pre-0.2 name ``models/...``) comes
+    """The shipped model (``protgo-esm-small``, and its pre-0.2 name ``models/...``) comes
     from the installed package, whatever the working directory, with the hub never asked."""
     import socket
 
@@ -182,9 +182,9 @@ def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkey
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.chdir(tmp_path)
-    for name in (ResiduesConfig().model, "models/protgo-esm-small"):
+    for name in ("protgo-esm-small", "models/protgo-esm-small"):
         assert resolve_model_dir(name) == models_dir() / "protgo-esm-small"
-    model_dir, settings = describe_model(ResiduesConfig())
+    model_dir, settings = describe_model(ResiduesConfig(model="protgo-esm-small"))
     assert (model_dir / "model.safetensors").is_file() and settings["dim"] == 128
     with pytest.raises(UserError, match="shipped with protgo"):
         resolve_model_dir("models/no-such-model/x")  # a path, not a hub id: never the hub
@@ -200,11 +200,11 @@ def test_bf16_residues_agree_with_fp32():
     (human-exp proteins: benchmarks/protein_encoders.py)."""
     from protgo import compute
 
-    ref = ProteinEncoder(ResiduesConfig(dtype="fp32"))
-    fast = ProteinEncoder(ResiduesConfig(dtype="bf16"))
+    ref = ProteinEncoder(ResiduesConfig(model="protgo-esm-small", dtype="fp32"))
+    fast = ProteinEncoder(ResiduesConfig(model="protgo-esm-small", dtype="bf16"))
     for seq in (UBIQUITIN, INSULIN):
         cos = torch.nn.functional.cosine_similarity(ref.embed(seq), fast.embed(seq), dim=1)
         assert cos.min() > 0.999, cos.min()
     assert fast.settings()["dtype"] == "bf16" != ref.settings()["dtype"]  # separate stores
-    auto = ProteinEncoder(ResiduesConfig()).settings()["dtype"]
+    auto = ProteinEncoder(ResiduesConfig(model="protgo-esm-small")).settings()["dtype"]
     assert auto == ("bf16" if compute.native_bf16(torch.device("cpu")) else "fp32")
