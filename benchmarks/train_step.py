@@ -88,9 +88,9 @@ def pick_store(cfg, data_dir: Path, args) -> tuple[object, str]:
 
 
 def _hidden_size(cfg) -> int:
-    from transformers import EsmConfig
+    from protgo.encoders.protein import describe_model
 
-    return EsmConfig.from_pretrained(cfg.residues.model).hidden_size
+    return describe_model(cfg.residues)[1]["dim"]
 
 
 def main() -> None:
