@@ -241,7 +241,7 @@ def test_alignment_loss_total_is_weighted_sum():
     crit = L.AlignmentLoss(cfg)
     pairs = torch.tensor([[1, 0]])
     teacher = (torch.randn(B, C), torch.ones(B, dtype=torch.bool))
-    bce = {"text": go_text, "truth": go_pos.T}  # (U, Dt), (B, U)
+    bce = {"batch_cols": torch.arange(U), "text": go_text[:0], "truth": go_pos.T}  # (B, U)
     total, parts = crit(model, out, batch, go_text, pairs, 0.2, teacher, bce_terms=bce)
     weights = {"con": cfg.lambda_con, "ent": cfg.lambda_ent, "dag": 0.3,
                "vtrue": cfg.lambda_vtrue, "attr": 0.2, "distill": 0.5,
@@ -253,3 +253,33 @@ def test_alignment_loss_total_is_weighted_sum():
     assert model.term_bias.weight.grad.abs().sum() > 0 and model.log_bias_scale.grad is not None
     _, parts0 = crit(model, out, batch, go_text, pairs, 0.0)
     assert "attr" not in parts0 and "distill" not in parts0 and "bce" not in parts0
+
+
+def test_term_bce_reuses_the_batch_projection():
+    """The batch's own terms are read from the forward's projection, the others projected
+    here: the same loss and gradients as projecting every scored term afresh."""
+    from protgo.config import ModelConfig
+    from protgo.model.aligner import ProtGoAligner
+
+    torch.manual_seed(0)
+    model = ProtGoAligner(ModelConfig(align_dim=8, n_queries=2, n_heads=2, dropout=0.0), 8, 6)
+    x, mask = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool)
+    go_text, others = torch.randn(4, 6), torch.randn(2, 6)
+    cols = torch.tensor([2, 0])  # batch terms 2 and 0 are scored, then the two others
+    truth = torch.rand(3, 4, generator=torch.Generator().manual_seed(1)) > 0.5
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    out = model(x, mask, go_text)
+    terms = {"batch_cols": cols, "text": others, "truth": truth}
+    fast, _ = L.TermBCELoss()(model, out, go_text, terms)
+    fast_grads = grads(fast)
+    scored = torch.cat([go_text[cols], others])
+    protein = model.encode_protein(x, mask)["protein"]
+    ref = L.binary_term_loss(model.term_logits(protein, model.encode_go(scored), scored), truth)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(fast_grads, grads(ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

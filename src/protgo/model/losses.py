@@ -150,8 +150,8 @@ def vtrue_anchor(go: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     g = F.normalize(go, dim=-1)
     t = F.normalize(text.to(go.dtype), dim=-1)
     diff = (g @ g.T - t @ t.T) ** 2  # (U, U)
-    off = ~torch.eye(U, dtype=torch.bool, device=go.device)
-    return diff[off].mean()
+    # the off-diagonal mean as (sum - trace): no (U, U) mask or gathered copy
+    return (diff.sum() - diff.diagonal().sum()) / (U * (U - 1))
 
 
 def binary_term_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -317,10 +317,17 @@ class VtrueLoss(nn.Module):
 
 
 class TermBCELoss(nn.Module):
-    def forward(self, model, out: dict, terms: dict) -> tuple[torch.Tensor, dict]:
-        """``terms``: ``text`` (K, Dt) vectors of the scored terms and ``truth`` (B, K)."""
-        go = model.encode_go(terms["text"])  # (K, A)
-        logits = model.term_logits(out["protein"], go, terms["text"])  # (B, K)
+    def forward(
+        self, model, out: dict, go_text: torch.Tensor, terms: dict
+    ) -> tuple[torch.Tensor, dict]:
+        """The scored terms are the batch's own GO terms ``terms["batch_cols"]`` (S,) (rows
+        of ``out["go"]`` and ``go_text``: the forward has projected them already, and the GO
+        head is the largest cost of a step) and others, ``terms["text"]`` (E, Dt);
+        ``terms["truth"]`` (B, S + E) in that order."""
+        cols, text = terms["batch_cols"], terms["text"]
+        go = torch.cat([out["go"][cols], model.encode_go(text)])  # (S + E, A)
+        text = torch.cat([go_text[cols], text.to(go_text.dtype)])
+        logits = model.term_logits(out["protein"], go, text)  # (B, S + E)
         value = binary_term_loss(logits, terms["truth"])
         return value, {"bce_terms": float(len(go))}
 
@@ -359,7 +366,7 @@ class AlignmentLoss(nn.Module):
         if teacher is not None:
             terms.append(("distill", c.lambda_distill, lambda: self.distill(out, batch, *teacher)))
         if bce_terms is not None:
-            terms.append(("bce", c.lambda_bce, lambda: self.bce(model, out, bce_terms)))
+            terms.append(("bce", c.lambda_bce, lambda: self.bce(model, out, go_text, bce_terms)))
         total = _zero(out["logits"])
         parts: dict[str, float] = {}
         for name, weight, fn in terms:

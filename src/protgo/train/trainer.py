@@ -321,16 +321,22 @@ class Trainer:
             self.timings[part] += time.perf_counter() - start
 
     def mine(self, batch: dict, params) -> dict:
-        """Add negatives (on CPU, main process); move the tensors to the device."""
+        """Add negatives (on CPU, main process); move the tensors to the device.
+
+        The fp16 residues are cast to fp32 here, once: a step reads them in six pooling passes
+        (forward and two attribution passes, each scoring and averaging), and a cast per pass
+        took most of the step on long batches (``benchmarks/train_step.py``)."""
+        residues = batch["residues"].to(self.device).float()  # (B, L, D)
         queries = None
         if self.phases.searches_bank:  # aligned space: current protein vectors
             self.model.eval()
             with torch.no_grad():
-                x, m = batch["residues"].to(self.device), batch["mask"].to(self.device)
-                queries = self.model.encode_protein(x, m)["protein"].cpu()
+                m = batch["mask"].to(self.device)
+                queries = self.model.encode_protein(residues, m)["protein"].cpu()
             self.model.train()
         batch = self.phases.mine(batch, params, queries)
-        return {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+        moved = {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+        return moved | {"residues": residues}
 
     def _teacher_logits(self, batch: dict, go_text: torch.Tensor):
         if self.teacher is None:
@@ -343,8 +349,10 @@ class Trainer:
     def _bce_terms(self, batch: dict) -> dict | None:
         """The binary loss's terms: every term of the text cache but the zero-shot ones, or
         the batch's GO ids plus a random sample when there are more than
-        ``loss.bce_max_terms``; ``text`` (K, Dt) and ``truth`` (B, K) from the propagated
-        training annotations. None when the loss is off."""
+        ``loss.bce_max_terms``. Those among the batch's GO ids are given as their positions
+        ``batch_cols`` (S,) in ``go_rows``, the others as ``text`` (E, Dt); ``truth``
+        (B, S + E) from the propagated training annotations (:class:`TermBCELoss`). None
+        when the loss is off."""
         if self.cfg.loss.lambda_bce == 0 or self.model.term_bias is None:
             return None
         cache = self.phases.cache
@@ -359,13 +367,18 @@ class Trainer:
             rng = np.random.default_rng([self.cfg.train.seed, self.step])
             extra = rng.choice(rows, self.cfg.loss.bce_max_terms, replace=False)
             rows = np.union1d(np.asarray(batch["go_rows"]), extra)
-        pos = {r: k for k, r in enumerate(rows.tolist())}
+        go_rows = np.asarray(batch["go_rows"])
+        shared = np.isin(rows, go_rows)
+        in_batch = {r: i for i, r in enumerate(go_rows.tolist())}
+        cols = torch.tensor([in_batch[r] for r in rows[shared].tolist()], dtype=torch.long)
+        others = rows[~shared]
+        pos = {r: k for k, r in enumerate([*rows[shared].tolist(), *others.tolist()])}
         truth = torch.zeros(len(batch["pids"]), len(rows), dtype=torch.bool)
         for b, pid in enumerate(batch["pids"]):
             ks = [pos[r] for r in self._propagated(pid) if r in pos]
             truth[b, ks] = True
-        return {"text": cache.matrix[torch.from_numpy(rows)].to(self.device),
-                "truth": truth.to(self.device)}  # fmt: skip
+        return {"batch_cols": cols.to(self.device), "truth": truth.to(self.device),
+                "text": cache.matrix[torch.from_numpy(others)].to(self.device)}  # fmt: skip
 
     def _propagated(self, pid: str) -> list[int]:
         """Cache rows of a training protein's propagated annotations (memoised per phase)."""
