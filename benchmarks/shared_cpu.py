@@ -4,7 +4,9 @@ The workload (a fresh subprocess per run, so the OpenMP settings take effect at 
 of the project's hot paths on real inputs:
 
 * ``text``: the GO text encoder (MiniLM, the default dtype) on ``--texts`` GO term texts;
-* ``residues``: the shipped ``protgo-esm-small`` on the first ``--proteins`` human-exp proteins.
+* ``residues``: the shipped ``protgo-esm-small`` on the first ``--proteins`` human-exp proteins;
+* ``train``: ``--n`` training steps of ``--config`` (``benchmarks/train_step.py`` with random
+  residue vectors of the real lengths, so no residue store is needed).
 
 Each thread setting runs idle, then beside ``--load`` busy processes (one core each, pure
 Python loops, as another user's single-thread job would be). Settings: torch threads (1, all
@@ -22,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 # torch is imported before protgo, so an unset OMP_WAIT_POLICY reaches libgomp as unset
 # (protgo's own default, PASSIVE, is set only when protgo loads first).
@@ -61,9 +64,12 @@ print(json.dumps({"units_per_s": units / (time.perf_counter() - start),
 
 def create_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=("text", "residues"), default="text")
-    p.add_argument("--n", type=int, default=None, help="texts (300) or proteins (60)")
+    p.add_argument("--workload", choices=("text", "residues", "train"), default="text")
+    p.add_argument("--n", type=int, default=None, help="texts (300), proteins (60) or steps (20)")
+    p.add_argument("--config", default="default", help="the train workload's config")
     p.add_argument("--load", default="0,1,2", help="competing busy processes")
+    p.add_argument("--threads", default=None, help="torch thread counts (default: 1,all cores)")
+    p.add_argument("--policies", default="unset,PASSIVE", help="OMP_WAIT_POLICY settings")
     p.add_argument("--repeats", type=int, default=2)
     return p
 
@@ -72,31 +78,41 @@ def _busy(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def _run(workload: str, n: int, threads: str, policy: str) -> dict:
+def _run(workload: str, n: int, threads: str, policy: str, config: str) -> dict:
     env = dict(os.environ, OMP_WAIT_POLICY=policy, OMP_NUM_THREADS=threads)
     if policy == "unset":
         del env["OMP_WAIT_POLICY"]
-    out = subprocess.run([sys.executable, "-c", CHILD, workload, str(n)], env=env,
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if workload == "train":
+        cmd = [sys.executable, str(Path(__file__).with_name("train_step.py")), "--config",
+               config, "--random-residues", "--steps", str(n), "--threads", threads]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-c", CHILD, workload, str(n)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if workload == "train":
+        return {"units_per_s": got["steps_per_s"], "threads": got["threads_at_end"]}
+    return got
 
 
 def main() -> None:
     args = create_parser().parse_args()
-    n = args.n or (300 if args.workload == "text" else 60)
-    cores = str(os.cpu_count() or 1)
-    settings = [(t, p) for p in ("unset", "PASSIVE") for t in ("1", cores)]
-    unit = "texts/s" if args.workload == "text" else "residues/s"
+    n = args.n or {"text": 300, "residues": 60, "train": 20}[args.workload]
+    threads = (args.threads or f"1,{os.cpu_count() or 1}").split(",")
+    settings = [(t, p) for p in args.policies.split(",") for t in threads]
+    unit = {"text": "texts/s", "residues": "residues/s", "train": "steps/s"}[args.workload]
     for load in (int(x) for x in args.load.split(",")):
         busy = _busy(load)
         time.sleep(1.0)
         try:
             for threads, policy in settings:
-                rates = [_run(args.workload, n, threads, policy) for _ in range(args.repeats)]
+                rates = [
+                    _run(args.workload, n, threads, policy, args.config)
+                    for _ in range(args.repeats)
+                ]
                 best = max(r["units_per_s"] for r in rates)
                 print(json.dumps({"load": load, "threads": threads,
                                   "used": rates[0]["threads"], "wait_policy": policy,
-                                  unit: round(best, 1)}), flush=True)  # fmt: skip
+                                  unit: round(best, 2)}), flush=True)  # fmt: skip
         finally:
             for p in busy:
                 p.kill()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from protgo import compute
 from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
@@ -108,6 +109,7 @@ class Trainer:
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
         self.rank, self.world = distributed.init()
         self.device = torch.device(cfg.train.device)
+        self.threads = compute.ThreadGovernor(cfg.train.threads)
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
         self.folder.check_aspects(cfg.data.aspects, "data.aspects")
@@ -275,8 +277,13 @@ class Trainer:
         for n in range(1, len(batches) + 1):
             if max_steps is not None and self.step >= max_steps:
                 return False
+            self.threads.tick()
             with self._timed("data"):
                 batch = next(batches_in)
+                # fp16 as stored -> fp32 on the device, once: a step reads the residues in six
+                # pooling passes (forward and two attribution passes, each scoring and
+                # averaging), and a cast in each took most of a step on long batches
+                batch["residues"] = batch["residues"].to(self.device).float()
             parts, params = self.train_step(batch)
             self.batch_in_epoch += 1
             self._log_step(parts, params, batch, n / (time.perf_counter() - start), bar)
@@ -321,22 +328,16 @@ class Trainer:
             self.timings[part] += time.perf_counter() - start
 
     def mine(self, batch: dict, params) -> dict:
-        """Add negatives (on CPU, main process); move the tensors to the device.
-
-        The fp16 residues are cast to fp32 here, once: a step reads them in six pooling passes
-        (forward and two attribution passes, each scoring and averaging), and a cast per pass
-        took most of the step on long batches (``benchmarks/train_step.py``)."""
-        residues = batch["residues"].to(self.device).float()  # (B, L, D)
+        """Add negatives (on CPU, main process); move the tensors to the device."""
         queries = None
         if self.phases.searches_bank:  # aligned space: current protein vectors
             self.model.eval()
             with torch.no_grad():
-                m = batch["mask"].to(self.device)
-                queries = self.model.encode_protein(residues, m)["protein"].cpu()
+                x, m = batch["residues"].to(self.device), batch["mask"].to(self.device)
+                queries = self.model.encode_protein(x, m)["protein"].cpu()
             self.model.train()
         batch = self.phases.mine(batch, params, queries)
-        moved = {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
-        return moved | {"residues": residues}
+        return {k: (v.to(self.device) if k in TENSOR_KEYS else v) for k, v in batch.items()}
 
     def _teacher_logits(self, batch: dict, go_text: torch.Tensor):
         if self.teacher is None:
