@@ -5,15 +5,16 @@ of the project's hot paths on real inputs:
 
 * ``text``: the GO text encoder (MiniLM, the default dtype) on ``--texts`` GO term texts;
 * ``residues``: the shipped ``protgo-esm-small`` on the first ``--proteins`` human-exp proteins;
-* ``train``: ``--n`` training steps of ``--config`` (``benchmarks/train_step.py`` with random
-  residue vectors of the real lengths, so no residue store is needed).
+* ``train``: ``--n`` training steps of ``--config`` (``benchmarks/train_step.py``: the
+  residue store of the config's model, or random vectors of the real lengths without one).
 
 Each thread setting runs idle, then beside ``--load`` busy processes (one core each, pure
 Python loops, as another user's single-thread job would be). Settings: torch threads (1, all
 cores) x OpenMP wait policy: libgomp's own (``OMP_WAIT_POLICY`` unset: spin a while, then
 sleep) and ``PASSIVE`` (protgo's default, see ``protgo/__init__.py``).
 
-    python benchmarks/shared_cpu.py [--workload text] [--load 0,1,2] [--repeats 2]
+    python benchmarks/shared_cpu.py [--workload text|residues|train] [--load 0,1,2] [--repeats 2]
+        [--threads 1,2] [--policies unset,PASSIVE]
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ print(json.dumps({"units_per_s": units / (time.perf_counter() - start),
 def create_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=("text", "residues", "train"), default="text")
-    p.add_argument("--n", type=int, default=None, help="texts (300), proteins (60) or steps (20)")
+    p.add_argument("--n", type=int, default=None, help="texts (300), proteins (60), steps (20)")
     p.add_argument("--config", default="default", help="the train workload's config")
     p.add_argument("--load", default="0,1,2", help="competing busy processes")
     p.add_argument("--threads", default=None, help="torch thread counts (default: 1,all cores)")
@@ -84,13 +85,13 @@ def _run(workload: str, n: int, threads: str, policy: str, config: str) -> dict:
         del env["OMP_WAIT_POLICY"]
     if workload == "train":
         cmd = [sys.executable, str(Path(__file__).with_name("train_step.py")), "--config",
-               config, "--random-residues", "--steps", str(n), "--threads", threads]  # fmt: skip
+               config, "--steps", str(n), "--threads", threads]  # fmt: skip
     else:
         cmd = [sys.executable, "-c", CHILD, workload, str(n)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     if workload == "train":
-        return {"units_per_s": got["steps_per_s"], "threads": got["threads_at_end"]}
+        return {"units_per_s": got["steps_per_s"], "threads": got["threads"]}
     return got
 
 

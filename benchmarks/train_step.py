@@ -38,7 +38,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", default="2", help="torch threads, or auto (train.threads: null)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", type=Path, default=None, help="a residue store folder")
     p.add_argument("--random-residues", action="store_true")
     return p
@@ -95,15 +95,14 @@ def _hidden_size(cfg) -> int:
 
 def main() -> None:
     args = create_parser().parse_args()
-    # torch before protgo, so an unset OMP_WAIT_POLICY reaches OpenMP unset (shared_cpu.py)
-    import torch  # noqa: F401
+    import torch
 
     from protgo.config import load_config
     from protgo.train.trainer import Trainer
 
+    torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="train_step_"))
     fixed = [f"train.out_dir={out}", "tracking.wandb=disabled", "train.log_every_steps=1000"]
-    fixed += [] if args.threads == "auto" else [f"train.threads={args.threads}"]
     cfg = load_config(args.config, [*args.overrides, *fixed])
     data_dir = cfg.data.resolved_data_dir()
     store, what = pick_store(cfg, data_dir, args)
@@ -120,15 +119,12 @@ def main() -> None:
 
 
 def report(trainer, args, wall: float) -> None:
-    import torch
-
     t = trainer.timings
     step_time = sum(t[p] for p in PARTS)
     b = trainer.cfg.train.batch_size
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {
         "steps": args.steps, "batch_size": b, "threads": args.threads,
-        "threads_at_end": torch.get_num_threads(),
         "steps_per_s": args.steps / wall, "proteins_per_s": args.steps * b / wall,
         "step_ms": 1000 * wall / args.steps,
         **{f"share_{p}": t[p] / step_time for p in PARTS},

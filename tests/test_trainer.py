@@ -87,3 +87,32 @@ def test_forced_faiss_failure_falls_back(tiny_world, tmp_path, monkeypatch):
     events = read_metrics(tmp_path, "event")
     assert sum(r["event"] == "faiss_fallback" for r in events) == 2  # start and phase 1
     assert last["epoch"] == 2 and (tmp_path / "checkpoints" / "final.pt").is_file()
+
+
+@pytest.mark.parametrize("max_terms", [4096, 5])  # every non-zero-shot term; a sample of 5
+def test_binary_loss_terms_and_truth(tiny_world, tmp_path, max_terms):
+    """The scored terms (the batch's own ones by position, then the others) and their truth:
+    a protein is positive for a term exactly when its propagated annotations hold it."""
+    from protgo.train.trainer import Trainer
+
+    trainer = Trainer(_cfg(tiny_world, tmp_path, f"loss.bce_max_terms={max_terms}"),
+                      progress=False)  # fmt: skip
+    trainer.fit(max_steps=1)
+    batch = trainer.collator([trainer.train_ds[i] for i in range(4)])
+    batch = trainer.mine(batch, trainer.curriculum(trainer.step))
+    terms = trainer._bce_terms(batch)
+    cache = trainer.phases.cache
+    go_rows = batch["go_rows"].tolist()
+    text_row = {tuple(v.tolist()): r for r, v in enumerate(cache.matrix)}
+    scored = [go_rows[c] for c in terms["batch_cols"].tolist()]
+    scored += [text_row[tuple(v.tolist())] for v in terms["text"]]
+    assert len(set(scored)) == len(scored) == terms["truth"].shape[1]
+    zero = trainer.train_ds.fewzero.zero
+    assert not any(cache.ids[r] in zero for r in scored)
+    if max_terms == 5:  # the batch's terms plus a sample
+        assert set(go_rows) - {r for r in go_rows if cache.ids[r] in zero} <= set(scored)
+        assert len(scored) <= len(go_rows) + 5
+    for b, pid in enumerate(batch["pids"]):
+        held = trainer.ontology.propagate(trainer.annotations.get(pid, ()))
+        want = [cache.ids[r] in held for r in scored]
+        assert terms["truth"][b].tolist() == want

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import time
 from typing import Literal
 
 import torch
@@ -53,60 +51,3 @@ def autocast(dtype: Literal["fp32", "bf16"], device: torch.device):
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-# ---- threads on a shared CPU ------------------------------------------------------------------
-def _cpu_busy() -> tuple[float, float, float] | None:
-    """(wall seconds, busy core-seconds of the whole machine, of this process), or None where
-    ``/proc/stat`` does not describe the cores this process may use (not Linux, or a
-    container that sees the host's)."""
-    try:
-        with open("/proc/stat") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    cores = sum(line.startswith("cpu") and line[3:4].isdigit() for line in lines)
-    if cores != len(os.sched_getaffinity(0)):
-        return None
-    # user nice system idle iowait irq softirq steal: all but idle and iowait are taken
-    ticks = [int(v) for v in lines[0].split()[1:9]]
-    taken = sum(ticks) - ticks[3] - ticks[4]
-    own = os.times()
-    return time.monotonic(), taken / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-class ThreadGovernor:
-    """Torch threads from the cores other processes leave free, re-read every ``every_s``.
-
-    Torch starts one thread per core. Beside another busy process, a 2-thread step waits on
-    whichever thread lost its core (measured 2.7x slower training beside one single-thread
-    job on 2 cores). :meth:`tick`, called between batches, counts the core-seconds the rest of
-    the machine took since the last check and sets ``cores - busy`` threads (at least one;
-    all cores again once the other work ends). Off where the count is not available, and when
-    ``threads`` is set (``residues.threads``) or ``OMP_NUM_THREADS`` is.
-    """
-
-    def __init__(self, threads: int | None = None, every_s: float = 10.0, sample=_cpu_busy):
-        """``sample``: the reading of :func:`_cpu_busy` (another in tests)."""
-        self.cores = len(os.sched_getaffinity(0))
-        self.every_s, self.sample = every_s, sample
-        if threads:
-            torch.set_num_threads(threads)
-        fixed = threads or os.environ.get("OMP_NUM_THREADS")
-        self._last = None if fixed else sample()
-
-    def tick(self) -> None:
-        """Set the thread count when ``every_s`` have passed since the last check."""
-        if self._last is None:
-            return
-        now = self.sample()
-        if now is None or now[0] - self._last[0] < self.every_s:
-            return
-        wall, taken, own = (a - b for a, b in zip(now, self._last, strict=True))
-        self._last = now
-        others = max(0.0, taken - own) / wall  # cores kept busy by other processes
-        want = max(1, min(self.cores, round(self.cores - others)))
-        if want != torch.get_num_threads():
-            log.info("%.1f of %d cores busy with other processes: %d torch threads",
-                     others, self.cores, want)  # fmt: skip
-            torch.set_num_threads(want)

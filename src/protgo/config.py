@@ -220,10 +220,6 @@ class TrainConfig(Section):
     checkpoint_every_steps: Pos | None = None
     log_every_steps: Pos = 10  # one metrics.jsonl record (window means) per this many steps
     device: Device = "cpu"
-    # Torch threads on the CPU. null: as many as the cores other processes leave free, re-read
-    # every 10 s (all cores on an idle machine; see protgo.compute.ThreadGovernor). A number
-    # fixes the count (as OMP_NUM_THREADS does).
-    threads: Pos | None = None
 
 
 class TrackingConfig(Section):

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from protgo import compute
 from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
@@ -109,7 +108,6 @@ class Trainer:
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
         self.rank, self.world = distributed.init()
         self.device = torch.device(cfg.train.device)
-        self.threads = compute.ThreadGovernor(cfg.train.threads)
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
         self.folder.check_aspects(cfg.data.aspects, "data.aspects")
@@ -277,7 +275,6 @@ class Trainer:
         for n in range(1, len(batches) + 1):
             if max_steps is not None and self.step >= max_steps:
                 return False
-            self.threads.tick()
             with self._timed("data"):
                 batch = next(batches_in)
                 # fp16 as stored -> fp32 on the device, once: a step reads the residues in six
@@ -370,22 +367,25 @@ class Trainer:
             rows = np.union1d(np.asarray(batch["go_rows"]), extra)
         go_rows = np.asarray(batch["go_rows"])
         shared = np.isin(rows, go_rows)
-        in_batch = {r: i for i, r in enumerate(go_rows.tolist())}
-        cols = torch.tensor([in_batch[r] for r in rows[shared].tolist()], dtype=torch.long)
+        batch_pos = np.full(len(cache.ids), -1)  # cache row -> position in go_rows
+        batch_pos[go_rows] = np.arange(len(go_rows))
         others = rows[~shared]
-        pos = {r: k for k, r in enumerate([*rows[shared].tolist(), *others.tolist()])}
-        truth = torch.zeros(len(batch["pids"]), len(rows), dtype=torch.bool)
+        col = np.full(len(cache.ids), -1)  # cache row -> column of truth
+        col[np.concatenate([rows[shared], others])] = np.arange(len(rows))
+        truth = np.zeros((len(batch["pids"]), len(rows)), dtype=bool)
         for b, pid in enumerate(batch["pids"]):
-            ks = [pos[r] for r in self._propagated(pid) if r in pos]
-            truth[b, ks] = True
-        return {"batch_cols": cols.to(self.device), "truth": truth.to(self.device),
+            ks = col[self._propagated(pid)]
+            truth[b, ks[ks >= 0]] = True
+        return {"batch_cols": torch.from_numpy(batch_pos[rows[shared]]).to(self.device),
+                "truth": torch.from_numpy(truth).to(self.device),
                 "text": cache.matrix[torch.from_numpy(others)].to(self.device)}  # fmt: skip
 
-    def _propagated(self, pid: str) -> list[int]:
+    def _propagated(self, pid: str) -> np.ndarray:
         """Cache rows of a training protein's propagated annotations (memoised per phase)."""
         if pid not in self._prop_memo:
             terms = self.ontology.propagate(self.annotations.get(pid, ()))
-            self._prop_memo[pid] = [self._bce_col[g] for g in terms if g in self._bce_col]
+            rows = [self._bce_col[g] for g in terms if g in self._bce_col]
+            self._prop_memo[pid] = np.array(rows, dtype=np.int64)
         return self._prop_memo[pid]
 
     def _after_step(self, batch: dict, out: dict) -> None:
