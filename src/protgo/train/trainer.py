@@ -359,13 +359,12 @@ class Trainer:
             self._bce_rows = np.array([r for r, g in enumerate(cache.ids) if g not in zero])
             self._bce_col = {g: r for r, g in enumerate(cache.ids)}
             self._bce_cache = cache
-        rows = self._bce_rows
+        rows, go_rows = self._bce_rows, np.asarray(batch["go_rows"])
         if len(rows) > self.cfg.loss.bce_max_terms:
             # seeded by step, so a resumed run draws the same sample
             rng = np.random.default_rng([self.cfg.train.seed, self.step])
             extra = rng.choice(rows, self.cfg.loss.bce_max_terms, replace=False)
-            rows = np.union1d(np.asarray(batch["go_rows"]), extra)
-        go_rows = np.asarray(batch["go_rows"])
+            rows = np.union1d(go_rows, extra)
         shared = np.isin(rows, go_rows)
         batch_pos = np.full(len(cache.ids), -1)  # cache row -> position in go_rows
         batch_pos[go_rows] = np.arange(len(go_rows))
