@@ -110,8 +110,11 @@ def test_binary_loss_terms_and_truth(tiny_world, tmp_path, max_terms):
     zero = trainer.train_ds.fewzero.zero
     assert not any(cache.ids[r] in zero for r in scored)
     if max_terms == 5:  # the batch's terms plus a sample
+        assert len(trainer._bce_rows) > 5  # the sampled branch is the one tested
         assert set(go_rows) - {r for r in go_rows if cache.ids[r] in zero} <= set(scored)
         assert len(scored) <= len(go_rows) + 5
+    else:
+        assert set(scored) == set(trainer._bce_rows.tolist())
     for b, pid in enumerate(batch["pids"]):
         held = trainer.ontology.propagate(trainer.annotations.get(pid, ()))
         want = [cache.ids[r] in held for r in scored]
