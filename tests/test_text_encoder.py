@@ -62,11 +62,39 @@ def test_int8_agrees_with_fp32(encoder):
     assert q.identity() != encoder.identity()
 
 
-def test_bf16_agrees_with_fp32(encoder):
+@pytest.mark.parametrize("path", ["packed", "autocast"])
+def test_bf16_agrees_with_fp32(encoder, path):
+    """Both bf16 paths against the fp32 reference (all of GO: benchmarks/go_side.py --all-go);
+    the packed copy is the default on a CPU with native bf16."""
+    from protgo import compute
+
+    can_pack = compute.can_pack_bf16(torch.device("cpu"))
     fast = load_text_encoder(dtype="bf16")
+    assert fast.bf16_path == ("packed" if can_pack else "autocast")
+    if path == "packed" and not can_pack:
+        pytest.skip("this CPU has no native bf16 (or torch no oneDNN): bf16 runs under autocast")
+    fast.bf16_path = path
     cos = (encoder.encode(TEXTS, progress=False) * fast.encode(TEXTS, progress=False)).sum(1)
-    assert cos.min() > 0.999, cos  # all of GO: benchmarks/go_side.py --all-go
+    assert cos.min() > 0.999, cos
     assert fast.identity()["dtype"] == "bf16" and encoder.identity()["dtype"] == "fp32"
+    assert fast.identity()["bf16_path"] == path and "bf16_path" not in encoder.identity()
+    assert encoder.model.embeddings.word_embeddings.weight.dtype == torch.float32  # the master
+
+
+def test_packed_bf16_copy_follows_added_tokens():
+    """A relation token added after the packed copy was built is encoded from its new row,
+    as the fp32 encoder encodes it."""
+    from protgo import compute
+
+    if not compute.can_pack_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16 (or torch no oneDNN)")
+    ref, fast = load_text_encoder(dtype="fp32"), load_text_encoder(dtype="bf16")
+    texts = ["glucose metabolic process [PART_OF] carbohydrate metabolic process"]
+    fast.encode(texts, progress=False)  # builds the packed copy before the token exists
+    for enc in (ref, fast):
+        enc.add_special_tokens({"[PART_OF]": "part of"})
+    cos = float((ref.encode(texts, progress=False) * fast.encode(texts, progress=False)).sum())
+    assert cos > 0.999, cos
 
 
 def test_auto_dtype_is_bf16_only_where_the_cpu_has_it():

@@ -8,13 +8,16 @@ checkpoint with modules beyond Transformer, Pooling and Normalize (a Dense head)
 the sentence-transformers package is not used, so such a module would be silently skipped.
 
 :meth:`TextEncoder.encode_ids` sorts texts by length (little padding) and shows a progress
-bar. ``dtype`` (:mod:`protgo.compute`): ``bf16`` autocast where the hardware has it (``auto``,
-the default), checked against the fp32 reference in the tests and ``benchmarks/go_side.py``;
+bar. ``dtype`` (:mod:`protgo.compute`): ``bf16`` where the hardware has it (``auto``, the
+default), on a CPU as a oneDNN-packed bf16 copy of the model (``bf16_path`` ``packed``) and
+elsewhere under autocast, checked against the fp32 reference in the tests and
+``benchmarks/go_side.py``;
 ``quantize_int8`` swaps the linear layers for dynamic int8 ones (fp32 otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -126,6 +129,11 @@ class TextEncoder:
         self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length))
         self.quantized = quantized
         self.dtype: Literal["fp32", "bf16"] = dtype
+        # how bf16 runs: a packed bf16 copy of the model (CPU, see compute.packed_bf16_copy,
+        # built on first use) or the fp32 model under autocast
+        packs = dtype == "bf16" and compute.can_pack_bf16(self.device)
+        self.bf16_path: Literal["packed", "autocast"] = "packed" if packs else "autocast"
+        self._packed: torch.nn.Module | None = None
         self.added_tokens: dict[str, str] = {}  # token -> words its embedding row came from
         self._source_hash = _source_hash(path, model)
 
@@ -139,7 +147,8 @@ class TextEncoder:
 
     def identity(self) -> dict:
         """What the vectors depend on, for cache manifests (any change means re-encode)."""
-        return {
+        bf16 = {"bf16_path": self.bf16_path} if self.dtype == "bf16" else {}
+        return bf16 | {
             "name": self.name,
             "source_hash": self._source_hash,
             "pooling": self.pooling,
@@ -174,6 +183,7 @@ class TextEncoder:
             for t in new:
                 emb[self.tokenizer.convert_tokens_to_ids(t)] = init[t]
                 self.added_tokens[t] = tokens[t]
+        self._packed = None  # packed from the old embedding matrix
         return new
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
@@ -205,6 +215,7 @@ class TextEncoder:
         """Encode pre-tokenised texts; batches of similar length keep padding small."""
         from tqdm.auto import tqdm
 
+        model, context = self._forward()
         order = np.argsort([len(x) for x in input_ids], kind="stable")[::-1]
         out = np.zeros((len(input_ids), self.dim), dtype=np.float32)
         bar = tqdm(total=len(order), desc="encode GO texts", unit="text", disable=not progress)
@@ -214,13 +225,21 @@ class TextEncoder:
                 {"input_ids": [list(input_ids[i]) for i in rows]}, return_tensors="pt"
             )
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with compute.autocast(self.dtype, self.device):
-                hidden = self.model(**batch).last_hidden_state  # (B, L, D)
+            with context:
+                hidden = model(**batch).last_hidden_state  # (B, L, D)
             vec = pool(hidden.float(), batch["attention_mask"], self.pooling)  # (B, D)
             out[rows] = torch.nn.functional.normalize(vec.float(), dim=-1).cpu().numpy()
             bar.update(len(rows))
         bar.close()
         return out
+
+    def _forward(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+        """The module a forward pass calls and the context it runs in."""
+        if self.dtype == "bf16" and self.bf16_path == "packed":
+            if self._packed is None:
+                self._packed = compute.packed_bf16_copy(self.model)
+            return self._packed, contextlib.nullcontext()
+        return self.model, compute.autocast(self.dtype, self.device)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:
