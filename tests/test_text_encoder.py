@@ -132,6 +132,8 @@ def test_truncation_is_counted(encoder):
     assert tok.n_truncated == 1
     assert len(tok.input_ids[0]) == encoder.max_length
     assert tok.lengths[0] > encoder.max_length
+    cut = encoder.tokenizer([long, "short text"], truncation=True, max_length=encoder.max_length)
+    assert tok.input_ids == [list(x) for x in cut["input_ids"]]  # the tokenizer's own cut
 
 
 def test_pooling_read_from_checkpoint(tmp_path):

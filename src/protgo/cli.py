@@ -337,7 +337,8 @@ def embed_go_texts(
 ) -> None:
     """Encode the GO texts of a dataset's ontology for one phase into the GO vector cache.
 
-    Only the aspects asked for are encoded (about 60 texts/s on 2 CPU cores); an unchanged
+    Only the aspects asked for are encoded (on 2 CPU cores about 220 texts/s with native bf16,
+    60 without); an unchanged
     cache (same encoder, phase and texts) is reused."""
     import time
 

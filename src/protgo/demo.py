@@ -8,7 +8,7 @@ resumes where it stopped):
               experimental GO in ``data.aspects``; its ontology is cut to the terms those
               proteins carry and their ancestors, so the GO side encodes a few thousand
               texts per phase instead of every term of the aspect (the text encoder runs at
-              about 20-60 texts/s on 2 CPU cores);
+              about 60-220 texts/s on 2 idle CPU cores, depending on native bf16);
 3. residues   every protein through ``residues.model`` into the residue store;
 4. go         the GO texts of every text phase into the GO vector cache;
 5. train      the aligner with the full curriculum and text phases (resumes mid-run);

@@ -187,12 +187,21 @@ class TextEncoder:
         return new
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Token ids truncated at ``max_length``; counts texts that were longer."""
-        full = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-        lengths = [len(x) for x in full]
-        cut = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        n_trunc = sum(n > self.max_length for n in lengths)
-        return Tokenized(list(cut["input_ids"]), n_trunc, lengths)
+        """Token ids truncated at ``max_length``; counts texts that were longer.
+
+        One tokenizer pass over every text; only the texts that came out longer are
+        tokenized again, with the tokenizer's own truncation."""
+        texts = list(texts)
+        ids = list(self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"])
+        lengths = [len(x) for x in ids]
+        long = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if long:
+            cut = self.tokenizer(
+                [texts[i] for i in long], truncation=True, max_length=self.max_length
+            )["input_ids"]
+            for i, x in zip(long, cut, strict=True):
+                ids[i] = x
+        return Tokenized(ids, len(long), lengths)
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = True
