@@ -220,6 +220,10 @@ class TrainConfig(Section):
     checkpoint_every_steps: Pos | None = None
     log_every_steps: Pos = 10  # one metrics.jsonl record (window means) per this many steps
     device: Device = "cpu"
+    # bf16: the training forward pass under bf16 autocast (weights, optimiser and gradients
+    # stay fp32). Measured faster where the hardware has native bf16, not yet checked for
+    # quality on full data, so fp32 is the default (docs/architecture.md, "Step cost").
+    dtype: Literal["fp32", "bf16"] = "fp32"
 
 
 class TrackingConfig(Section):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from protgo import compute
 from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
@@ -108,6 +109,8 @@ class Trainer:
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
         self.rank, self.world = distributed.init()
         self.device = torch.device(cfg.train.device)
+        self.dtype = compute.resolve_dtype(cfg.train.dtype, self.device)  # warns if emulated
+        self._residue_dtype = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         _seed_everything(cfg.train.seed)
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
         self.folder.check_aspects(cfg.data.aspects, "data.aspects")
@@ -280,7 +283,7 @@ class Trainer:
                 # fp16 as stored -> fp32 on the device, once: a step reads the residues in six
                 # pooling passes (forward and two attribution passes, each scoring and
                 # averaging), and a cast in each took most of a step on long batches
-                batch["residues"] = batch["residues"].to(self.device).float()
+                batch["residues"] = batch["residues"].to(self.device, self._residue_dtype)
             parts, params = self.train_step(batch)
             self.batch_in_epoch += 1
             self._log_step(parts, params, batch, n / (time.perf_counter() - start), bar)
@@ -295,10 +298,12 @@ class Trainer:
             batch = self.mine(batch, params)  # 2. mine negatives
         with self._timed("forward"):
             go_text = self.phases.text_vectors(batch["go_rows"]).to(self.device)  # (U, Dt)
-            loss, parts, out = self.step_loss(  # 3. forward and 4. total loss
-                batch, go_text, dag_pairs(batch["go_ids"], self.ontology), params.lambda_attr,
-                self._teacher_logits(batch, go_text), self._bce_terms(batch),
-            )  # fmt: skip
+            teacher, terms = self._teacher_logits(batch, go_text), self._bce_terms(batch)
+            with compute.autocast(self.dtype, self.device):
+                loss, parts, out = self.step_loss(  # 3. forward and 4. total loss
+                    batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
+                    params.lambda_attr, teacher, terms,
+                )  # fmt: skip
         with self._timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # 5. backward (DDP: gradients averaged over the ranks)
