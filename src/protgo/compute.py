@@ -7,7 +7,10 @@ without them bf16 is emulated and slower than fp32. ``bf16`` runs the encoder un
 and the outputs in fp32, the weights kept in fp32. On a CPU, :func:`packed_bf16_copy` is the
 faster bf16 path for a frozen model: the whole copy in bfloat16 and each linear layer's weight
 reordered once into oneDNN's blocked layout, where autocast casts and reorders every weight on
-every call (what ``torch.compile``'s weight freezing does, without compiling).
+every call (what ``torch.compile``'s weight freezing does, without compiling). The text
+encoder uses it (1.2x over autocast on all of GO); the protein encoders stay on autocast:
+for protgo-esm-small it was no faster (30.9k against 28.8-33.2k residues/s on 48 human
+proteins) and agreed less with fp32 (worst residue cosine 0.9984 against 0.99994).
 """
 
 from __future__ import annotations
