@@ -99,8 +99,9 @@ class GoTextConfig(Section):
     batch_size: Pos = 64
     quantize_int8: bool = False  # dynamic int8 on CPU; checked for agreement in tests
     device: Device = "cpu"
-    # auto: bf16 autocast where the hardware multiplies bf16 natively (AVX512-BF16, AMX, CUDA),
-    # else fp32. Measured on all of GO against fp32 (benchmarks/go_side.py): see docs.
+    # auto: bf16 where the hardware multiplies bf16 natively (AVX512-BF16, AMX, CUDA), else
+    # fp32; on a CPU a oneDNN-packed bf16 copy of the encoder, on CUDA autocast. Measured on
+    # all of GO against fp32 (benchmarks/go_side.py): see docs/architecture.md.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     # Relation tokens that each text phase adds (phase 0 is always `name: definition`).
     # "regulates" brings in regulates, positively_regulates and negatively_regulates, each
