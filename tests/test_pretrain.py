@@ -150,6 +150,24 @@ def test_holdout_is_stable_when_the_corpus_grows(tmp_path):
     assert {p for p in held_a.ids if mc.holdout_score(p) <= cut} <= set(held_b.ids)
 
 
+def test_training_sample_keeps_the_holdout_and_is_reproducible(tmp_path):
+    write_corpus(tmp_path / "c.fasta", n=1000, seed=2)
+    none = mc.Exclusion(set(), set())
+    train_all, held_all, _ = mc.split_corpus(tmp_path / "c.fasta", none, 0.05, 0)
+    train_half, held_half, _ = mc.split_corpus(tmp_path / "c.fasta", none, 0.05, 0, 0.5)
+    assert held_half.ids == held_all.ids
+    assert set(train_half.ids) < set(train_all.ids)
+    assert 400 < len(train_half) < 550  # about half of the 950 training sequences
+    # The sample, written out with the hold-out, splits into the same two sets with no
+    # sampling: a pre-filtered copy of a corpus trains exactly as the config says.
+    seqs = dict(mc.iter_fasta(tmp_path / "c.fasta"))
+    kept = [p for p in seqs if p in set(train_half.ids) | set(held_half.ids)]
+    (tmp_path / "s.fasta").write_text("".join(f">{p}\n{seqs[p]}\n" for p in kept))
+    train_s, held_s, _ = mc.split_corpus(tmp_path / "s.fasta", none, 0.0, len(held_all))
+    assert (train_s.ids, held_s.ids) == (train_half.ids, held_half.ids)
+    assert (train_s.tokens == train_half.tokens).all()
+
+
 def test_masking_follows_esm2_80_10_10():
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(mc.AA_LOW, mc.AA_HIGH, (64, 512))

@@ -91,9 +91,10 @@ class Exclusion:
         return bool(_id_keys(pid) & self.ids) or seq.upper() in self.sequences
 
 
-def holdout_score(pid: str) -> float:
-    """A stable pseudo-random number in [0, 1) per id, so the hold-out never depends on order."""
-    return int(hashlib.md5(pid.encode()).hexdigest()[:12], 16) / 16**12
+def holdout_score(pid: str, salt: str = "") -> float:
+    """A stable pseudo-random number in [0, 1) per id, so the hold-out never depends on order
+    (``salt`` draws an independent number, e.g. for sampling the training split)."""
+    return int(hashlib.md5((salt + pid).encode()).hexdigest()[:12], 16) / 16**12
 
 
 @dataclass
@@ -129,10 +130,16 @@ class TokenCorpus:
 
 
 def split_corpus(
-    fasta: Path, exclusion: Exclusion, holdout_frac: float, holdout_min: int
+    fasta: Path,
+    exclusion: Exclusion,
+    holdout_frac: float,
+    holdout_min: int,
+    train_frac: float = 1.0,
 ) -> tuple[TokenCorpus, TokenCorpus, int]:
     """(train, held-out, n_excluded). The hold-out is the ids with the smallest hash scores:
-    ``max(holdout_frac * N, min(holdout_min, N // 5))`` of them, fixed for a given corpus."""
+    ``max(holdout_frac * N, min(holdout_min, N // 5))`` of them, fixed for a given corpus.
+    ``train_frac`` < 1 keeps that share of the rest for training, chosen by a second hash of
+    the id (so the same sample on any machine; the hold-out does not change)."""
     kept, n_excluded = [], 0
     for pid, seq in iter_fasta(fasta):
         if exclusion.excludes(pid, seq):
@@ -144,7 +151,11 @@ def split_corpus(
     n_hold = max(math.ceil(holdout_frac * len(kept)), min(holdout_min, len(kept) // 5), 1)
     order = sorted(range(len(kept)), key=lambda i: holdout_score(kept[i][0]))
     hold = set(order[:n_hold])
-    train = [r for i, r in enumerate(kept) if i not in hold]
+    train = [
+        r
+        for i, r in enumerate(kept)
+        if i not in hold and (train_frac >= 1.0 or holdout_score(r[0], "train:") < train_frac)
+    ]
     held = [kept[i] for i in sorted(hold)]
     return TokenCorpus.from_records(train), TokenCorpus.from_records(held), n_excluded
 

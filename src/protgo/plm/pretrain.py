@@ -52,6 +52,9 @@ class PlmDataConfig(Section):
     holdout_frac: float = Field(0.005, ge=0.0, lt=0.5)
     holdout_min: int = 300
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
+    # Train on this hash-chosen share of the training split (the hold-out is unchanged):
+    # for a run too short to see the whole corpus, or a copy of the corpus that must be small.
+    train_sample_frac: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class PlmTrainConfig(Section):
@@ -75,6 +78,7 @@ class PlmTrainConfig(Section):
     # Continue pretraining a saved EsmForMaskedLM (a directory or hub id) instead of starting
     # from random weights; the model section must describe its architecture.
     init_from: str | None = None
+    compile: bool | None = None  # torch.compile the model; None: on CUDA only
 
 
 class PlmConfig(Section):
@@ -170,7 +174,9 @@ def load_corpus(cfg: PlmDataConfig, exclude_ids: Path | None = None) -> Corpus:
     excl_fastas = [mc.resolve_fasta(name, data_dir) for name in cfg.exclude_datasets]
     extra = mc.read_id_file(exclude_ids) if exclude_ids else set()
     exclusion = mc.Exclusion.build(excl_fastas, extra)
-    train, held, n_ex = mc.split_corpus(fasta, exclusion, cfg.holdout_frac, cfg.holdout_min)
+    train, held, n_ex = mc.split_corpus(
+        fasta, exclusion, cfg.holdout_frac, cfg.holdout_min, cfg.train_sample_frac
+    )
     sources = [_shown(p, data_dir) for p in excl_fastas]
     sources += [str(exclude_ids)] if exclude_ids else []
     return Corpus(train, held, n_ex, _shown(fasta, data_dir), sources)
@@ -338,7 +344,7 @@ Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmFor
 
 ## Data
 - Corpus: `{corpus.source}` (`<data>`: $PROTGO_DATA or ~/.cache/protgo):
-  {len(corpus.train)} training sequences,
+  {len(corpus.train)} training sequences{_sampled(cfg)},
   {len(corpus.heldout)} held out (fixed hash-based share {cfg.data.holdout_frac}).
 - Excluded by accession and by exact sequence ({corpus.n_excluded} removed):
   {", ".join(f"`{s}`" for s in corpus.excluded_from) or "nothing"}.
@@ -361,6 +367,11 @@ Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmFor
 
 Reproduce: `protgo plm pretrain --config <config>`; evaluate: `protgo plm evaluate --model DIR`.
 """
+
+
+def _sampled(cfg: PlmConfig) -> str:
+    frac = cfg.data.train_sample_frac
+    return "" if frac >= 1.0 else f" (a hash-chosen {frac:.0%} of the training split)"
 
 
 def _continued(cfg: PlmConfig, state: TrainState) -> str:
@@ -433,21 +444,25 @@ def setup_runtime(threads: int | None) -> Runtime:
     return Runtime(torch.device("cuda" if cuda else "cpu"))
 
 
-def wrap_for_speed(model, rt: Runtime):
-    """DDP across ranks; torch.compile only on CUDA (on CPU it costs more than it gives)."""
+def wrap_for_speed(model, rt: Runtime, compile_model: bool | None = None):
+    """DDP across ranks; torch.compile by default only on CUDA (on CPU it costs more than it
+    gives; on a short GPU run its compile time can too)."""
     fwd = distributed.wrap(model, rt.world, rt.device)
-    if rt.device.type == "cuda":
+    if rt.device.type == "cuda" if compile_model is None else compile_model:
         fwd = torch.compile(fwd)
     return fwd
 
 
 def train_step(fwd, model, optimizer, tokens: torch.Tensor, gen, cfg: PlmConfig, rt: Runtime):
-    """One masked-LM update on (B, L) token ids -> (loss, masked tokens, residue tokens)."""
+    """One masked-LM update on (B, L) token ids -> (loss, masked tokens, residue tokens).
+
+    The loss comes back as a tensor on the device, unread: reading it would wait for the GPU,
+    and without that wait the next batch is prepared on the CPU while this step computes."""
     inputs, labels = mc.mask_tokens(tokens, gen, cfg.data.mask_prob)
     n_mask = int((labels != -100).sum())
     n_res = int((tokens >= mc.AA_LOW).sum())
     if n_mask == 0:  # a batch of tiny sequences may draw no target; nothing to learn from
-        return float("nan"), 0, n_res
+        return torch.tensor(float("nan")), 0, n_res
     attn = (tokens != mc.PAD).long()
     dev = rt.device
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -457,7 +472,7 @@ def train_step(fwd, model, optimizer, tokens: torch.Tensor, gen, cfg: PlmConfig,
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(out.loss.detach()), n_mask, n_res
+    return out.loss.detach(), n_mask, n_res
 
 
 class MetricsLog:
@@ -479,13 +494,13 @@ class MetricsLog:
 class Window:
     """Running sums between two log lines."""
 
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0  # a device tensor until read at the log line
     n_mask: int = 0
     n_res: int = 0
     t0: float = 0.0
 
     def record(self, step: int, lr: float, tokens_seen: int) -> dict:
-        loss = self.loss_sum / max(self.n_mask, 1)
+        loss = float(self.loss_sum) / max(self.n_mask, 1)
         dt = max(time.time() - self.t0, 1e-9)
         return {"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0)),
                 "tokens_per_s": self.n_res / dt, "lr": lr, "tokens_seen": tokens_seen}  # fmt: skip
@@ -521,7 +536,17 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     if rt.main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     log = MetricsLog(out / "metrics.jsonl", state.step if resume else None) if rt.main else None
-    run = _Run(cfg, model, wrap_for_speed(model, rt), optimizer, corpus, gen, state, rt, log)
+    run = _Run(
+        cfg,
+        model,
+        wrap_for_speed(model, rt, cfg.train.compile),
+        optimizer,
+        corpus,
+        gen,
+        state,
+        rt,
+        log,
+    )
     run.loop()
     return state
 
