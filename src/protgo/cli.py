@@ -244,7 +244,7 @@ def embed_residues(
     dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
     model: Annotated[
         str | None,
-        typer.Option(help="protgo-esm-small, unirep-1900|256|64, an ESM directory or a hub id."),
+        typer.Option(help="protgo-esm-small|8m, unirep-1900|256|64, an ESM directory or a hub id."),
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Layer to store (-1: last).")] = None,
     win_size: Annotated[int | None, typer.Option(help="Residues per window.")] = None,

@@ -72,8 +72,9 @@ class DataConfig(Section):
 
 class ResiduesConfig(Section):
     # unirep-1900 | unirep-256 | unirep-64 (weights CC BY-NC 4.0), or an ESM checkpoint: a model
-    # shipped with protgo (protgo-esm-small), a local directory or a hub id. unirep-256 won on
-    # full human-exp (README "UniRep": protgo and every baseline, all three aspects).
+    # shipped with protgo (protgo-esm-small, protgo-esm-8m), a local directory or a hub id.
+    # unirep-256 won on full human-exp (README "UniRep": protgo and every baseline, all three
+    # aspects).
     model: str = "unirep-256"
     layer: int = -1  # hidden layer to store; -1 is the last
     win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
