@@ -161,12 +161,17 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path):
     assert (bundles[1] / "README.md").read_text().startswith("# with")
 
 
-def test_the_shipped_model_loads_from_its_name():
-    """protgo-human ships as package data: found by name, readable without a dataset."""
+@pytest.mark.parametrize(
+    ("name", "encoder"), [("protgo-human", "unirep-256"), ("protgo-human-esm8m", "protgo-esm-8m")]
+)
+def test_the_shipped_model_loads_from_its_name(name, encoder):
+    """The shipped bundles are package data: found by name, readable without a dataset, and
+    their protein encoder is one that ships too."""
     from protgo.infer.bundle import load, resolve_model
 
-    path = resolve_model("protgo-human")
+    path = resolve_model(name)
     b = load(path)
+    assert b.cfg.residues.model == encoder
     assert b.cfg.data.aspects == ["BP", "MF", "CC"] and b.weights["pool.key.weight"].ndim == 2
     assert b.meta["calibration"]["aspects"].keys() == {"BP", "MF", "CC"}
     assert {"protgo", "naive", "diamond"} <= set(b.meta["provenance"]["metrics"])

@@ -167,8 +167,9 @@ def test_missing_model_says_how_to_get_one(tmp_path):
 
 
 def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkeypatch):
-    """The shipped model (``protgo-esm-small``, and its pre-0.2 name ``models/...``) comes
-    from the installed package, whatever the working directory, with the hub never asked."""
+    """The shipped models (``protgo-esm-small``, its pre-0.2 name ``models/...``, and
+    ``protgo-esm-8m``) come from the installed package, whatever the working directory, with
+    the hub never asked."""
     import socket
 
     from protgo.config import ResiduesConfig
@@ -186,6 +187,8 @@ def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkey
         assert resolve_model_dir(name) == models_dir() / "protgo-esm-small"
     model_dir, settings = describe_model(ResiduesConfig(model="protgo-esm-small"))
     assert (model_dir / "model.safetensors").is_file() and settings["dim"] == 128
+    model_dir, settings = describe_model(ResiduesConfig(model="protgo-esm-8m"))
+    assert model_dir == models_dir() / "protgo-esm-8m" and settings["dim"] == 320
     with pytest.raises(UserError, match="shipped with protgo"):
         resolve_model_dir("models/no-such-model/x")  # a path, not a hub id: never the hub
 
