@@ -445,12 +445,12 @@ def setup_runtime(threads: int | None) -> Runtime:
 
 
 def wrap_for_speed(model, rt: Runtime, compile_model: bool | None = None):
-    """DDP across ranks; torch.compile by default only on CUDA (on CPU it costs more than it
-    gives; on a short GPU run its compile time can too)."""
+    """DDP across ranks; ``compile_model`` None compiles on CUDA only (on CPU it costs more
+    than it gives; on a short GPU run its compile time can too)."""
     fwd = distributed.wrap(model, rt.world, rt.device)
-    if rt.device.type == "cuda" if compile_model is None else compile_model:
-        fwd = torch.compile(fwd)
-    return fwd
+    if compile_model is None:
+        compile_model = rt.device.type == "cuda"
+    return torch.compile(fwd) if compile_model else fwd
 
 
 def train_step(fwd, model, optimizer, tokens: torch.Tensor, gen, cfg: PlmConfig, rt: Runtime):
@@ -536,17 +536,8 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     if rt.main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     log = MetricsLog(out / "metrics.jsonl", state.step if resume else None) if rt.main else None
-    run = _Run(
-        cfg,
-        model,
-        wrap_for_speed(model, rt, cfg.train.compile),
-        optimizer,
-        corpus,
-        gen,
-        state,
-        rt,
-        log,
-    )
+    fwd = wrap_for_speed(model, rt, cfg.train.compile)
+    run = _Run(cfg, model, fwd, optimizer, corpus, gen, state, rt, log)
     run.loop()
     return state
 
