@@ -272,3 +272,112 @@ def test_crafted_plm_checkpoint_and_npy_never_run_code(tmp_path):
     with pytest.raises(UserError, match="checksum"):
         GoVectorCache.load(tmp_path / "c")
     assert not marker.exists()
+
+
+# ---- damaged or edited files are refused, never used ----------------------------------------
+def _flip_inside_largest_member(path: Path) -> None:
+    """Change one byte in the middle of the largest member (a tensor's data) of a zip file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    # local header: 30 bytes, then the name and the extra field, then the member's data
+    name_len, extra_len = (int.from_bytes(raw[info.header_offset + o : info.header_offset + o + 2],
+                                          "little") for o in (26, 28))  # fmt: skip
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_byte_flipped_inside_a_checkpoint_tensor_is_refused(world, capsys, monkeypatch, tmp_path):
+    ckpt = tmp_path / "flipped.pt"
+    shutil.copy(world[0], ckpt)
+    _flip_inside_largest_member(ckpt)
+    torch.load(ckpt, weights_only=True)  # torch alone reads the changed values silently
+    args = _predict((ckpt, *world[1:]), tmp_path / "pred")
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "flipped.pt", "fails its CRC-32")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_edited_calibration_is_refused(world, capsys, monkeypatch, tmp_path):
+    import json
+
+    from protgo.infer.calibration import path_for, sealed
+
+    code, err = run_cli(_predict(world, tmp_path / "ok", "--threshold", "auto"), capsys,
+                        monkeypatch)  # fmt: skip
+    assert code == 0, err
+    path = path_for(world[0])
+    cal = json.loads(path.read_text())
+    aspect = next(iter(cal["aspects"]))
+    raised = {**cal, "aspects": {**cal["aspects"], aspect: {**cal["aspects"][aspect],
+                                                             "threshold": 0.95}}}  # fmt: skip
+    path.write_text(json.dumps(raised))  # an edit: the content no longer matches its seal
+    code, err = run_cli(_predict(world, tmp_path / "p1"), capsys, monkeypatch)
+    assert_one_error(code, err, str(path), "changed after protgo wrote it", "--calibrate")
+    a, b = cal["aspects"][aspect]["platt"]
+    flipped = {**cal, "aspects": {**cal["aspects"], aspect: {**cal["aspects"][aspect],
+                                                              "platt": [-a, b]}}}  # fmt: skip
+    path.write_text(json.dumps(sealed(flipped)))  # sealed again, but no fit has a < 0
+    code, err = run_cli(_predict(world, tmp_path / "p2"), capsys, monkeypatch)
+    assert_one_error(code, err, str(path), f"impossible fit for {aspect}")
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+@pytest.mark.parametrize("name", ["annotations.tsv", "splits.tsv"])
+def test_truncated_dataset_file_is_refused(name, world, capsys, monkeypatch, tmp_path):
+    _, data, _, cfg = world
+    path = data / "datasets" / "tinypred" / name
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-5]))  # rows dropped
+    out = tmp_path / "ev"
+    for args in (
+        ["evaluate", "--dataset", "tinypred", "--data-dir", data, "--out", out,
+         "--baselines", "naive"],
+        ["train", "-c", cfg, "--overwrite", "--set", f"train.out_dir={tmp_path / 'run'}"],
+    ):  # fmt: skip
+        code, err = run_cli(args, capsys, monkeypatch)
+        assert_one_error(code, err, str(path.parent), f"{name} fails its checksum",
+                         "protgo data build --name tinypred")  # fmt: skip
+
+
+def test_duplicate_term_stanza_is_named(tmp_path):
+    from protgo.data.ontology import parse_obo
+
+    text = TINY_OBO.read_text()
+    first = text.index("[Term]")
+    stanza = text[first : text.index("[Term]", first + 1)]
+    obo = tmp_path / "dup.obo"
+    obo.write_text(text + "\n" + stanza.replace("name: ", "name: other "))
+    term_id = stanza.split("id: ", 1)[1].split()[0]
+    with pytest.raises(UserError, match=rf"dup.obo:\d+: a second \[Term\] stanza for {term_id}"):
+        parse_obo(obo)
+
+
+def test_go_cache_manifest_always_describes_its_own_vectors(tmp_path, monkeypatch):
+    """Two writers of one cache folder, the first paused between its files (as a slow disk or
+    a busy CPU can): the manifest left on disk must describe the vectors beside it."""
+    import threading
+    import time
+
+    from protgo.stores import go_vectors
+    from protgo.stores.go_vectors import GoVectorCache
+
+    real = go_vectors.atomic_write
+
+    def slow(path, write):
+        real(path, write)
+        if path.name == "vectors.npy" and threading.current_thread().name == "first":
+            time.sleep(0.3)
+
+    monkeypatch.setattr(go_vectors, "atomic_write", slow)
+    caches = {tag: GoVectorCache(["GO:1", "GO:2"], ["MF", "MF"],
+                                 np.full((2, 3), value, np.float32), {"tag": tag})
+              for tag, value in (("first", 1.0), ("second", 2.0))}  # fmt: skip
+    first = threading.Thread(target=caches["first"].save, args=(tmp_path,), name="first")
+    first.start()
+    time.sleep(0.1)
+    caches["second"].save(tmp_path)
+    first.join()
+    got = GoVectorCache.load(tmp_path)
+    np.testing.assert_array_equal(got.vectors, caches[got.manifest["tag"]].vectors)

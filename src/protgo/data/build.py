@@ -27,6 +27,7 @@ from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.debian import debian_paths
 from protgo.data.fasta import read_fasta, write_fasta
+from protgo.data.folder import files_sha256
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.seqsearch import cluster_sequences
 from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
@@ -320,6 +321,7 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
     cluster_of = split_info.pop("cluster_of")
     summary = _write_folder(out_dir, onto, src, labels, (splits, cluster_of), zero, ia, opts)
     summary.update(
+        files=files_sha256(out_dir),
         name=name,
         provenance=src.provenance,
         options={

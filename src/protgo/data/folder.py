@@ -1,8 +1,14 @@
-"""Load a dataset folder written by :mod:`protgo.data.build`."""
+"""Load a dataset folder written by :mod:`protgo.data.build`.
+
+``dataset.json`` records the sha256 of every file of the folder (``files``); each file is
+checked the first time it is read, so a file cut short or edited after the build (which would
+drop proteins or annotations silently) is one UserError that says to rebuild the dataset.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +17,10 @@ from protgo.config import default_data_dir
 from protgo.data.fasta import read_fasta
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
+from protgo.io import file_sha256
+
+log = logging.getLogger(__name__)
+DATA_FILES = ("go.obo", "proteins.fasta", "annotations.tsv", "splits.tsv", "terms.tsv", "ia.tsv")
 
 
 def resolve_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Path:
@@ -33,6 +43,11 @@ def _read_tsv(path: Path) -> list[list[str]]:
         return [line.rstrip("\n").split("\t") for line in fh if line.strip()]
 
 
+def files_sha256(root: Path) -> dict[str, str]:
+    """The checksums ``dataset.json`` records: {file: sha256} of the folder's data files."""
+    return {name: file_sha256(root / name) for name in DATA_FILES}
+
+
 @dataclass
 class DatasetFolder:
     root: Path
@@ -43,39 +58,68 @@ class DatasetFolder:
 
     @cached_property
     def info(self) -> dict:
-        return json.loads((self.root / "dataset.json").read_text())
+        path = self.root / "dataset.json"
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is damaged ({exc}): rebuild the dataset with "
+                            f"`protgo data build --name {self.root.name}`") from None  # fmt: skip
+
+    def path(self, name: str) -> Path:
+        """The path of data file ``name``, its checksum checked against ``dataset.json``
+        (once per folder object; about 0.1 s per 100 MB)."""
+        checked = self.__dict__.setdefault("_checked", set())
+        path = self.root / name
+        if name in checked:
+            return path
+        want = self.info.get("files", {}).get(name)
+        if not path.is_file():
+            raise UserError(f"dataset {self.root} lacks {name}: rebuild it with "
+                            f"`protgo data build --name {self.root.name}`")  # fmt: skip
+        if want is None:
+            if not checked:
+                log.warning("dataset %s records no checksums (built by an older protgo): "
+                            "rebuild it so its files are checked", self.root)  # fmt: skip
+        elif file_sha256(path) != want:
+            raise UserError(
+                f"dataset {self.root}: {name} fails its checksum (cut short or edited since "
+                f"`protgo data build` wrote it): rebuild it with `protgo data build --name "
+                f"{self.root.name}`"
+            )
+        checked.add(name)
+        return path
 
     @cached_property
     def ontology(self) -> Ontology:
-        return Ontology.from_obo(self.root / "go.obo")
+        return Ontology.from_obo(self.path("go.obo"))
 
     @cached_property
     def sequences(self) -> dict[str, str]:
-        return read_fasta(self.root / "proteins.fasta")
+        return read_fasta(self.path("proteins.fasta"))
 
     @cached_property
     def annotations(self) -> dict[str, set[str]]:
         """Direct (unpropagated) annotations: protein -> GO ids."""
         out: dict[str, set[str]] = {}
-        for pid, term, *_ in _read_tsv(self.root / "annotations.tsv"):
+        for pid, term, *_ in _read_tsv(self.path("annotations.tsv")):
             out.setdefault(pid, set()).add(term)
         return out
 
     @cached_property
     def splits(self) -> dict[str, str]:
-        return {p: s for p, s, _ in _read_tsv(self.root / "splits.tsv")}
+        return {p: s for p, s, _ in _read_tsv(self.path("splits.tsv"))}
 
     @cached_property
     def clusters(self) -> dict[str, int]:
         """protein -> sequence cluster (one per protein for random splits)."""
-        return {p: int(c) for p, _, c in _read_tsv(self.root / "splits.tsv")}
+        return {p: int(c) for p, _, c in _read_tsv(self.path("splits.tsv"))}
 
     @cached_property
     def terms(self) -> dict[str, dict]:
         """term -> {aspect, n_train, class, held_out}."""
         return {
             t: {"aspect": a, "n_train": int(n), "class": c, "held_out": h == "1"}
-            for t, a, n, c, h in _read_tsv(self.root / "terms.tsv")
+            for t, a, n, c, h in _read_tsv(self.path("terms.tsv"))
         }
 
     @cached_property
@@ -84,7 +128,7 @@ class DatasetFolder:
 
     @cached_property
     def ia(self) -> dict[str, float]:
-        with (self.root / "ia.tsv").open() as fh:
+        with self.path("ia.tsv").open() as fh:
             return {t: float(v) for t, v in (line.split() for line in fh if line.strip())}
 
     @property
@@ -107,12 +151,12 @@ class DatasetFolder:
 
     @property
     def obo_path(self) -> Path:
-        return self.root / "go.obo"
+        return self.path("go.obo")
 
     @property
     def ia_path(self) -> Path:
-        return self.root / "ia.tsv"
+        return self.path("ia.tsv")
 
     @property
     def fasta_path(self) -> Path:
-        return self.root / "proteins.fasta"
+        return self.path("proteins.fasta")

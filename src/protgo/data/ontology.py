@@ -56,11 +56,13 @@ def _unquote(value: str) -> str:
 
 
 def parse_obo(path: Path) -> list[Term]:
-    """Parse ``[Term]`` stanzas; other stanza types are skipped. Errors name file and line."""
+    """Parse ``[Term]`` stanzas; other stanza types are skipped. Errors name file and line;
+    two stanzas with one id are an error (neither silently wins)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ontology file {path} not found (run `protgo data fetch`)")
     terms: list[Term] = []
+    seen: dict[str, int] = {}  # id -> line of its stanza
     cur: Term | None = None
     in_term = False
     for lineno, raw in iter_text_lines(path, "ontology file"):
@@ -80,6 +82,12 @@ def parse_obo(path: Path) -> list[Term]:
         tag, value = line.split(":", 1)
         value = value.split(" ! ", 1)[0].strip()
         if tag == "id":
+            if value in seen:
+                raise UserError(
+                    f"{path}:{lineno}: a second [Term] stanza for {value} (the first is at line "
+                    f"{seen[value]}): an id names one term; merge the two stanzas"
+                )
+            seen[value] = lineno
             cur = Term(id=value)
             terms.append(cur)
             continue

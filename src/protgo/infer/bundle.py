@@ -40,6 +40,7 @@ from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
+from protgo.infer import calibration
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
@@ -124,9 +125,18 @@ def load(path: Path) -> Bundle:
             f"bundle {path} has schema version {meta.get('schema_version')}, this protgo reads "
             f"{SCHEMA_VERSION}: use the protgo version that exported it"
         )
+    cal = meta.get("calibration")
+    if cal is not None:
+        calibration.check(cal, f"in {path / 'bundle.json'}", "export the bundle again")
+    if not isinstance(meta.get("phase"), int) or meta["phase"] < 0:
+        raise UserError(f"bundle {path}: bundle.json has phase {meta.get('phase')!r}, not a "
+                        "text phase (0, 1, 2, ...): export the bundle again")  # fmt: skip
     try:
         cfg = Config.model_validate(meta["config"])
-        weights = {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
+        weights = {
+            k: v.float() if v.is_floating_point() else v
+            for k, v in load_file(path / "model.safetensors").items()
+        }
     except Exception as exc:  # noqa: BLE001 - any damage has the same remedy
         raise UserError(f"bundle {path} is damaged ({type(exc).__name__}: {exc}); export it "
                         "again") from None  # fmt: skip
@@ -179,7 +189,10 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        state = {k: v.detach().half().contiguous() for k, v in predictor.model.state_dict().items()}
+        state = {
+            k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
+            for k, v in predictor.model.state_dict().items()
+        }  # GO numbers stay int64
         save_file(state, stage / "model.safetensors")
         with (
             folder.obo_path.open("rb") as src,

@@ -3,12 +3,17 @@
 Per aspect, logistic ``sigmoid(a * logit + b)`` (Platt scaling) on the validation split's
 (protein, term) pairs, and the threshold that gives the best validation Fmax on the
 calibrated, propagated scores. Stored next to the checkpoint as
-``<checkpoint>.calibration.json``, keyed by the checkpoint's sha256 and the score input.
+``<checkpoint>.calibration.json``, keyed by the checkpoint's sha256 and the score input, and
+sealed by the sha256 of its own content (``sha256``): a calibration edited or damaged after
+protgo wrote it (a threshold raised, a Platt slope's sign flipped) is refused, in a run folder
+and in a bundle, instead of silently emptying or inverting every prediction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +29,52 @@ def path_for(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".calibration.json")
 
 
+def content_sha256(cal: dict) -> str:
+    """The sha256 of a calibration's content: its canonical JSON without the ``sha256`` key."""
+    body = {k: v for k, v in cal.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(cal: dict) -> dict:
+    """``cal`` with its content checksum (:func:`content_sha256`) under ``sha256``."""
+    return {**cal, "sha256": content_sha256(cal)}
+
+
+def check(cal, where: str, fix: str) -> dict:
+    """``cal`` when it is a calibration as protgo wrote it: sealed by its checksum, each
+    aspect a finite Platt ``[a, b]`` with ``a > 0`` and a threshold in (0, 1); else one
+    UserError naming ``where`` and the ``fix``."""
+    problem = None
+    if not isinstance(cal, dict) or not isinstance(cal.get("aspects"), dict):
+        problem = "is not a calibration (no 'aspects')"
+    elif cal.get("sha256") != content_sha256(cal):
+        problem = "was changed after protgo wrote it (its content fails its sha256)"
+    else:
+        for aspect, fitted in cal["aspects"].items():
+            ab, tau = fitted.get("platt"), fitted.get("threshold")
+            ok_ab = (isinstance(ab, list) and len(ab) == 2
+                     and all(isinstance(v, int | float) and math.isfinite(v) for v in ab)
+                     and ab[0] > 0)  # fmt: skip
+            if not ok_ab or not (isinstance(tau, int | float) and 0 < tau < 1):
+                problem = f"holds an impossible fit for {aspect} (platt {ab}, threshold {tau})"
+                break
+    if problem:
+        raise UserError(f"calibration {where} {problem}: {fix}")
+    return cal
+
+
 def read(checkpoint: Path, logit_input: str) -> dict | None:
-    """The saved calibration of ``checkpoint`` (None when absent or for other bytes/input)."""
+    """The saved calibration of ``checkpoint`` (None when absent or for other bytes/input);
+    one that fails :func:`check` is a UserError."""
     path = path_for(checkpoint)
     if not path.is_file():
         return None
-    cal = json.loads(path.read_text())
+    fix = "delete it and fit it again (`protgo predict --calibrate`)"
+    try:
+        cal = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"calibration {path} is not JSON ({exc}): {fix}") from None
+    check(cal, str(path), fix)
     same = cal.get("checkpoint_sha256") == file_sha256(checkpoint)
     return cal if same and cal.get("input", "cos") == logit_input else None
 
@@ -60,6 +105,7 @@ def fit(pred, max_proteins: int = 2000) -> dict:
         best = fmax_smin(probs, truth)
         result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                      "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
+    result = sealed(result)
     atomic_write_text(path_for(pred.checkpoint), json.dumps(result, indent=1) + "\n")
     return result
 

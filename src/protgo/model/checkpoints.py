@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -64,9 +65,29 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def check_zip_members(path: Path, what: str) -> None:
+    """A file torch saved is a zip archive whose members carry CRC-32s: a byte changed inside
+    a tensor (a bad disk, a damaged copy) fails them, where ``torch.load`` would read the
+    changed values silently. Reads the whole file once (about 1 s per GB)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return  # not a zip: torch.load says what it is (a legacy file, or another program's)
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc})") from None
+    if bad is not None:
+        raise UserError(
+            f"{what} {path} is damaged (its member {bad} fails its CRC-32 check): use another "
+            "copy or another checkpoint of the run"
+        )
+
+
 def safe_torch_load(path: Path, what: str, map_location: str | torch.device = "cpu"):
-    """``torch.load`` that never runs code (weights_only); any failure is one UserError
-    naming the file (``what``: "checkpoint", "PLM checkpoint", ...)."""
+    """``torch.load`` that never runs code (weights_only), of a file whose zip members pass
+    their checksums (:func:`check_zip_members`); any failure is one UserError naming the file
+    (``what``: "checkpoint", "PLM checkpoint", ...)."""
+    check_zip_members(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -29,7 +29,7 @@ from protgo.config import GoTextConfig
 from protgo.data.folder import DatasetFolder
 from protgo.encoders.text import load_text_encoder
 from protgo.errors import UserError
-from protgo.io import atomic_write, atomic_write_text, file_sha256
+from protgo.io import atomic_write, atomic_write_text, file_lock
 from protgo.stores.go_text import GoTextStore
 
 log = logging.getLogger(__name__)
@@ -103,19 +103,29 @@ class GoVectorCache:
         return sub
 
     def save(self, directory: Path) -> None:
-        """``vectors.npy`` and ``ids.tsv``, then ``manifest.json`` with their checksums."""
+        """``vectors.npy`` and ``ids.tsv``, then ``manifest.json`` with their checksums, under
+        the folder's lock. The checksums are of the bytes this call writes, so a manifest can
+        only ever describe its own vectors: were another writer's files to land between, the
+        cache fails its check on load and is encoded again instead of being trusted."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
-        atomic_write(directory / "vectors.npy", lambda fh: np.save(fh, self.vectors))
-        rows = "".join(
-            f"{g}\t{a}\t{k}\n"
-            for g, a, k in zip(self.ids, self.aspects, self.text_keys, strict=True)
-        )
-        atomic_write_text(directory / "ids.tsv", rows)
+        buf = io.BytesIO()
+        np.save(buf, self.vectors)
+        raw = {
+            "vectors.npy": buf.getvalue(),
+            "ids.tsv": "".join(
+                f"{g}\t{a}\t{k}\n"
+                for g, a, k in zip(self.ids, self.aspects, self.text_keys, strict=True)
+            ).encode(),
+        }
+        sums = {f: hashlib.sha256(b).hexdigest() for f, b in raw.items()}
         manifest = {**self.manifest, "version": MANIFEST_VERSION, "n": len(self), "dim": self.dim,
-                    "sha256": {f: file_sha256(directory / f) for f in CACHE_FILES}}  # fmt: skip
-        atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
+                    "sha256": sums}  # fmt: skip
+        with file_lock(directory / LOCK):
+            (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
+            for name, data in raw.items():
+                atomic_write(directory / name, lambda fh, data=data: fh.write(data))
+            atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
 
     @classmethod
     def load(cls, directory: Path) -> GoVectorCache:
@@ -152,6 +162,7 @@ class GoVectorCache:
 
 
 CACHE_FILES = ("vectors.npy", "ids.tsv")
+LOCK = ".lock"  # held by a writer of the cache (and by load_or_build from check to save)
 
 
 def _read_checked(directory: Path, manifest: dict) -> tuple[str | None, dict[str, bytes]]:
