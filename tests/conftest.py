@@ -73,8 +73,8 @@ def tiny_world(tmp_path_factory, tiny_esm):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_esm):
-    """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred`` (read it,
-    never change it: test_predict.py and test_bad_inputs.py share it)."""
+    """(checkpoint, data_dir, sequences): a 2-epoch run on dataset ``tinypred``, with per-term
+    residuals (read it, never change it: test_predict.py and test_bad_inputs.py share it)."""
     from train_world import CONFIGS, build_predict_world
 
     from protgo.config import load_config
@@ -85,7 +85,8 @@ def trained(tmp_path_factory, tiny_esm):
 
     data_dir = tmp_path_factory.mktemp("predict_data")
     overrides, seqs = build_predict_world(data_dir, tiny_esm, "tinypred")
-    more = ["phases.start_epochs=[0]", "train.epochs=2", f"train.out_dir={data_dir / 'run'}"]
+    more = ["phases.start_epochs=[0]", "train.epochs=2", f"train.out_dir={data_dir / 'run'}",
+            "model.term_residual=true"]  # fmt: skip
     cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
     enc = ProteinEncoder(cfg.residues)
     ESMResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from protgo.config import ModelConfig
+from protgo.errors import UserError
 from protgo.model.aligner import ProtGoAligner, candidate_scores
 from protgo.model.pooling import AttentionPooling
 
@@ -115,3 +116,70 @@ def test_term_logits_add_a_text_prior_to_scaled_cosines():
     plain = ProtGoAligner(cfg.model_copy(update={"term_bias": False}), 8, 6)
     assert plain.term_bias is None
     torch.testing.assert_close(plain.term_logits(protein, go, text), cos)
+
+
+def test_term_residual_is_a_superset_of_the_text_head():
+    """Residuals start at zero, move only the terms they belong to, and a term without one
+    (no training positive) scores from its text alone, whatever the residuals learn."""
+    from protgo.model.aligner import residual_terms
+
+    torch.manual_seed(4)
+    cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, term_residual=True)
+    trained = ["GO:0000002", "GO:0000003"]
+    model = ProtGoAligner(cfg, residue_dim=8, go_dim=6, residual_terms=trained).eval()
+    text_only = ProtGoAligner(cfg.model_copy(update={"term_residual": False}), 8, 6).eval()
+    text_only.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith(("term_res", "term_off",
+                                                                            "residual"))}
+    )  # fmt: skip
+    ids = ["GO:0000001", "GO:0000002", "GO:0000003"]  # GO:0000001 is unseen in training
+    x, mask, text = torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool), torch.randn(3, 6)
+    protein, go = model.encode_protein(x, mask)["protein"], model.encode_go(text)
+    rows = model.residual_rows(ids)
+    assert rows.tolist() == [-1, 0, 1]
+    base = text_only.term_logits(protein, go, text)
+    torch.testing.assert_close(model.term_logits(protein, go, text, rows), base)  # zero at start
+    with torch.no_grad():
+        model.term_residual.normal_()
+        model.term_offset.fill_(2.0)
+    moved = model.term_logits(protein, go, text, rows)
+    assert torch.equal(moved[:, 0], base[:, 0])  # the unseen term: text only, exactly
+    assert not torch.allclose(moved[:, 1:], base[:, 1:])
+    scale = model.log_bias_scale.exp()
+    want = base[:, 1] + scale * protein @ model.term_residual[0] + 2.0
+    torch.testing.assert_close(moved[:, 1], want)
+    assert residual_terms(model.state_dict()) == trained  # the table's terms travel with it
+    with pytest.raises(UserError, match="not one"):
+        ProtGoAligner(cfg, 8, 6, residual_terms=["MY:1"])
+
+
+def test_weight_decay_only_on_matrices():
+    from protgo.train.optim import param_groups
+
+    cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, term_residual=True)
+    model = ProtGoAligner(cfg, 8, 6, residual_terms=["GO:0000002"])
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {"log_scale", "log_bias_scale", "term_offset", "term_bias.bias",
+            "protein_head.norm.weight", "protein_head.proj.bias"} <= kept  # fmt: skip
+    assert {"term_residual", "protein_head.proj.weight", "go_head.proj.weight"} <= decayed
+    assert decayed | kept == set(names.values()) and not decayed & kept
+
+
+@pytest.mark.parametrize(
+    ("requested", "world", "local", "want"),
+    [("cpu", 1, None, "cpu"), ("cpu", 2, "1", "cpu"), ("cuda", 2, "1", "cuda:1"),
+     ("cuda:0", 2, "1", "cuda:0"), ("cuda", 1, None, "cuda")],
+)  # fmt: skip
+def test_each_rank_takes_the_gpu_of_its_local_rank(requested, world, local, want, monkeypatch):
+    from protgo.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # no GPU here
+    if local is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local)
+    assert distributed.device_for(requested, world) == torch.device(want)

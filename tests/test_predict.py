@@ -168,3 +168,18 @@ def test_cli_predict(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output[res.output.rindex('{"proteins"') :])["proteins"] == 2
     assert len((tmp_path / "o" / "predictions.tsv").read_text().splitlines()) == 1 + 2 * 2
+
+
+def test_only_terms_with_a_training_positive_carry_a_residual(trained):
+    """Unseen (zero-shot) terms have no residual, so they are scored from their text alone;
+    the trained terms' residuals have moved from zero."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.infer.predict import Predictor
+
+    ckpt, data_dir, _ = trained
+    pred = Predictor(ckpt, data_dir)
+    cls = DatasetFolder.load("tinypred", data_dir).term_class
+    has = (pred.residual_rows >= 0).tolist()
+    assert has == [cls.get(g) in ("common", "few") for g in pred.go_ids]
+    assert any(has) and not all(has)
+    assert pred.model.term_residual.abs().sum() > 0

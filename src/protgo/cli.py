@@ -377,15 +377,29 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     threads: Annotated[int, typer.Option(help="Threads for DIAMOND, cafaeval, torch.")] = 2,
     knn_k: Annotated[int, typer.Option(help="Neighbours of the k-NN baseline.")] = 10,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A bundle, shipped model or checkpoint: zero-/few-shot AUC from its "
+            "complete score matrix, beside the ontology baselines."
+        ),
+    ] = None,
+    min_positives: Annotated[
+        int, typer.Option(help="With --model: terms need this many positives to count.")
+    ] = 1,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score predictions (and baselines) with cafaeval: Fmax, weighted Fmax, Smin, coverage
-    per aspect, plus zero-/few-shot term AUC. Writes results.tsv and curves.tsv."""
+    per aspect, plus zero-/few-shot term AUC from the files (pairs a file leaves out score 0).
+    Writes results.tsv and curves.tsv. With --model, also zero_shot.tsv: zero-/few-shot term
+    AUC from the model's complete score matrix, and the same for two baselines that need no
+    text training (a term's best parent; the trained term with the nearest text)."""
     from protgo.config import load_config
     from protgo.data.folder import DatasetFolder
     from protgo.eval.evaluate import evaluate_command
+    from protgo.infer.split_eval import zero_shot_command
     from protgo.io import check_output_path
 
     cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set
@@ -393,11 +407,18 @@ def evaluate(
     folder = DatasetFolder.load(dataset, root)
     out = check_output_path(out or Path("runs") / f"evaluate-{folder.root.name}-{split}",
                             "--out", folder=True)  # fmt: skip
-    table = evaluate_command(
-        folder, split, list(pred or []), baselines, out, valid_pred=valid_pred, store=store,
-        threads=threads, knn_k=knn_k, residues=cfg.residues, data_dir=root,
-    )  # fmt: skip
-    typer.echo(table)
+    if min_positives < 1:
+        raise UserError(f"--min-positives must be at least 1, got {min_positives}")
+    if pred or baselines:
+        table = evaluate_command(
+            folder, split, list(pred or []), baselines, out, valid_pred=valid_pred,
+            store=store, threads=threads, knn_k=knn_k, residues=cfg.residues, data_dir=root,
+        )  # fmt: skip
+        typer.echo(table)
+    elif model is None:
+        raise UserError("nothing to evaluate: give --pred files, --baselines and/or --model")
+    if model is not None:
+        typer.echo(zero_shot_command(model, folder, split, root, out, min_positives))
     typer.echo(f"results in {out}")
 
 

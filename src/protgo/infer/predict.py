@@ -34,7 +34,7 @@ from protgo.data.ontology import Ontology
 from protgo.encoders.protein import embed_arrays, pack_by_tokens, protein_encoder
 from protgo.errors import UserError
 from protgo.infer import bundle, calibration, scoring
-from protgo.model.aligner import ProtGoAligner
+from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, embed_go
@@ -123,7 +123,8 @@ class Predictor:
                 "protein_head.proj.weight): give a checkpoint written by `protgo train`"
             )
         residue_dim = int(weights["protein_head.proj.weight"].shape[1])
-        self.model = ProtGoAligner(self.cfg.model, residue_dim, cache.dim)
+        self.model = ProtGoAligner(self.cfg.model, residue_dim, cache.dim,
+                                   residual_terms(weights))  # fmt: skip
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as exc:
@@ -137,6 +138,7 @@ class Predictor:
             self.go_text = torch.from_numpy(cache.vectors[keep]).to(self.device)  # (T, Dt)
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
         self.logit_input = "cos" if self.model.term_bias is None else "logit"
+        self.residual_rows = self.model.residual_rows(self.go_ids)  # None without residuals
 
     def term_class(self, go_id: str) -> str:
         """common | few | zero (no training protein) | new (not in the trained ontology)."""
@@ -222,8 +224,12 @@ class Predictor:
     def logits(self, vecs: torch.Tensor, cols: np.ndarray | None = None) -> np.ndarray:
         """(N, A) protein vectors -> (N, T) float64 term logits (cosines without a term
         bias) over ``go_ids`` (or its columns ``cols``)."""
-        go, text = (self.go, self.go_text) if cols is None else (self.go[cols], self.go_text[cols])
-        out = self.model.term_logits(vecs.to(self.device), go, text)
+        go, text, rows = self.go, self.go_text, self.residual_rows
+        if cols is not None:
+            idx = torch.as_tensor(cols, device=self.device)
+            go, text = go[idx], text[idx]
+            rows = None if rows is None else rows[idx]
+        out = self.model.term_logits(vecs.to(self.device), go, text, rows)
         return out.cpu().numpy().astype(np.float64)
 
     def scores(self, vecs: torch.Tensor, propagate: bool = True) -> np.ndarray:

@@ -10,17 +10,28 @@ read from its text vector by a linear head (so unseen terms get one too), and
 :meth:`ProtGoAligner.term_logits` gives per-(protein, term) binary logits
 ``bias_scale * cos + bias(text)``, trained with binary cross-entropy
 (:func:`protgo.model.losses.binary_term_loss`) and used for prediction.
+
+With ``model.term_residual`` every term with a training positive also gets a learned residual
+vector and logit offset on top of its text (as a per-term classifier has, and every top CAFA
+system kept): ``bias_scale * protein . (go + residual) + bias(text) + offset``. Both start at
+zero and are weight-decayed towards it, so a term stays near its text unless its training
+proteins say otherwise; a term without a training positive has no residual at all and is scored
+from its text exactly as without the option (zero-shot).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from protgo.config import ModelConfig
+from protgo.errors import UserError
 from protgo.model.pooling import AttentionPooling, MeanPooling
 
 MAX_LOGIT_SCALE = 100.0
@@ -46,7 +57,11 @@ class ProjectionHead(nn.Module):
 class ProtGoAligner(nn.Module):
     """Residue vectors (B, L, Dr) and GO text vectors (U, Dt) -> unit vectors (., A)."""
 
-    def __init__(self, cfg: ModelConfig, residue_dim: int, go_dim: int):
+    def __init__(
+        self, cfg: ModelConfig, residue_dim: int, go_dim: int, residual_terms: Sequence[str] = ()
+    ):
+        """``residual_terms``: the GO ids that get a residual (``model.term_residual``: the
+        terms with a training positive)."""
         super().__init__()
         self.cfg = cfg
         self.pool = (
@@ -65,6 +80,21 @@ class ProtGoAligner(nn.Module):
             nn.init.zeros_(self.term_bias.weight)
             nn.init.constant_(self.term_bias.bias, cfg.init_term_bias)
             self.log_bias_scale = nn.Parameter(torch.tensor(math.log(cfg.init_bias_scale)))
+        self.term_residual: nn.Parameter | None = None
+        if cfg.term_residual and cfg.term_bias:
+            n = len(residual_terms)
+            self.register_buffer("residual_go", go_numbers(residual_terms))  # saved with it
+            self.term_residual = nn.Parameter(torch.zeros(n, cfg.align_dim))
+            self.term_offset = nn.Parameter(torch.zeros(n))
+            self._residual_row = {t: i for i, t in enumerate(residual_terms)}
+
+    def residual_rows(self, ids: Sequence[str]) -> torch.Tensor | None:
+        """(T,) rows of ``ids`` in the residual table, -1 for a term without one; None when
+        the model has no residuals."""
+        if self.term_residual is None:
+            return None
+        rows = [self._residual_row.get(t, -1) for t in ids]
+        return torch.tensor(rows, dtype=torch.long, device=self.term_residual.device)
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -80,14 +110,22 @@ class ProtGoAligner(nn.Module):
         return self.go_head(go_vectors)
 
     def term_logits(
-        self, protein: torch.Tensor, go: torch.Tensor, go_text: torch.Tensor
-    ) -> torch.Tensor:
+        self, protein: torch.Tensor, go: torch.Tensor, go_text: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """(B, A) proteins, (T, A) projected GO vectors, (T, Dt) their text vectors -> (B, T)
-        binary logits ``bias_scale * cos + bias(text)``; plain cosines without a term bias."""
+        binary logits ``bias_scale * cos + bias(text)``; plain cosines without a term bias.
+        ``rows`` (T,) (:meth:`residual_rows`): add each term's residual and offset (none for
+        -1, or when None: text only)."""
         cos = protein @ go.T  # (B, T)
         if self.term_bias is None:
             return cos
         bias = self.term_bias(go_text.to(self.term_bias.weight.dtype)).squeeze(-1)  # (T,)
+        if self.term_residual is not None and rows is not None and len(self.term_residual):
+            has = (rows >= 0).to(go.dtype)[:, None]  # (T, 1)
+            go = go + self.term_residual[rows.clamp(min=0)].to(go.dtype) * has
+            bias = bias + self.term_offset[rows.clamp(min=0)].to(bias.dtype) * has[:, 0]
+            cos = protein @ go.T
         return self.log_bias_scale.exp().clamp(max=MAX_LOGIT_SCALE) * cos + bias
 
     def forward(
@@ -112,3 +150,24 @@ def candidate_scores(all_scores: torch.Tensor, cand_idx: torch.Tensor) -> torch.
     """(B, U) scores, (B, C) indices into U (-1: padding) -> (B, C), 0 where padded."""
     got = all_scores.gather(1, cand_idx.clamp(min=0))
     return got.masked_fill(cand_idx < 0, 0.0)
+
+
+GO_ID = re.compile(r"GO:(\d{7})")
+
+
+def go_numbers(ids: Sequence[str]) -> torch.Tensor:
+    """GO ids -> (T,) int64 (``GO:0003674`` -> 3674), how the residual table's terms are
+    stored in the weights (a state dict holds tensors only)."""
+    bad = next((t for t in ids if not GO_ID.fullmatch(t)), None)
+    if bad is not None:
+        raise UserError(
+            f"model.term_residual keys its residuals by GO id, and '{bad}' is not one "
+            "(GO:NNNNNNN): set model.term_residual=false for this ontology"
+        )
+    return torch.from_numpy(np.array([int(t[3:]) for t in ids], dtype=np.int64))
+
+
+def residual_terms(weights: dict) -> list[str]:
+    """The GO ids of a saved model's residual table (none without one)."""
+    numbers = weights.get("residual_go")
+    return [] if numbers is None else [f"GO:{int(n):07d}" for n in numbers.tolist()]

@@ -323,11 +323,12 @@ class TermBCELoss(nn.Module):
         """The scored terms are the batch's own GO terms ``terms["batch_cols"]`` (S,) (rows
         of ``out["go"]`` and ``go_text``: the forward has projected them already, and the GO
         head is the largest cost of a step) and others, ``terms["text"]`` (E, Dt);
-        ``terms["truth"]`` (B, S + E) in that order."""
+        ``terms["truth"]`` (B, S + E) in that order; ``terms["residual_rows"]`` (S + E,) their
+        rows in the model's residual table (None: text only)."""
         cols, text = terms["batch_cols"], terms["text"]
         go = torch.cat([out["go"][cols], model.encode_go(text)])  # (S + E, A)
         text = torch.cat([go_text[cols], text.to(go_text.dtype)])
-        logits = model.term_logits(out["protein"], go, text)  # (B, S + E)
+        logits = model.term_logits(out["protein"], go, text, terms.get("residual_rows"))
         value = binary_term_loss(logits, terms["truth"])
         return value, {"bce_terms": float(len(go))}
 

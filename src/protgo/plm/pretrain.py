@@ -31,6 +31,7 @@ from protgo.io import atomic_write_text, truncate_jsonl
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
 from protgo.plm import corpus as mc
 from protgo.train import distributed
+from protgo.train.optim import adamw
 from protgo.train.schedule import warmup_cosine_factor
 
 SCHEMA_VERSION = 1
@@ -148,14 +149,7 @@ def warmup_cosine_lr(optimizer, base_lr: float, warmup: int, total: int, min_fra
 
 
 def make_optimizer(model, cfg: PlmTrainConfig) -> torch.optim.AdamW:
-    # No weight decay on biases, LayerNorms and embeddings' norms (1-D parameters).
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    return adamw(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
 
 
 @dataclass
@@ -434,14 +428,8 @@ def setup_runtime(threads: int | None) -> Runtime:
     if threads:
         torch.set_num_threads(threads)
     rank, world = distributed.init()
-    cuda = torch.cuda.is_available()
-    if world > 1:  # launched by torchrun
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        return Runtime(device, rank, world)
-    return Runtime(torch.device("cuda" if cuda else "cpu"))
+    device = distributed.device_for("cuda" if torch.cuda.is_available() else "cpu", world)
+    return Runtime(device, rank, world)
 
 
 def wrap_for_speed(model, rt: Runtime, compile_model: bool | None = None):

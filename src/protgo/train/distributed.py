@@ -24,6 +24,19 @@ def init() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def device_for(requested: str | torch.device, world: int) -> torch.device:
+    """The device of this process: under torchrun (``world`` > 1) a CUDA request without an
+    index becomes ``cuda:LOCAL_RANK``, so each rank of a machine takes its own GPU (and is
+    made the current one); anything else as requested (as open_clip's
+    ``init_distributed_device``)."""
+    device = torch.device(requested)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def wrap(
     module: torch.nn.Module, world: int, device: torch.device, unused_params: bool = False
 ) -> torch.nn.Module:

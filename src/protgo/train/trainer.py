@@ -38,6 +38,7 @@ from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
+from protgo.eval.zeroshot import complete_term_metrics
 from protgo.infer import scoring
 from protgo.io import check_output_path
 from protgo.mining.collator import ContrastiveEmbCollator
@@ -55,6 +56,7 @@ from protgo.model.losses import (
 from protgo.model.pooling import pad_residues
 from protgo.stores.residues import ESMResidueStore
 from protgo.train import distributed
+from protgo.train.optim import adamw
 from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.schedule import warmup_cosine
 from protgo.train.tracking import Tracker
@@ -108,7 +110,7 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.data_dir = Path(data_dir) if data_dir else cfg.data.resolved_data_dir()
         self.rank, self.world = distributed.init()
-        self.device = torch.device(cfg.train.device)
+        self.device = distributed.device_for(cfg.train.device, self.world)
         self.dtype = compute.resolve_dtype(cfg.train.dtype, self.device)  # warns if emulated
         self._residue_dtype = torch.bfloat16 if self.dtype == "bf16" else torch.float32
         _seed_everything(cfg.train.seed)
@@ -117,19 +119,18 @@ class Trainer:
         self.ontology = self.folder.ontology
         store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
-        go_dim = go_cache(cfg, self.data_dir, 0)[0].dim
+        cache0 = go_cache(cfg, self.data_dir, 0)[0]
+        trained = [g for g in cache0.ids if self.folder.term_class.get(g) in ("common", "few")]
         # Seeded again here: whether the GO cache was already in memory (phases.go_cache)
         # changes how much random state the steps above used.
         _seed_everything(cfg.train.seed)
-        self.model = ProtGoAligner(cfg.model, store.dim, go_dim).to(self.device)
+        self.model = ProtGoAligner(cfg.model, store.dim, cache0.dim, trained).to(self.device)
         self.criterion = AlignmentLoss(cfg.loss)
         self.step_loss = distributed.wrap(
             StepLoss(self.model, self.criterion), self.world, self.device,
             unused_params=cfg.model.term_bias and cfg.loss.lambda_bce == 0,
         )  # fmt: skip
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = adamw(self.model, cfg.train.lr, cfg.train.weight_decay)
         self.sampler = RankSlices(
             FewShotBatchSampler.for_dataset(
                 self.train_ds, cfg.train.batch_size * self.world, seed=cfg.train.seed
@@ -363,6 +364,7 @@ class Trainer:
             zero, self._prop_memo = self.train_ds.fewzero.zero, {}
             self._bce_rows = np.array([r for r, g in enumerate(cache.ids) if g not in zero])
             self._bce_col = {g: r for r, g in enumerate(cache.ids)}
+            self._bce_residual = self.model.residual_rows(cache.ids)  # cache row -> residual
             self._bce_cache = cache
         rows, go_rows = self._bce_rows, np.asarray(batch["go_rows"])
         if len(rows) > self.cfg.loss.bce_max_terms:
@@ -380,9 +382,13 @@ class Trainer:
         for b, pid in enumerate(batch["pids"]):
             ks = col[self._propagated(pid)]
             truth[b, ks[ks >= 0]] = True
+        order = torch.from_numpy(np.concatenate([rows[shared], others]))
+        residual = None if self._bce_residual is None else self._bce_residual[order.to(
+            self._bce_residual.device)]  # fmt: skip
         return {"batch_cols": torch.from_numpy(batch_pos[rows[shared]]).to(self.device),
                 "truth": torch.from_numpy(truth).to(self.device),
-                "text": cache.matrix[torch.from_numpy(others)].to(self.device)}  # fmt: skip
+                "text": cache.matrix[torch.from_numpy(others)].to(self.device),
+                "residual_rows": residual}  # fmt: skip
 
     def _propagated(self, pid: str) -> np.ndarray:
         """Cache rows of a training protein's propagated annotations (memoised per phase)."""
@@ -437,7 +443,8 @@ class Trainer:
     def validate(self) -> dict:
         """Per-aspect Fmax on the valid split, scored as ``predict`` scores before
         calibration and evaluated as ``protgo evaluate`` does (:func:`evaluate_fast`), next to
-        random scores; ``fmax`` is their mean over aspects, which picks ``best.pt``
+        random scores; zero- and few-shot term AUC per aspect from the complete matrix
+        (``zero_auc_MF``, ...); ``fmax`` is their mean over aspects, which picks ``best.pt``
         (:func:`protgo.infer.scoring.selection_score`). InfoNCE over all scored terms."""
         self.model.eval()
         pids, vecs = self.encode_proteins(self.valid_ds.pids)
@@ -447,15 +454,22 @@ class Trainer:
         go = self.model.encode_go(text)  # (T, A)
         cos = (vecs @ go.T).cpu()  # (N, T)
         kind = "cos" if self.model.term_bias is None else "logit"
-        raw = cos if kind == "cos" else self.model.term_logits(vecs, go, text).cpu()
+        rows = self.model.residual_rows(terms)
+        raw = cos if kind == "cos" else self.model.term_logits(vecs, go, text, rows).cpu()
         rand = np.random.default_rng(0).random(cos.shape)
         aspects, result = self.cfg.data.aspects, {"epoch": self.epoch}
-        for name, score in (("", scoring.to_scores(raw.numpy(), kind)), ("_random", rand)):
+        prop = scoring.propagate(scoring.to_scores(raw.numpy(), kind), terms, onto)
+        for name, score in (("", prop), ("_random", rand)):
             rows = evaluate_fast(Predictions(pids, terms, score), self.annotations, pids, onto,
                                  aspects=aspects)  # fmt: skip
             result |= {f"fmax{name}_{r['aspect']}": r["fmax"] for r in rows}
             result[f"fmax{name}"] = scoring.selection_score(rows)
-        truth = torch.from_numpy(truth_matrix(self.annotations, pids, terms, onto))
+        truth_np = truth_matrix(self.annotations, pids, terms, onto)
+        term_aspects = np.array([onto.aspect(t) for t in terms])
+        for r in complete_term_metrics(prop, truth_np, terms, self.folder.term_class,
+                                       term_aspects):  # fmt: skip
+            result[f"{r['class']}_auc_{r['aspect']}"] = r["auc"]  # complete matrix
+        truth = torch.from_numpy(truth_np)
         con = multi_positive_info_nce(self.model.logit_scale.cpu() * cos, truth)
         self.model.train()
         return result | {"con": float(con), "proteins": len(pids), "phase": self.phases.phase}
