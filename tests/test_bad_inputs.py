@@ -381,3 +381,35 @@ def test_go_cache_manifest_always_describes_its_own_vectors(tmp_path, monkeypatc
     first.join()
     got = GoVectorCache.load(tmp_path)
     np.testing.assert_array_equal(got.vectors, caches[got.manifest["tag"]].vectors)
+
+
+def test_predict_keeps_earlier_outputs_and_cleans_after_kills(world, capsys, monkeypatch, tmp_path):
+    out = tmp_path / "pred"
+    code, err = run_cli(_predict(world, out), capsys, monkeypatch)
+    assert code == 0, err
+    before = (out / "protgo.tsv").read_text()
+    (out / ".staging-killed").mkdir()  # what a predict killed mid-write leaves
+    (out / ".staging-killed" / "protgo.tsv").write_text("half")
+    code, err = run_cli(_predict(world, out), capsys, monkeypatch)
+    assert_one_error(code, err, str(out), "already holds predictions", "--overwrite")
+    assert (out / "protgo.tsv").read_text() == before
+    code, err = run_cli(_predict(world, out, "--overwrite"), capsys, monkeypatch)
+    assert code == 0, err
+    assert (out / "protgo.tsv").read_text() == before  # same model, same answer
+    assert not list(out.glob(".staging-*"))
+
+
+def test_uniprot_headers_are_named_by_accession(world, capsys, monkeypatch, tmp_path):
+    ckpt, data, fasta, cfg = world
+    records = fasta.read_text().split(">")[1:]
+    named = "".join(f">sp|P{i:05d}|X{i}_HUMAN {rec}" if i else f">{rec}"
+                    for i, rec in enumerate(records))  # fmt: skip
+    (tmp_path / "u.fasta").write_text(named)
+    out = tmp_path / "pred"
+    code, err = run_cli(_predict((ckpt, data, tmp_path / "u.fasta", cfg), out), capsys,
+                        monkeypatch)  # fmt: skip
+    assert code == 0, err
+    pids = {ln.split("\t")[0] for ln in (out / "protgo.tsv").read_text().splitlines()}
+    first = records[0].split()[0]
+    assert pids == {first, *(f"P{i:05d}" for i in range(1, len(records)))}
+    assert not any("|" in p for p in pids)

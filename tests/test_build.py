@@ -6,7 +6,7 @@ import pytest
 
 from protgo.data import build
 from protgo.data.fasta import read_fasta, write_fasta
-from protgo.data.folder import DatasetFolder
+from protgo.data.folder import DATA_FILES, HELD_OUT, DatasetFolder
 from protgo.errors import UserError
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -73,6 +73,13 @@ def test_build_own_data(tmp_path, tiny_obo, split):
     test_terms = set().union(*(ds.annotations[p] for p in ds.ids("test")))
     assert zero <= test_terms
     assert all(ds.terms[t]["class"] == "zero" and ds.terms[t]["n_train"] == 0 for t in zero)
+    # ... and their training annotations are kept aside, not lost
+    held = [ln.split("\t") for ln in (out / "held_out_annotations.tsv").read_text().splitlines()]
+    assert held[0] == ["protein", "term", "aspect", "evidence"]
+    # (a training protein whose only labels were held out leaves the splits: nothing to train)
+    assert held[1:] and all(ds.splits.get(p, "train") == "train" and t in zero
+                            for p, t, _, _ in held[1:])  # fmt: skip
+    assert set(info["files"]) == {*DATA_FILES, HELD_OUT}
     assert set(ds.ia) == set(onto.terms) and ds.ia["GO:0000001"] == 0
 
     if split == "cluster":  # near-identical family members never cross splits

@@ -462,6 +462,9 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Proteins scored per chunk.")] = 256,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the prediction files already in --out.")
+    ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score every GO term of the chosen aspects for each sequence (unseen terms included).
@@ -485,6 +488,7 @@ def predict(
         source, fasta, out, top_k, asp, attributions, propagate, threshold,
         data_dir.expanduser() if data_dir else None, calibrate, keep_general,
         most_specific=most_specific, obo=obo, device=device, batch_size=batch_size,
+        overwrite=overwrite,
     )  # fmt: skip
     typer.echo(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                            for k, v in info.items()}))  # fmt: skip

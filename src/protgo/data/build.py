@@ -2,8 +2,10 @@
 
 A dataset folder holds ``go.obo``, ``proteins.fasta``, ``annotations.tsv`` (protein, term,
 aspect, evidence), ``splits.tsv`` (protein, split), ``terms.tsv`` (term, aspect, n_train,
-class, held_out), ``ia.tsv`` (term, IA; cafaeval's format) and ``dataset.json`` (provenance and
-counts), written last so that a folder with ``dataset.json`` is complete.
+class, held_out), ``ia.tsv`` (term, IA; cafaeval's format), ``held_out_annotations.tsv`` (the
+training proteins' annotations to zero-shot terms: by design not in ``annotations.tsv``, kept
+here so nothing is lost) and ``dataset.json`` (provenance, counts and every file's sha256),
+written last so that a folder with ``dataset.json`` is complete.
 
 Sources: ``human-exp`` (human proteins with experimental GO from org.Hs.eg.db, sequences from
 Swiss-Prot 2014), ``swissprot-2014`` (all metastudent proteins, weak labels including IEA),
@@ -26,8 +28,8 @@ from tqdm import tqdm
 from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.debian import debian_paths
-from protgo.data.fasta import read_fasta, write_fasta
-from protgo.data.folder import files_sha256
+from protgo.data.fasta import read_fasta, uniprot_accession, write_fasta
+from protgo.data.folder import HELD_OUT, files_sha256
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.seqsearch import cluster_sequences
 from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
@@ -235,7 +237,7 @@ def read_gaf(path: Path, prov: dict, codes: tuple[str, ...] | None) -> list[tupl
 def _to_fasta_ids(rows, sequences: dict[str, str]) -> list[tuple[str, str, str]]:
     """GAF rows name UniProt accessions; FASTA records may be named ``sp|ACC|NAME``: map an
     accession to its record's id when the accession itself is not an id."""
-    by_acc = {pid.split("|")[1]: pid for pid in sequences if pid.count("|") == 2}
+    by_acc = {uniprot_accession(pid): pid for pid in sequences}
     return [(p if p in sequences else by_acc.get(p, p), g, e) for p, g, e in rows]
 
 
@@ -312,16 +314,20 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
     train_labels = {p: set(labels[p]) for p in pids if splits[p] == "train"}
     ia = onto.information_accretion(train_labels)
     zero = _pick_zero_shot(onto, labels, splits, opts)
+    held = ["protein\tterm\taspect\tevidence"]  # training annotations of zero-shot terms
     for p in train_labels:
-        for t in zero & set(labels[p]):
-            del labels[p][t]
+        for t in sorted(zero & set(labels[p])):
+            held.append(f"{p}\t{t}\t{onto.aspect(t)}\t{','.join(sorted(labels[p].pop(t)))}")
         if not labels[p]:  # its only labels were held out: nothing left to train on
             del labels[p]
             counts["train_proteins_emptied_by_zero_shot"] += 1
     cluster_of = split_info.pop("cluster_of")
     summary = _write_folder(out_dir, onto, src, labels, (splits, cluster_of), zero, ia, opts)
+    atomic_write_text(out_dir / HELD_OUT, "\n".join(held) + "\n")
     summary.update(
         files=files_sha256(out_dir),
+        held_out_annotations=f"{HELD_OUT}: the {len(held) - 1} annotations of training proteins "
+        "to zero-shot terms, left out of annotations.tsv so no model trains on them",
         name=name,
         provenance=src.provenance,
         options={

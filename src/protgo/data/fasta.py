@@ -13,6 +13,8 @@ def iter_fasta(path: Path) -> Iterator[tuple[str, str]]:
     """Yield (id, sequence); the id is the header's first word. The file may be gzipped.
     Residues are not validated here (``encoders.protein.clean_sequence`` does that)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"FASTA file {path} is a folder: give the path of a FASTA file")
     if not path.is_file():
         raise UserError(f"FASTA file {path} not found")
     pid: str | None = None
@@ -52,6 +54,13 @@ def read_fasta(path: Path) -> dict[str, str]:
     if not out:
         raise UserError(f"FASTA file {path} holds no records")
     return out
+
+
+def uniprot_accession(pid: str) -> str:
+    """``sp|P00533|EGFR_HUMAN`` (a UniProt header: db|accession|name) -> ``P00533``; any
+    other id as is."""
+    parts = pid.split("|")
+    return parts[1] if len(parts) == 3 and parts[0] in ("sp", "tr") and parts[1] else pid
 
 
 def write_fasta(records: Iterable[tuple[str, str]], path: Path, width: int = 60) -> None:

@@ -20,6 +20,7 @@ from protgo.errors import UserError
 from protgo.io import file_sha256
 
 log = logging.getLogger(__name__)
+HELD_OUT = "held_out_annotations.tsv"  # zero-shot terms' training annotations (not trained on)
 DATA_FILES = ("go.obo", "proteins.fasta", "annotations.tsv", "splits.tsv", "terms.tsv", "ia.tsv")
 
 
@@ -45,7 +46,7 @@ def _read_tsv(path: Path) -> list[list[str]]:
 
 def files_sha256(root: Path) -> dict[str, str]:
     """The checksums ``dataset.json`` records: {file: sha256} of the folder's data files."""
-    return {name: file_sha256(root / name) for name in DATA_FILES}
+    return {name: file_sha256(root / name) for name in (*DATA_FILES, HELD_OUT)}
 
 
 @dataclass

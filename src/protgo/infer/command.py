@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.data.fasta import read_fasta
+import protgo
+from protgo.data.fasta import read_fasta, uniprot_accession
 from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
 from protgo.infer.attribution import explain
@@ -37,8 +38,12 @@ CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
 
 
 def read_query_fasta(path: Path) -> dict[str, str]:
-    """{pid: cleaned sequence}; every record checked before anything runs."""
-    return {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
+    """{pid: cleaned sequence}; every record checked before anything runs. UniProt headers
+    (``sp|P00533|EGFR_HUMAN``) are named by their accession, as in every dataset and in CAFA
+    files, unless two records would then share a name."""
+    seqs = {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
+    short = {uniprot_accession(pid): seq for pid, seq in seqs.items()}
+    return short if len(short) == len(seqs) else seqs
 
 
 def parse_threshold(text: str | None) -> str | float | None:
@@ -98,14 +103,33 @@ def _ancestors_of(pred: Predictor, ids: list[str]) -> set[str]:
     return out
 
 
+OUTPUT_FILES = ("protgo.tsv", "predictions.tsv", "predictions.json", "attributions.json")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Before any work: ``out`` can be written, and holds no earlier predictions unless
+    ``overwrite``."""
+    check_output_path(out, "--out", folder=True)
+    old = [f for f in OUTPUT_FILES if (Path(out) / f).exists()]
+    if old and not overwrite:
+        raise UserError(f"--out {out} already holds predictions ({', '.join(old)}): give a new "
+                        "folder, or --overwrite to replace them")  # fmt: skip
+
+
 def write_outputs(out: Path, files: Mapping[str, str]) -> None:
-    """Write every file into a staging folder first, then move them in: nothing half-written."""
+    """Write every file into a staging folder first, then move them in: nothing half-written.
+    The earlier run's files go first, so a kill between the moves leaves a set with files
+    missing, never new files beside old ones; staging folders a killed run left are removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for left in out.glob(".staging-*"):
+        shutil.rmtree(left, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         for name, text in files.items():
             (stage / name).write_text(text)
+        for name in OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
         for name in files:
             os.replace(stage / name, out / name)
     finally:
@@ -129,13 +153,13 @@ def run_predict(
     aspects: Iterable[str] | None = None, attributions: bool = False, propagate: bool = True,
     threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
     keep_general: bool = False, progress: bool = True, most_specific: bool = False,
-    obo: Path | None = None, device: str = "cpu", batch_size: int = 256,
+    obo: Path | None = None, device: str = "cpu", batch_size: int = 256, overwrite: bool = False,
 ) -> dict:  # fmt: skip
     """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help).
     ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
     if top_k < 1 or batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be at least 1, got {top_k}, {batch_size}")
-    check_output_path(out, "--out", folder=True)
+    check_out(out, overwrite)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
     pred = Predictor(checkpoint, data_dir, aspects, device, obo)
@@ -174,7 +198,10 @@ def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict
     for row in rows:
         by_pid[row["protein"]].append({k: row[k] for k in ROW_KEYS[1:-1]})
     thresholds = pred.thresholds() if cut == "auto" else cut
+    if isinstance(thresholds, dict):
+        thresholds = {a: round(v, 6) for a, v in thresholds.items()}
     meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
+            "protgo_version": protgo.__version__, "go_release": pred.go_release,
             "aspects": pred.aspects, "calibrated": bool(pred.calibration),
             "threshold": thresholds}  # fmt: skip
     proteins = [{"protein": r.pid, "length": len(r.sequence), "terms": by_pid[r.pid]}

@@ -21,6 +21,7 @@ The ``protgo predict`` command and its output files are :mod:`protgo.infer.comma
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,16 @@ class Predictor:
         self.checkpoint = resolve_checkpoint(path)
         state = load_checkpoint(self.checkpoint, "cpu")
         self.cfg = _config_of(state, self.checkpoint)
-        self.data_dir = Path(data_dir) if data_dir else self.cfg.data.resolved_data_dir()
+        # Given, else $PROTGO_DATA, else the training run's: a copied checkpoint must not
+        # write caches into the path of the machine it was trained on.
+        env = os.environ.get("PROTGO_DATA")
+        self.data_dir = (Path(data_dir) if data_dir else default_data_dir() if env
+                         else self.cfg.data.resolved_data_dir())  # fmt: skip
         self.phase = int(state.get("phase") or 0)
         self.step = int(state.get("step", 0))
         self.folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
         self.ontology = self.folder.ontology
+        self.go_release = self.folder.info.get("provenance", {}).get("go_source_date")
         self.terms = self.folder.terms
         self.trained_ids = set(self.ontology.terms)
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
@@ -102,6 +108,8 @@ class Predictor:
         self.phase, self.step = b.phase, int(b.meta.get("step", 0))
         self.folder = None
         self.ontology = Ontology.from_obo(Path(obo)) if obo is not None else b.ontology
+        self.go_release = (b.meta.get("provenance", {}).get("go_release") if obo is None
+                           else f"{Path(obo).name} (--obo)")  # fmt: skip
         self.terms = b.terms
         self.trained_ids = set(b.ontology.terms)
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)

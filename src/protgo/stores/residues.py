@@ -99,7 +99,13 @@ class ESMResidueStore:
         self.root = Path(root)
         if not (self.root / "store.json").is_file():
             raise UserError(f"{self.root} is not a residue store; run `protgo embed residues`")
-        self.settings = json.loads((self.root / "store.json").read_text())
+        try:
+            self.settings = json.loads((self.root / "store.json").read_text())
+        except ValueError as exc:
+            raise UserError(
+                f"{self.root / 'store.json'} is damaged ({exc}): delete the store {self.root} "
+                "and run `protgo embed residues` again"
+            ) from None
         self.mean_dim = int(self.settings["dim"])  # the model's width (the means')
         self.dim = int(self.settings.get("project_dim") or self.mean_dim)  # stored residues'
         self._projection: Projection | None = None
@@ -151,8 +157,15 @@ class ESMResidueStore:
 
     def reload(self) -> None:
         """Re-read the manifest (after a merge by this or another process)."""
-        m = json.loads((self.root / "manifest.json").read_text())
-        self.shards: dict[str, dict] = m["shards"]
+        path = self.root / "manifest.json"
+        try:
+            m = json.loads(path.read_text())
+            self.shards: dict[str, dict] = m["shards"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"residue store manifest {path} is damaged ({type(exc).__name__}: {exc}): "
+                f"delete the store {self.root} and run `protgo embed residues` again"
+            ) from None
         self.entries: dict[str, list] = m["entries"]
         self.proteins: dict[str, str] = m["proteins"]
         self._maps.clear()
