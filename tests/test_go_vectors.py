@@ -89,6 +89,11 @@ def test_a_phase_reuses_the_unchanged_texts_of_another(tiny_obo, encoder, tmp_pa
     # A cache reloaded from disk keeps its text keys, so it can give to the next phase.
     again = GoVectorCache.load(phase_dir(tmp_path / "a", 2))
     assert again.text_keys == reused.text_keys and all(again.text_keys)
+    # ... and to another dataset's (or a bundle's) cache of the same texts: nothing encoded
+    other = cache_dir(tmp_path / "a", "bundle-x", GoTextConfig(), 2, ["BP", "MF", "CC"])
+    given = build(tiny_obo, encoder, other, phase=2)
+    assert given.manifest["reused"] == len(given)
+    np.testing.assert_array_equal(given.vectors, reused.vectors)
 
 
 def test_lookup_filter_and_errors(tmp_path):

@@ -207,15 +207,18 @@ def text_key(input_ids: Sequence[int]) -> str:
 
 
 def _donor_vectors(directory: Path, manifest: dict) -> dict[str, np.ndarray]:
-    """text key -> vector from the other complete caches beside ``directory`` (other phases or
-    aspects) whose encoder is this one but for the added relation tokens (which change the
-    ids of the texts that use them, and nothing else)."""
+    """text key -> vector from the other complete caches of this encoder under the same
+    ``stores/go`` (other phases or aspects, other datasets and bundles: a text key is the
+    text's token ids, so equal keys mean equal vectors wherever they were encoded) whose
+    encoder is this one but for the added relation tokens (which change the ids of the texts
+    that use them, and nothing else)."""
 
     def base(identity: dict) -> dict:
         return {k: v for k, v in identity.items() if k != "added_tokens"}
 
     found: dict[str, np.ndarray] = {}
-    for other in sorted(Path(directory).parent.glob("phase*")):
+    directory = Path(directory)
+    for other in sorted(directory.parents[2].glob(f"*/{directory.parent.name}/phase*")):
         path = other / "manifest.json"
         if other == Path(directory) or not path.is_file():
             continue
