@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from protgo.data.ontology import Ontology, Term
 from protgo.eval.metrics import average_precision, roc_auc
 from protgo.eval.zeroshot import (
     column_auc,
     complete_term_metrics,
+    fit_conditional,
     nearest_trained_scores,
     parent_scores,
+    text_times_parents,
     zero_shot_table,
 )
 
@@ -83,3 +86,36 @@ def test_zero_shot_table_names_every_method_per_class():
                        for c in ("zero", "few")}  # fmt: skip
     assert by[("protgo", "zero")] == 1.0  # its one positive ranked first
     assert by[("parents", "zero")] == 2 / 3  # the kinase score ranks protein 3 above it
+
+
+def test_text_times_parents_recovers_its_conditional_and_never_exceeds_the_parent():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(4000, 5))
+    parent = rng.uniform(0.05, 1.0, size=(4000, 5))
+    a, b = 1.5, -0.5
+    truth = rng.random((4000, 5)) < text_times_parents(logits, parent, a, b)
+    got_a, got_b = fit_conditional(logits, parent, truth)
+    assert abs(got_a - a) < 0.2 and abs(got_b - b) < 0.2
+    both = text_times_parents(logits * 50, parent, got_a, got_b)  # even for extreme logits
+    assert np.all(both <= parent)
+
+
+def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import pandas as pd
+
+    from protgo.cli import main
+
+    ckpt, data_dir, _ = trained
+    out = tmp_path / "ev"
+    args = ["protgo", "evaluate", "--dataset", "tinypred", "--data-dir", str(data_dir),
+            "--model", str(ckpt), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    table = pd.read_csv(out / "zero_shot.tsv", sep="\t")
+    assert set(table["method"]) == {"protgo", "parents", "nearest-trained", "text×parents"}
+    assert set(table["class"]) == {"zero", "few"} and set(table["aspect"]) == {"MF"}
+    assert "complete score matrix" in capsys.readouterr().out

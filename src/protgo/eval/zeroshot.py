@@ -14,6 +14,11 @@ The two baselines read the same matrix, so they cost nothing more:
   whose text vector is nearest, same aspect (what a lookup of similar names says).
 
 If the model's zero-shot AUC does not beat both, its text side adds nothing for unseen terms.
+
+``text×parents`` uses both, as ProtBoost scored its untrained terms: a term cannot be more
+likely than its parent, so ``P(term) = P(best parent) x P(term | parent)``, the conditional
+``sigmoid(a * logit + b)`` read from the model's text logit, with (a, b) per aspect fitted by
+maximum likelihood on another split's zero-shot terms (:func:`fit_conditional`).
 """
 
 from __future__ import annotations
@@ -72,6 +77,36 @@ def nearest_trained_scores(
     return out
 
 
+def fit_conditional(
+    logits: np.ndarray, parent: np.ndarray, truth: np.ndarray, steps: int = 200
+) -> tuple[float, float]:
+    """(a, b) maximising the likelihood of ``truth`` under ``parent * sigmoid(a * logits + b)``
+    (all (N, T), flattened): how a term's text logit says which of its parent's proteins
+    carry it."""
+    import torch
+
+    z, par = (torch.from_numpy(np.asarray(x, np.float64).ravel()) for x in (logits, parent))
+    y = torch.from_numpy(np.asarray(truth, np.float64).ravel())
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        p = (par * torch.sigmoid(ab[0] * z + ab[1])).clamp(1e-9, 1 - 1e-9)
+        loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = ab.detach().tolist()
+    return float(a), float(b)
+
+
+def text_times_parents(logits: np.ndarray, parent: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``parent * sigmoid(a * logits + b)``: never above the parent's score."""
+    return parent * (1.0 / (1.0 + np.exp(-(a * logits + b))))
+
+
 def complete_term_metrics(
     scores: np.ndarray, truth: np.ndarray, terms: Sequence[str], term_class: Mapping[str, str],
     aspects: np.ndarray, classes: Sequence[str] = ("zero", "few"), min_positives: int = 1,
@@ -115,17 +150,27 @@ def aspect_rows(truth: np.ndarray, aspects: np.ndarray, aspect: str) -> np.ndarr
 def zero_shot_table(
     scores: np.ndarray, truth: np.ndarray, terms: Sequence[str], ontology: Ontology,
     term_class: Mapping[str, str], text: np.ndarray, min_positives: int = 1,
-    per_term: list | None = None,
+    per_term: list | None = None, logits: np.ndarray | None = None,
+    conditional: Mapping[str, tuple[float, float]] | None = None,
 ) -> list[dict]:  # fmt: skip
     """:func:`complete_term_metrics` for the model's propagated ``scores`` and for both
-    baselines (:data:`BASELINES`) built from them. ``text`` (T, D): the terms' text vectors."""
+    baselines (:data:`BASELINES`) built from them. ``text`` (T, D): the terms' text vectors.
+    With ``logits`` (N, T, the model's raw term logits) and ``conditional`` ({aspect: (a, b)}
+    from :func:`fit_conditional`), also ``text×parents``."""
     aspects = np.array([ontology.aspect(t) for t in terms])
     trained = np.array([term_class.get(t) in ("common", "few") for t in terms])
+    parents = parent_scores(scores, terms, ontology)
     methods = {
         "protgo": scores,
-        "parents": parent_scores(scores, terms, ontology),
+        "parents": parents,
         "nearest-trained": nearest_trained_scores(scores, text, trained, aspects),
     }
+    if logits is not None and conditional:
+        both = np.zeros_like(scores)
+        for aspect, (a, b) in conditional.items():
+            cols = aspects == aspect
+            both[:, cols] = text_times_parents(logits[:, cols], parents[:, cols], a, b)
+        methods["text×parents"] = both
     rows = []
     for name, s in methods.items():
         rows += complete_term_metrics(s, truth, terms, term_class, aspects,
