@@ -129,7 +129,7 @@ class Demo:
             write_fasta([(p, folder.sequences[p]) for p in folder.ids(split)], fasta)
             info = run_predict(ckpt, fasta, self.run / "predict" / split, top_k=20,
                                attributions=split == "test", threshold="auto",
-                               data_dir=self.data_dir)  # fmt: skip
+                               data_dir=self.data_dir, overwrite=True)  # fmt: skip
             print(f"  {split}: {info['proteins']} proteins x {info['terms_scored']} terms, "
                   f"{info['proteins_per_s']:.1f} proteins/s", flush=True)  # fmt: skip
 
