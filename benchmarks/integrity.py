@@ -9,7 +9,12 @@ Prints, on files of real sizes:
   checksums against a bare ``np.load``;
 * a shard lock taken and released (per shard written by ``embed residues``);
 * ``Ontology`` construction on the real GO with and without the cycle check (needs
-  ``protgo data build --name human-exp``; skipped without it).
+  ``protgo data build --name human-exp``; skipped without it);
+* loading a dataset (``DatasetFolder``: its annotations, splits, sequences and ontology) with
+  each file checked against ``dataset.json`` against the same reads unchecked (human-exp, and
+  swissprot-2014 when built);
+* a checkpoint of the default config's size (the aligner and its AdamW state, about 190 MB
+  with per-term residuals): ``torch.load`` against the zip CRC check added before it.
 
     python benchmarks/integrity.py [--shard-mb 256] [--repeats 3]
 """
@@ -93,6 +98,44 @@ def ontology_figures(repeats: int) -> None:
           f"{cycle:.3f} s ({100 * cycle / build:.0f}%)")  # fmt: skip
 
 
+def dataset_figures(repeats: int) -> None:
+    from protgo.data.folder import DATA_FILES, DatasetFolder
+
+    for name in ("human-exp", "swissprot-2014"):
+        root = default_data_dir() / "datasets" / name
+        if not (root / "dataset.json").is_file():
+            print(f"dataset {name}: skipped (not built)")
+            continue
+
+        def load(checked: bool, root: Path = root):
+            folder = DatasetFolder(root)
+            if not checked:
+                folder.__dict__["_checked"] = set(DATA_FILES)  # as if verified already
+            return folder.annotations, folder.splits, folder.sequences, folder.ontology
+
+        plain = best_of(repeats, lambda: load(False))
+        checked = best_of(repeats, lambda: load(True))
+        mb = sum((root / f).stat().st_size for f in DATA_FILES) / 2**20
+        print(f"dataset {name} ({mb:.0f} MB of files): load {plain:.2f} s unchecked, "
+              f"{checked:.2f} s with checksums (+{checked - plain:.2f} s)")  # fmt: skip
+
+
+def checkpoint_figures(work: Path, repeats: int) -> None:
+    import torch
+
+    from protgo.model.checkpoints import check_zip_members
+
+    rng = torch.Generator().manual_seed(0)
+    state = {"model": {f"w{i}": torch.randn(2048, 768, generator=rng) for i in range(10)}}
+    path = work / "ckpt.pt"
+    torch.save(state, path)
+    mb = path.stat().st_size / 2**20
+    load = best_of(repeats, lambda: torch.load(path, weights_only=True))
+    crc = best_of(repeats, lambda: check_zip_members(path, "checkpoint"))
+    print(f"checkpoint ({mb:.0f} MB): torch.load {load:.3f} s; zip CRC check {crc:.3f} s "
+          f"before it")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shard-mb", type=int, default=256)
@@ -101,7 +144,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shard_figures(Path(tmp), args.shard_mb, args.repeats)
         go_cache_figures(Path(tmp), args.repeats)
+        checkpoint_figures(Path(tmp), args.repeats)
     ontology_figures(args.repeats)
+    dataset_figures(args.repeats)
 
 
 if __name__ == "__main__":
