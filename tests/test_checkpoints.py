@@ -125,14 +125,14 @@ def test_tracker_wandb_offline(tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path)] == [0]
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     mgr = CheckpointManager(tmp_path / "checkpoints", keep_last=3)
     for step in (10, 20):
         mgr.save({"step": step, "epoch": 0, "w": torch.full((3,), float(step))}, "step")
     newest = mgr.path_for("step", 20, 0)
     newest.write_bytes(newest.read_bytes()[:100])  # cut short (full disk, bad copy)
     assert load_checkpoint(tmp_path)["step"] == 10
-    assert "falling back to" in capsys.readouterr().out
+    assert "falling back to" in caplog.text  # a warning on stderr, not on stdout
     with pytest.raises(UserError, match="cannot be read"):
         load_checkpoint(newest)  # a file given by name must be good
     (tmp_path / "checkpoints" / "latest.json").write_text("{")  # a torn pointer

@@ -16,6 +16,7 @@ evidence by default), or the user's own FASTA + annotation TSV + OBO.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import sqlite3
@@ -36,6 +37,8 @@ from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
 from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, iter_text_lines
+
+log = logging.getLogger(__name__)
 
 EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
 HIGH_THROUGHPUT = ("HTP", "HDA", "HMP", "HGI", "HEP")
@@ -190,7 +193,7 @@ def _read_annotation_tsv(path: Path, prov: dict) -> list[tuple[str, str, str]]:
             if not rows and "annotation_header" not in prov:
                 # the first line that is not an annotation is taken as a header (kept on record)
                 prov["annotation_header"] = line.strip()[:200]
-                print(f"note: {path}:{lineno} taken as a header and skipped: {line.strip()!r}")
+                log.info("%s:%d taken as a header and skipped: %r", path, lineno, line.strip())
                 continue
             raise UserError(
                 f"{path}:{lineno}: expected 'protein<TAB>GO:xxxxxxx[<TAB>evidence]' or a GAF "
@@ -306,10 +309,10 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
     check_residues(src.sequences, pids)
     if onto.dangling:
         counts["dangling_parent_edges"] = sum(onto.dangling.values())
-        print(
-            f"warning: {counts['dangling_parent_edges']} parent links of the ontology name "
-            f"terms it does not hold ({onto.dangling}); they are dropped"
-        )
+        log.warning(
+            "%d parent links of the ontology name terms it does not hold (%s); they are dropped",
+            counts["dangling_parent_edges"], onto.dangling,
+        )  # fmt: skip
     splits, split_info = _split(pids, src.sequences, opts)
     train_labels = {p: set(labels[p]) for p in pids if splits[p] == "train"}
     ia = onto.information_accretion(train_labels)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -45,6 +46,8 @@ from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
 from protgo.stores.projection import Projection
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 FILES = ("bundle.json", "model.safetensors", "go.obo.gz", "terms.tsv")
@@ -101,9 +104,9 @@ class Bundle:
         cache, store = encode_ontology(onto, self.phase, aspects, self.cfg.go_text, directory)
         full = set(aspects) == set(self.cfg.data.aspects)  # the recipe hashes every aspect
         if ontology is None and full and store.text_hash() != self.meta["recipe"]["text_hash"]:
-            print(f"warning: the GO texts of bundle {self.path} rebuilt here differ from the "
-                  "ones it was trained with (another protgo version builds them differently); "
-                  "scores may differ slightly")  # fmt: skip
+            log.warning("the GO texts of bundle %s rebuilt here differ from the ones it was "
+                        "trained with (another protgo version builds them differently); scores "
+                        "may differ slightly", self.path)  # fmt: skip
         return cache
 
 

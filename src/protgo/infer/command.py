@@ -6,6 +6,7 @@ through a staging folder): ``protgo.tsv`` (CAFA format), ``predictions.tsv`` /
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from protgo.errors import UserError
 from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
 from protgo.io import check_output_path
+
+log = logging.getLogger(__name__)
 
 # Terms so general that nearly every protein carries them; left out of the readable output by
 # default (still in the CAFA file: evaluators score them, and they are real annotations).
@@ -180,8 +183,8 @@ def run_predict(
     write_outputs(out, files)
     silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
     if silent:
-        print(f"note: {len(silent)} proteins score no term at or above {CAFA_MIN_SCORE} and "
-              f"have no line in protgo.tsv: {', '.join(silent[:10])}")  # fmt: skip
+        log.warning("%d proteins score no term at or above %s and have no line in protgo.tsv: "
+                    "%s", len(silent), CAFA_MIN_SCORE, ", ".join(silent[:10]))  # fmt: skip
     return {"proteins": len(results), "terms_scored": len(pred.go_ids), "seconds": seconds,
             "proteins_without_cafa_lines": len(silent),
             "proteins_per_s": len(results) / max(seconds, 1e-9), "out": str(out),

@@ -22,6 +22,7 @@ pretraining) save and load through this module.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import random
 import zipfile
@@ -33,6 +34,8 @@ import torch
 
 from protgo.errors import UserError
 from protgo.io import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 Kind = Literal["step", "epoch", "best", "final"]
@@ -126,7 +129,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         except UserError as err:
             if fallback is None:
                 raise
-            print(f"warning: {err}; falling back to {fallback}")
+            log.warning("%s; falling back to %s", err, fallback)
 
 
 def _load_one(path: Path, map_location) -> dict:
@@ -170,7 +173,7 @@ def resolve_checkpoint(path: Path) -> Path:
             return named
         files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
         if files:
-            print(f"warning: {pointer} is damaged or names a missing file; using {files[-1]}")
+            log.warning("%s is damaged or names a missing file; using %s", pointer, files[-1])
             return files[-1]
     raise UserError(
         f"no checkpoint at {path}: give a .pt file or a run folder holding checkpoints/latest.json"

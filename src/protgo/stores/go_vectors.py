@@ -294,7 +294,7 @@ def load_or_build(
         try:
             cache = GoVectorCache.load(directory)
         except UserError as err:  # damaged on disk: encode it again
-            print(f"warning: {err}; encoding it again")
+            log.warning("%s; encoding it again", err)
             reason = "damaged"
         else:
             if cache.ids == store.ids:

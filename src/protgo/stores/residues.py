@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -53,6 +54,8 @@ from protgo.io import atomic_write_text, file_lock, write_json
 from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit
 from protgo.stores.residue_plan import Plan, make_plan, merge_into
 from protgo.stores.shards import check_shard, is_complete, lock_path, shard_paths, write_shard
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -320,7 +323,7 @@ class ESMResidueStore:
         with self.locked():
             self.reload()
             for name, problem in sorted(bad.items()):
-                print(f"residue store: {problem}; its proteins will be re-embedded")
+                log.warning("residue store: %s; its proteins will be re-embedded", problem)
                 self.shards.pop(name, None)
             self.entries = {h: e for h, e in self.entries.items() if e[0] in self.shards}
             self.write_manifest()
@@ -355,8 +358,9 @@ class ESMResidueStore:
             bar.close()
             proj = Projection.fit(full, int(self.settings["project_dim"]))
             proj.save(self.projection_path, {"proteins": len(seqs), "residues": len(full)})
-            print(f"residue store: projection {encoder.dim} -> {proj.dim} dims fitted on "
-                  f"{len(full)} residues keeps {proj.explained:.1%} of their variance")  # fmt: skip
+            log.info("residue store: projection %d -> %d dims fitted on %d residues keeps "
+                     "%.1f%% of their variance", encoder.dim, proj.dim, len(full),
+                     100 * proj.explained)  # fmt: skip
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ names, and a killed writer's leftovers are removed by the next holder of the loc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ import numpy as np
 from protgo.encoders.protein import ProteinEncoder
 from protgo.io import file_sha256, fsync_path, write_json
 from protgo.stores.projection import Projection
+
+log = logging.getLogger(__name__)
 
 
 def shard_paths(root: Path, name: str) -> tuple[Path, Path, Path]:
@@ -73,7 +76,7 @@ def is_complete(root: Path, name: str, dim: int, mean_dim: int | None = None) ->
         return False
     problem = check_shard(root, name, info, dim, deep=True, mean_dim=mean_dim)
     if problem:
-        print(f"residue store: {problem}; writing it again")
+        log.warning("residue store: %s; writing it again", problem)
     return problem is None
 
 
