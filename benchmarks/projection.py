@@ -23,7 +23,8 @@ import numpy as np
 
 from protgo.config import ResiduesConfig, default_data_dir
 from protgo.data.folder import DatasetFolder
-from protgo.encoders.protein import protein_encoder, sequence_hash
+from protgo.data.sequence import sequence_hash
+from protgo.encoders.registry import protein_encoder
 from protgo.eval.baselines import MlpOptions, knn, mlp
 from protgo.eval.metrics import evaluate_fast
 from protgo.stores.projection import SAMPLE_RESIDUES, Projection, sample_for_fit

@@ -16,7 +16,7 @@ import torch
 
 from protgo.config import ResiduesConfig, default_data_dir
 from protgo.data.folder import DatasetFolder
-from protgo.encoders.protein import protein_encoder
+from protgo.encoders.registry import protein_encoder
 
 
 def run(name: str, dtype: str, seqs: list[str], args) -> tuple[float, list[torch.Tensor]]:

@@ -90,7 +90,7 @@ def encoder(args):
 def run_bare(args) -> dict:
     import torch
 
-    from protgo.encoders.protein import clean_sequence
+    from protgo.data.sequence import clean_sequence
 
     enc = encoder(args)
     seqs = pick_proteins(args)

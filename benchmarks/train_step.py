@@ -88,7 +88,7 @@ def pick_store(cfg, data_dir: Path, args) -> tuple[object, str]:
 
 
 def _hidden_size(cfg) -> int:
-    from protgo.encoders.protein import describe_model
+    from protgo.encoders.registry import describe_model
 
     return describe_model(cfg.residues)[1]["dim"]
 

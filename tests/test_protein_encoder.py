@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from protgo.config import ResiduesConfig
+from protgo.data.sequence import clean_sequence
 from protgo.encoders.protein import (
     ProteinEncoder,
-    clean_sequence,
     resolve_model_dir,
     stitch_segments,
     window_starts,
@@ -173,7 +173,7 @@ def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkey
     import socket
 
     from protgo.config import ResiduesConfig
-    from protgo.encoders.protein import describe_model
+    from protgo.encoders.registry import describe_model
     from protgo.resources import models_dir
 
     def no_network(*args, **kwargs):

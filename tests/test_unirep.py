@@ -11,7 +11,7 @@ import torch
 
 from protgo.config import ResiduesConfig
 from protgo.encoders import unirep
-from protgo.encoders.protein import protein_encoder
+from protgo.encoders.registry import protein_encoder
 from protgo.errors import UserError
 
 AA = "ACDEFGHIKLMNPQRSTVWY"

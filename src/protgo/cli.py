@@ -267,7 +267,7 @@ def embed_residues(
 
     from protgo.config import load_config, updated
     from protgo.data.folder import DatasetFolder
-    from protgo.encoders.protein import protein_encoder
+    from protgo.encoders.registry import protein_encoder
     from protgo.stores.residues import ESMResidueStore
 
     if max_proteins is not None and max_proteins < 1:

@@ -32,7 +32,7 @@ from protgo.data.build import PROTEIN_BINDING, BuildOptions, build_dataset, huma
 from protgo.data.fasta import write_fasta
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
-from protgo.encoders.protein import protein_encoder
+from protgo.encoders.registry import protein_encoder
 from protgo.eval.evaluate import evaluate_command, parse_baselines
 from protgo.eval.report import build_report
 from protgo.infer.command import run_predict

@@ -33,8 +33,8 @@ from protgo.data.fasta import read_fasta, uniprot_accession, write_fasta
 from protgo.data.folder import HELD_OUT, files_sha256
 from protgo.data.ontology import Ontology, Term, parse_obo, write_obo
 from protgo.data.seqsearch import cluster_sequences
+from protgo.data.sequence import clean_sequence
 from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
-from protgo.encoders.protein import clean_sequence
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, iter_text_lines
 

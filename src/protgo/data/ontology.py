@@ -232,7 +232,7 @@ class Ontology:
 
     def is_root(self, go_id: str) -> bool:
         """No ``is_a`` / ``part_of`` parent: the top of an aspect (the three GO roots in a full
-        ontology). Roots are never scored (see :mod:`protgo.infer.scoring`)."""
+        ontology). Roots are never scored (see :mod:`protgo.go.scoring`)."""
         return not self.parents(go_id)
 
     @property

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from protgo.encoders.protein import embed_arrays, protein_encoder
+from protgo.encoders.protein import embed_arrays
+from protgo.encoders.registry import protein_encoder
 from protgo.errors import UserError
 from protgo.io import atomic_write, atomic_write_text
 
@@ -36,7 +37,7 @@ def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress:
     returns {"proteins", "written", "skipped", "layer", "dim"}."""
     from tqdm import tqdm
 
-    from protgo.infer.command import read_query_fasta
+    from protgo.data.fasta import read_query_fasta
 
     bad = [i for i in include if i not in INCLUDE]
     if bad or not include:

@@ -7,14 +7,7 @@ window where it sits farthest from a window edge (ties: the earlier window). BOS
 overlaps are trimmed, so a protein of L residues gives exactly L vectors, and a protein that
 fits one window gives the same vectors as one plain forward pass.
 
-Residues (``clean_sequence``), as ESM-2 was trained on UniRef:
-* the 20 standard amino acids and ``X`` (unknown), ``B`` (D/N), ``Z`` (E/Q), ``U``
-  (selenocysteine) and ``O`` (pyrrolysine) are tokens of ESM-2's vocabulary and kept as is;
-* lowercase letters (soft-masked regions in some FASTA files) are upper-cased;
-* trailing ``*`` (a translated stop codon) is stripped; a ``*`` inside a sequence is an error
-  (a read-through stop means the sequence is not one protein);
-* anything else (``J``, digits, ``-``, ``.``, spaces, an empty sequence) is an error naming the
-  protein and the 1-based position.
+Residues are checked and cleaned by :func:`protgo.data.sequence.clean_sequence` first.
 """
 
 from __future__ import annotations
@@ -30,30 +23,9 @@ import torch
 
 from protgo import compute
 from protgo.config import ResiduesConfig
+from protgo.data.sequence import ESM_RESIDUES, clean_sequence
 from protgo.errors import UserError
 from protgo.resources import shipped_model, shipped_model_names
-
-ESM_RESIDUES = frozenset("LAGVSERTDIPKQNFYMHWCXBUZO")
-
-
-def clean_sequence(pid: str, seq: str) -> str:
-    """Upper-case, strip trailing stops, and check every residue (see the module docstring)."""
-    clean = seq.upper().rstrip("*")
-    if not clean:
-        raise UserError(f"protein '{pid}': empty sequence (nothing to embed); remove the record")
-    for i, ch in enumerate(clean):
-        if ch not in ESM_RESIDUES:
-            hint = "a stop codon inside the sequence" if ch == "*" else f"{ch!r} is not a residue"
-            raise UserError(
-                f"protein '{pid}', position {i + 1}: {hint}; ESM accepts the 20 amino acids "
-                "and X B Z U O (lowercase allowed, trailing '*' stripped): fix or drop the record"
-            )
-    return clean
-
-
-def sequence_hash(clean: str) -> str:
-    """Key of a cleaned sequence in the residue store (32 hex digits)."""
-    return hashlib.blake2b(clean.encode("ascii"), digest_size=16).hexdigest()
 
 
 def window_starts(length: int, win_size: int, win_stride: int) -> list[int]:
@@ -180,13 +152,9 @@ def model_window(config) -> int:
     return config.max_position_embeddings - config.pad_token_id - 1 - 2
 
 
-def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
-    """(model directory or weights file, settings the vectors depend on), read from files
-    without loading weights, so a residue store can be found without the model in memory."""
-    from protgo.encoders import unirep  # here, not at the top: unirep builds on this module
-
-    if unirep.is_unirep(cfg.model):
-        return unirep.describe_unirep(cfg)
+def describe_esm(cfg: ResiduesConfig) -> tuple[Path, dict]:
+    """(ESM model directory, settings the vectors depend on), read from files without loading
+    weights (:func:`protgo.encoders.registry.describe_model` dispatches here)."""
     from transformers import EsmConfig
 
     model_dir = resolve_model_dir(cfg.model)
@@ -203,15 +171,6 @@ def describe_model(cfg: ResiduesConfig) -> tuple[Path, dict]:
     }
 
 
-def protein_encoder(cfg: ResiduesConfig):
-    """The encoder ``residues.model`` names: UniRep (``unirep-1900``, ``unirep-256``,
-    ``unirep-64``; :mod:`protgo.encoders.unirep`) or an ESM model (:class:`ProteinEncoder`).
-    Both give ``settings()``, ``dim``, ``embed()`` and ``embed_batched()``."""
-    from protgo.encoders import unirep  # here, not at the top: unirep builds on this module
-
-    return unirep.UniRepEncoder(cfg) if unirep.is_unirep(cfg.model) else ProteinEncoder(cfg)
-
-
 class ProteinEncoder:
     """An ESM model from a local directory or hub id, returning one layer's residue vectors.
 
@@ -226,7 +185,7 @@ class ProteinEncoder:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.model_dir, self._settings = describe_model(cfg)
+        self.model_dir, self._settings = describe_esm(cfg)
         self.layer, self.dim = self._settings["layer"], self._settings["dim"]
         self.win_size, self.win_stride = self._settings["win_size"], self._settings["win_stride"]
         verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from protgo.encoders.protein import Segment, clean_sequence, describe_model, pack_by_tokens
+from protgo.data.sequence import clean_sequence
+from protgo.encoders.protein import Segment, pack_by_tokens
 from protgo.errors import UserError
 from protgo.io import file_sha256
 
@@ -180,7 +181,7 @@ class UniRepEncoder:
         if cfg.device != "cpu":
             raise UserError(f"residues.model={cfg.model} runs on the CPU only: set device=cpu")
         self.cfg = cfg
-        weights, self._settings = describe_model(cfg)  # checked by sha256 there
+        weights, self._settings = describe_unirep(cfg)  # checked by sha256 there
         self.dim = self._settings["dim"]
         self.model = UniRep(weights).eval()
         if not _noticed:

@@ -27,7 +27,7 @@ from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import ASPECTS, evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
-from protgo.infer import scoring
+from protgo.go import scoring
 
 Annotations = Mapping[str, Iterable[str]]
 
@@ -60,7 +60,7 @@ def naive(train: Annotations, queries: Iterable[str], ontology: Ontology) -> Pre
 def diamond_score(
     hits: Mapping[str, list[tuple[str, float]]], train: Annotations, ontology: Ontology
 ) -> Predictions:
-    """DiamondScore (:func:`protgo.infer.scoring.transfer_scores`) from hits into ``train``;
+    """DiamondScore (:func:`protgo.go.scoring.transfer_scores`) from hits into ``train``;
     queries without a hit get no scores."""
     prop = {p: ontology.propagate(ts) for p, ts in train.items()}
     scores = scoring.transfer_scores(hits, prop)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from protgo.encoders.protein import clean_sequence
+from protgo.data.fasta import read_query_fasta
+from protgo.data.sequence import clean_sequence
 from protgo.infer.bundle import resolve_model
-from protgo.infer.command import ROW_KEYS, parse_threshold, read_query_fasta, top_terms
+from protgo.infer.command import ROW_KEYS, parse_threshold, top_terms
 from protgo.infer.predict import Predictor
 
 

@@ -21,7 +21,7 @@ import torch
 
 from protgo.errors import UserError
 from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
-from protgo.infer import scoring
+from protgo.go import scoring
 from protgo.io import atomic_write_text, file_sha256
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import protgo
-from protgo.data.fasta import read_fasta, uniprot_accession
-from protgo.encoders.protein import clean_sequence
+from protgo.data.fasta import read_query_fasta
 from protgo.errors import UserError
 from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
@@ -38,15 +37,6 @@ GENERAL = frozenset({
 })  # fmt: skip
 CAFA_MAX_TERMS = 1500  # CAFA's cap of terms per protein
 CAFA_MIN_SCORE = 0.001  # lower scores are left out of protgo.tsv
-
-
-def read_query_fasta(path: Path) -> dict[str, str]:
-    """{pid: cleaned sequence}; every record checked before anything runs. UniProt headers
-    (``sp|P00533|EGFR_HUMAN``) are named by their accession, as in every dataset and in CAFA
-    files, unless two records would then share a name."""
-    seqs = {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
-    short = {uniprot_accession(pid): seq for pid, seq in seqs.items()}
-    return short if len(short) == len(seqs) else seqs
 
 
 def parse_threshold(text: str | None) -> str | float | None:

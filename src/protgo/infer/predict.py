@@ -12,7 +12,7 @@ vector comes from its text, not from training labels.
 3. scores: the model's term logits, ``bias_scale * cos + bias(text)`` with the projected GO
    vectors (T, A) and each term's prior (plain cosines for a model without ``term_bias``);
    calibrated per aspect (:mod:`protgo.infer.calibration`) when a calibration is available,
-   else as :mod:`protgo.infer.scoring` says (the trainer's validation scores);
+   else as :mod:`protgo.go.scoring` says (the trainer's validation scores);
 4. consistency: a parent scores at least its best child, unless ``propagate=False``; roots
    are never scored.
 
@@ -32,9 +32,11 @@ import torch
 from protgo.config import Config, default_data_dir
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
-from protgo.encoders.protein import embed_arrays, pack_by_tokens, protein_encoder
+from protgo.encoders.protein import embed_arrays, pack_by_tokens
+from protgo.encoders.registry import protein_encoder
 from protgo.errors import UserError
-from protgo.infer import bundle, calibration, scoring
+from protgo.go import scoring
+from protgo.infer import bundle, calibration
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues

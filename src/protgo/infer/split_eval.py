@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from protgo.data.folder import DatasetFolder
-from protgo.encoders.protein import clean_sequence
+from protgo.data.sequence import clean_sequence
 from protgo.errors import UserError
 from protgo.eval.metrics import truth_matrix
 from protgo.eval.zeroshot import aspect_rows, fit_conditional, parent_scores, zero_shot_table
-from protgo.infer import bundle, scoring
+from protgo.go import scoring
+from protgo.infer import bundle
 from protgo.infer.predict import Predictor
 
 

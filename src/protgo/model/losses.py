@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from protgo.config import LossConfig
-from protgo.infer.scoring import transfer_scores
+from protgo.go.scoring import transfer_scores
 from protgo.model.aligner import candidate_scores
 
 NEG = -1e4  # logit for invalid slots after temperature: exp(NEG) == 0 in fp32, no NaN grads
@@ -199,7 +199,7 @@ class EmaTeacher:
 
 
 class HomologyTeacher:
-    """DIAMOND label transfer (DiamondScore, :func:`protgo.infer.scoring.transfer_scores`)
+    """DIAMOND label transfer (DiamondScore, :func:`protgo.go.scoring.transfer_scores`)
     over the hits of each protein among the training proteins, itself excluded.
 
     Teacher logits are ``tau * log(score + eps)``, so at temperature tau the teacher's

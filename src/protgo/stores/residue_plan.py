@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protgo.encoders.protein import sequence_hash
+from protgo.data.sequence import sequence_hash
 from protgo.stores.shards import read_sidecar
 
 

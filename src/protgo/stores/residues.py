@@ -42,13 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from protgo.encoders.protein import (
-    ProteinEncoder,
-    clean_sequence,
-    describe_model,
-    embed_arrays,
-    sequence_hash,
-)
+from protgo.data.sequence import clean_sequence, sequence_hash
+from protgo.encoders.protein import ProteinEncoder, embed_arrays
+from protgo.encoders.registry import describe_model
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, file_lock, write_json
 from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit

@@ -39,7 +39,7 @@ from protgo.errors import UserError
 from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
 from protgo.eval.zeroshot import complete_term_metrics
-from protgo.infer import scoring
+from protgo.go import scoring
 from protgo.io import check_output_path
 from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
@@ -445,7 +445,7 @@ class Trainer:
         calibration and evaluated as ``protgo evaluate`` does (:func:`evaluate_fast`), next to
         random scores; zero- and few-shot term AUC per aspect from the complete matrix
         (``zero_auc_MF``, ...); ``fmax`` is their mean over aspects, which picks ``best.pt``
-        (:func:`protgo.infer.scoring.selection_score`). InfoNCE over all scored terms."""
+        (:func:`protgo.go.scoring.selection_score`). InfoNCE over all scored terms."""
         self.model.eval()
         pids, vecs = self.encode_proteins(self.valid_ds.pids)
         cache, onto = self.phases.cache, self.ontology
