@@ -413,3 +413,26 @@ def test_uniprot_headers_are_named_by_accession(world, capsys, monkeypatch, tmp_
     first = records[0].split()[0]
     assert pids == {first, *(f"P{i:05d}" for i in range(1, len(records)))}
     assert not any("|" in p for p in pids)
+
+
+def test_one_train_per_run_folder_and_resume_keeps_its_optimiser(world, capsys, monkeypatch):
+    from protgo.io import file_lock
+
+    _, data, _, cfg = world
+    run = data / "run"
+    with file_lock(run / ".lock"):  # another `protgo train` holds the folder
+        for args in (["train", "-c", cfg, "--overwrite"], ["train", "-c", cfg, "--resume", run]):
+            assert_one_error(*run_cli(args, capsys, monkeypatch), str(run), "in use")
+    args = ["train", "-c", cfg, "--resume", run, "--set", "train.lr=0.1"]
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "train.lr=", "start anew")
+
+
+def test_a_failed_start_does_not_block_the_folder(world, capsys, monkeypatch, tmp_path):
+    _, _, _, cfg = world
+    run = tmp_path / "failed"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')  # a failed start's
+    args = ["train", "-c", cfg, "--set", f"train.out_dir={run}", "--set", "train.epochs=1"]
+    code, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "valid"] == [1]

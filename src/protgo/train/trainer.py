@@ -40,7 +40,7 @@ from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
 from protgo.eval.zeroshot import complete_term_metrics
 from protgo.go import scoring
-from protgo.io import check_output_path
+from protgo.io import check_output_path, file_lock
 from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
 from protgo.mining.dataset import FewShotBatchSampler, FewZeroConfig, ProteinEmbDataset, Specificity
@@ -214,8 +214,29 @@ class Trainer:
         A run folder that already holds a run is refused unless ``resume`` continues it or
         ``overwrite`` starts it anew (its metrics and checkpoints are removed first)."""
         saved = self._checked_resume_state(resume) if resume is not None else None
-        if saved is None:
-            self._claim_run_dir(overwrite)
+        with contextlib.ExitStack() as stack:
+            if self.rank == 0:
+                stack.enter_context(self._run_lock())
+            if saved is None:
+                self._claim_run_dir(overwrite)
+            return self._fit(saved, resume, max_steps)
+
+    @contextlib.contextmanager
+    def _run_lock(self):
+        """Hold ``<run>/.lock`` for the whole run: a second ``train`` (fresh or ``--resume``)
+        into the same folder is refused while this one runs; the kernel drops the lock when
+        the process dies, so a killed run never blocks the next."""
+        check_output_path(self.run_dir, "train.out_dir", folder=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.run_dir / ".lock", blocking=False) as taken:
+            if not taken:
+                raise UserError(
+                    f"run folder {self.run_dir} is in use by another `protgo train`: wait for it "
+                    "to end, or set another train.out_dir"
+                )
+            yield
+
+    def _fit(self, saved: dict | None, resume: Path | None, max_steps: int | None) -> dict:
         resume_step = None if saved is None else saved["step"]
         self.tracker = Tracker(self.run_dir, self.cfg.tracking, self.cfg.model_dump(mode="json"),
                                self.rank, resume_step=resume_step)  # fmt: skip
@@ -247,8 +268,9 @@ class Trainer:
         """Refuse a run folder that holds a run unless ``overwrite``. Every rank checks before
         any writes (the barrier), so all ranks agree."""
         check_output_path(self.run_dir, "train.out_dir", folder=True)
-        held = [p for p in (self.run_dir / "metrics.jsonl", self.checkpoints.directory)
-                if p.exists()]  # fmt: skip
+        # A run holds the folder once it has a checkpoint; records of a run that stopped
+        # before its first one (a failed start) hold nothing to resume and are replaced.
+        held = [p for p in (self.checkpoints.directory / "latest.json",) if p.exists()]
         if held and not overwrite:
             raise UserError(
                 f"run folder {self.run_dir} already holds a run ({held[0].name}): continue it "
@@ -256,7 +278,7 @@ class Trainer:
                 "train.out_dir"
             )
         distributed.barrier(self.world)
-        if held and self.rank == 0:  # the old run's records, log and W&B id: a new run
+        if self.rank == 0:  # the old run's records, log and W&B id: a new run
             for name in ("metrics.jsonl", "train.log", "wandb_id.txt"):
                 (self.run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.checkpoints.directory, ignore_errors=True)
@@ -518,7 +540,16 @@ class Trainer:
                 f"checkpoint {path} does not hold this model's weights ({len(odd)} keys differ, "
                 f"e.g. {odd[0]}): resume from a checkpoint of this run"
             )
-        was = state.get("global_batch", state["config"].get("train", {}).get("batch_size"))
+        train = state["config"].get("train", {})
+        for key in ("lr", "weight_decay"):  # the optimiser's state carries them on
+            now = getattr(self.cfg.train, key)
+            if key in train and train[key] != now:
+                raise UserError(
+                    f"checkpoint {path} was trained with train.{key}={train[key]}, this run "
+                    f"asks for {now}: a resume continues the saved optimiser, so resume with "
+                    f"train.{key}={train[key]}, or start anew to change it"
+                )
+        was = state.get("global_batch", train.get("batch_size"))
         if was != self.cfg.train.batch_size * self.world:
             raise UserError(
                 f"checkpoint {path} was trained with global batches of {was} proteins, this "
