@@ -64,13 +64,13 @@ def uniprot_accession(pid: str) -> str:
     return parts[1] if len(parts) == 3 and parts[0] in ("sp", "tr") and parts[1] else pid
 
 
-def read_query_fasta(path: Path) -> dict[str, str]:
-    """{pid: cleaned sequence}; every record checked before anything runs. UniProt headers
-    (``sp|P00533|EGFR_HUMAN``) are named by their accession, as in every dataset and in CAFA
-    files, unless two records would then share a name."""
+def read_query_fasta(path: Path, by_accession: bool = True) -> dict[str, str]:
+    """{pid: cleaned sequence}; every record checked before anything runs. With
+    ``by_accession``, UniProt headers (``sp|P00533|EGFR_HUMAN``) are named by their accession,
+    as in every dataset and in CAFA files, unless two records would then share a name."""
     seqs = {pid: clean_sequence(pid, seq) for pid, seq in read_fasta(Path(path)).items()}
     short = {uniprot_accession(pid): seq for pid, seq in seqs.items()}
-    return short if len(short) == len(seqs) else seqs
+    return short if by_accession and len(short) == len(seqs) else seqs
 
 
 def write_fasta(records: Iterable[tuple[str, str]], path: Path, width: int = 60) -> None:

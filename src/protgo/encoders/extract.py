@@ -42,7 +42,7 @@ def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress:
     bad = [i for i in include if i not in INCLUDE]
     if bad or not include:
         raise UserError(f"--include takes {' and/or '.join(INCLUDE)}, got {include}")
-    seqs = read_query_fasta(fasta)  # every record checked before anything runs
+    seqs = read_query_fasta(fasta, by_accession=False)  # labels as ESM's extract.py names them
     enc = protein_encoder(cfg)
     settings = enc.settings()
     out_dir = Path(out_dir)
