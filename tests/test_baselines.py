@@ -152,10 +152,15 @@ def test_blend_and_alpha_chosen_on_validation(onto):
     assert _score(mixed, "V2", GO[4]) == pytest.approx(0.6)
     alpha, tried = choose_alpha(good, bad, valid, onto)
     # Any alpha > 0.5 ranks the right term first on both proteins; ties go nearest 0.5.
-    assert len(tried) == 11 and tried[1.0] == 1.0 and tried[0.0] < 1.0
-    assert alpha == 0.6
+    aspect = onto.aspect(GO[4])
+    assert set(alpha) == set(tried) == {aspect}
+    assert len(tried[aspect]) == 11 and tried[aspect][1.0] == 1.0 and tried[aspect][0.0] < 1.0
+    assert alpha[aspect] == 0.6
     alpha, _ = choose_alpha(bad, good, valid, onto)
-    assert alpha == 0.4
+    assert alpha[aspect] == 0.4
+    # one weight per aspect: a term of another aspect keeps a's score
+    per = blend(good, bad, {aspect: 0.25, "XX": 0.0}, onto)
+    assert _score(per, "V1", GO[4]) == pytest.approx(0.225)
 
 
 def test_parse_baselines():

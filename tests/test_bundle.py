@@ -19,11 +19,13 @@ from protgo.infer.predict import Predictor
 
 @pytest.fixture(scope="module")
 def bundles(trained, tmp_path_factory):
-    """(checkpoint predictor, bundle with vectors, bundle without)."""
+    """(checkpoint predictor, bundle with vectors and a homology reference, bundle with
+    neither)."""
     ckpt, data_dir, _ = trained
     pred = Predictor(ckpt, data_dir)
     root = tmp_path_factory.mktemp("bundles")
-    return pred, export(pred, root / "with", with_vectors=True), export(pred, root / "plain")
+    plain = export(pred, root / "plain", with_homology=False)
+    return pred, export(pred, root / "with", with_vectors=True), plain
 
 
 def _scores(pred: Predictor, seqs: dict) -> np.ndarray:
@@ -36,7 +38,7 @@ def test_bundle_scores_equal_the_checkpoints(trained, bundles, tmp_path):
     queries = {k: seqs[k] for k in list(seqs)[:6]}
     want = _scores(ref, queries)
     for path in (with_vectors, plain):  # plain: GO vectors rebuilt from the recipe
-        got = Predictor(path, tmp_path / f"empty-{path.name}")
+        got = Predictor(path, tmp_path / f"empty-{path.name}", homology=False)
         assert got.go_ids == ref.go_ids and got.folder is None
         # fp16 weights in the bundle: scores within fp16 rounding of the checkpoint's
         np.testing.assert_allclose(_scores(got, queries), want, atol=2e-3)
@@ -66,7 +68,7 @@ def test_predict_from_another_folder_with_an_empty_data_dir(trained, bundles, tm
     assert res.exit_code == 0, res.output
     lines = (elsewhere / "out" / "predictions.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["protein", "aspect", "go_id", "name", "score", "class",
-                                    "threshold"]  # fmt: skip
+                                    "threshold", "aligner", "homology", "hit"]  # fmt: skip
     rows = [ln.split("\t") for ln in lines[1:]]
     assert rows and {r[5] for r in rows} <= {"common", "few", "zero"}
     # --most-specific: no reported term is an ancestor of another reported for the protein
@@ -102,7 +104,8 @@ def test_python_api_returns_the_documented_columns(trained, bundles, tmp_path):
     m = load_model(bundles[1], data_dir=tmp_path)
     df = m.predict({k: seqs[k] for k in list(seqs)[:2]}, top_k=3)
     assert list(df.columns) == ["protein", "aspect", "go_id", "name", "score", "class",
-                                "threshold"]  # fmt: skip
+                                "threshold", "aligner", "homology", "hit"]  # fmt: skip
+    assert (df["homology"] != "").all()  # the bundle's default output is the blend
     assert len(df) and set(df["protein"]) == set(list(seqs)[:2])
     assert (df.groupby(["protein", "aspect"]).size() <= 3).all()
     fasta = tmp_path / "q.fasta"
@@ -204,7 +207,7 @@ def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(ti
     assert ref.residue_dim == 8 and ref.projection is not None  # the store's
     path = export(ref, tmp_path / "bundle")
     assert (path / "residue_projection.npz").is_file()
-    got = Predictor(path, tmp_path / "empty")  # no store here: embeds and projects
+    got = Predictor(path, tmp_path / "empty", homology=False)  # no store: embeds, projects
     assert got._store is None and got.projection is not None
     queries = {k: seqs[k] for k in list(seqs)[:5]}
     np.testing.assert_allclose(_scores(got, queries), _scores(ref, queries), atol=3e-3)
@@ -212,3 +215,47 @@ def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(ti
     (path / "residue_projection.json").unlink()
     with pytest.raises(UserError, match="projection is not here"):
         Predictor(path, tmp_path / "empty").predict(queries)
+
+
+def test_the_blend_is_the_formula_over_its_parts(trained, bundles, tmp_path):
+    """score = alpha[aspect] * aligner + (1 - alpha[aspect]) * DiamondScore of the hits, the
+    rule `protgo evaluate` scores as its blend."""
+    from protgo.go.scoring import transfer_scores
+
+    _, _, seqs = trained
+    pred = Predictor(bundles[1], tmp_path / "d")
+    ref = pred.homology
+    assert ref is not None and set(ref.alpha) == {"MF"} and 0 <= ref.alpha["MF"] <= 1
+    queries = {k: seqs[k] for k in list(seqs)[:4]}
+    alone = Predictor(bundles[1], tmp_path / "d", homology=False)
+    for r, a in zip(pred.predict(queries), alone.predict(queries), strict=True):
+        np.testing.assert_allclose(r.aligner, a.scores)  # the aligner part is the aligner
+        assert r.hits, "family members of the training split are found"
+        want = transfer_scores({r.pid: r.hits}, ref.labels)[r.pid]
+        hom = np.array([want.get(g, 0.0) for g in pred.go_ids])
+        np.testing.assert_allclose(r.homology, hom)
+        w = ref.alpha["MF"]
+        np.testing.assert_allclose(r.scores, w * a.scores + (1 - w) * hom)
+
+
+def test_a_damaged_reference_or_missing_diamond_is_one_line(trained, bundles, tmp_path,
+                                                            capsys, monkeypatch):  # fmt: skip
+    from test_bad_inputs import assert_one_error, run_cli
+
+    _, _, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{seqs[next(iter(seqs))]}\n")
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles[1], bad)
+    raw = bytearray((bad / "reference.tsv.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (bad / "reference.tsv.gz").write_bytes(bytes(raw))
+    args = ["predict", "--model", bad, "--fasta", fasta, "--data-dir", tmp_path / "d"]
+    code, err = run_cli([*args, "--out", tmp_path / "o1"], capsys, monkeypatch)
+    assert_one_error(code, err, "reference.tsv.gz fails its checksum", "--no-homology")
+    code, err = run_cli([*args, "--out", tmp_path / "o2", "--no-homology"], capsys, monkeypatch)
+    assert code == 0, err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no diamond on the PATH
+    args = ["predict", "--model", bundles[1], "--fasta", fasta, "--data-dir", tmp_path / "d"]
+    code, err = run_cli([*args, "--out", tmp_path / "o3"], capsys, monkeypatch)
+    assert_one_error(code, err, "DIAMOND is not installed", "--no-homology")

@@ -84,7 +84,10 @@ def test_run_predict_writes_files_and_attributions(trained, tmp_path):
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["meta"]["calibrated"] and "MF" in doc["meta"]["threshold"]
     lines = (out / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "protein\taspect\tgo_id\tname\tscore\tclass\tthreshold"
+    head = "protein\taspect\tgo_id\tname\tscore\tclass\tthreshold\taligner\thomology\thit"
+    assert lines[0] == head
+    assert doc["meta"]["method"] == "aligner"  # a checkpoint carries no homology reference
+    assert "go_release" in doc["meta"] and doc["meta"]["protgo_version"]
     for p in doc["proteins"]:
         scores = [t["score"] for t in p["terms"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3

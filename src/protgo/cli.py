@@ -465,6 +465,14 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option(help="Replace the prediction files already in --out.")
     ] = False,
+    homology: Annotated[
+        bool,
+        typer.Option(
+            help="Blend with DIAMOND transfer from the bundle's reference set (when it "
+            "carries one); --no-homology: the aligner alone."
+        ),
+    ] = True,
+    threads: Annotated[int, typer.Option(help="Threads for DIAMOND.")] = 2,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score every GO term of the chosen aspects for each sequence (unseen terms included).
@@ -488,7 +496,7 @@ def predict(
         source, fasta, out, top_k, asp, attributions, propagate, threshold,
         data_dir.expanduser() if data_dir else None, calibrate, keep_general,
         most_specific=most_specific, obo=obo, device=device, batch_size=batch_size,
-        overwrite=overwrite,
+        overwrite=overwrite, homology=homology, threads=threads,
     )  # fmt: skip
     typer.echo(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                            for k, v in info.items()}))  # fmt: skip
@@ -496,24 +504,51 @@ def predict(
 
 @app.command("export")
 def export(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint file or run folder (latest).")],
     out: Annotated[Path, typer.Option(help="New bundle directory.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint file or run folder (latest).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Or: a bundle (or shipped model) to copy with a homology reference from --dataset."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="With --model: the dataset the bundle was trained on.")
+    ] = None,
     with_vectors: Annotated[
         bool, typer.Option(help="Include the GO text vectors (else rebuilt on first use).")
     ] = False,
+    homology: Annotated[
+        bool, typer.Option(help="Carry the training split as a DIAMOND homology reference.")
+    ] = True,
     metrics: Annotated[
         Path | None, typer.Option(help="A results.tsv of `protgo evaluate` to record.")
     ] = None,
+    threads: Annotated[int, typer.Option(help="Threads for DIAMOND.")] = 2,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write an inference bundle: weights (fp16 safetensors), config, ontology, term table,
-    calibration and provenance, for `protgo predict --model DIR` anywhere, offline."""
+    calibration, the homology reference with its blend weights, and provenance, for
+    `protgo predict --model DIR` anywhere, offline."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.infer.bundle import add_homology, read_metrics, resolve_model
     from protgo.infer.bundle import export as export_bundle
-    from protgo.infer.bundle import read_metrics
     from protgo.infer.predict import Predictor
 
-    pred = Predictor(checkpoint, data_dir.expanduser() if data_dir else None)
-    path = export_bundle(pred, out, with_vectors, read_metrics(metrics) if metrics else None)
+    root = data_dir.expanduser() if data_dir else None
+    if (model is None) == (checkpoint is None):
+        raise UserError("give one of --checkpoint (a training run) and --model (a bundle)")
+    if model is not None:
+        if dataset is None:
+            raise UserError("--model needs --dataset: the dataset the bundle was trained on")
+        pred = Predictor(resolve_model(model), root, homology=False)
+        path = add_homology(pred, DatasetFolder.load(dataset, root), out, threads)
+    else:
+        pred = Predictor(checkpoint, root, homology=False)
+        path = export_bundle(pred, out, with_vectors, read_metrics(metrics) if metrics else None,
+                             homology, threads)  # fmt: skip
     typer.echo(f"bundle written to {path}")
 
 

@@ -6,8 +6,8 @@
 - :func:`knn`: cosine k-nearest neighbours on mean ESM embeddings, similarity-weighted vote.
 - :func:`mlp`: a multi-label MLP on mean ESM embeddings; closed vocabulary (training terms),
   so zero-shot terms score 0; early stopping on validation Fmax.
-- :func:`blend`: ``alpha * a + (1 - alpha) * b``, alpha chosen by :func:`choose_alpha` on
-  validation Fmax (protgo with DIAMOND in the paper-style comparison).
+- :func:`blend`: ``alpha * a + (1 - alpha) * b``, alpha chosen per aspect by
+  :func:`choose_alpha` on validation Fmax (protgo with DIAMOND, as ``predict`` gives it).
 
 Labels are propagated (is_a, part_of) before training and scores are propagated (max) before
 they are returned, so every prediction set is DAG-consistent. Mean embeddings come in as
@@ -215,12 +215,30 @@ def _mlp_epoch(net, optim, x, y, batch_size: int, gen) -> None:
 # ----------------------------------------------------------------------------------------------
 # Blend
 # ----------------------------------------------------------------------------------------------
-def blend(a: Predictions, b: Predictions, alpha: float) -> Predictions:
-    """``alpha * a + (1 - alpha) * b`` over the union of proteins and terms (missing: 0)."""
+def blend(
+    a: Predictions, b: Predictions, alpha: float | Mapping[str, float],
+    ontology: Ontology | None = None,
+) -> Predictions:  # fmt: skip
+    """``alpha * a + (1 - alpha) * b`` over the union of proteins and terms (missing: 0);
+    ``alpha`` one weight, or one per aspect ({aspect: weight}, with ``ontology``; terms of
+    another aspect keep ``a``'s score)."""
     pids = sorted(set(a.pids) | set(b.pids))
     terms = sorted(set(a.terms) | set(b.terms))
-    scores = alpha * a.aligned(pids, terms) + (1 - alpha) * b.aligned(pids, terms)
+    w = alpha_per_term(alpha, terms, ontology)
+    scores = w * a.aligned(pids, terms) + (1 - w) * b.aligned(pids, terms)
     return Predictions(pids, terms, scores)
+
+
+def alpha_per_term(
+    alpha: float | Mapping[str, float], terms: list[str], ontology: Ontology | None
+) -> np.ndarray | float:
+    """(T,) weights of ``a`` from one weight or one per aspect."""
+    if not isinstance(alpha, Mapping):
+        return float(alpha)
+    if ontology is None:
+        raise ValueError("a weight per aspect needs the ontology")
+    return np.array([alpha.get(ontology.aspect(t), 1.0) if t in ontology else 1.0
+                     for t in terms])  # fmt: skip
 
 
 def choose_alpha(
@@ -230,14 +248,16 @@ def choose_alpha(
     ontology: Ontology,
     grid: Iterable[float] = np.linspace(0, 1, 11),
     ia: Mapping[str, float] | None = None,
-) -> tuple[float, dict[float, float]]:
-    """The alpha of :func:`blend` with the best mean validation Fmax over aspects, and the
-    mean Fmax of every alpha tried (ties go to the alpha nearest 0.5, the even mix)."""
+) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """Per aspect, the alpha of :func:`blend` with the best validation Fmax, and the Fmax of
+    every alpha tried ({aspect: {alpha: fmax}}; ties go to the alpha nearest 0.5, the even
+    mix). Blends of one aspect's terms do not change another's Fmax, so one pass per alpha
+    scores every aspect."""
     a, b = a.propagated(ontology), b.propagated(ontology)
     pids = sorted(valid)
-    tried: dict[float, float] = {}
+    tried: dict[str, dict[float, float]] = {}
     for alpha in grid:
-        rows = evaluate_fast(blend(a, b, float(alpha)), valid, pids, ontology, ia)
-        tried[round(float(alpha), 6)] = float(np.mean([r["fmax"] for r in rows]))
-    best = max(tried, key=lambda al: (tried[al], -abs(al - 0.5)))
+        for r in evaluate_fast(blend(a, b, float(alpha)), valid, pids, ontology, ia):
+            tried.setdefault(r["aspect"], {})[round(float(alpha), 6)] = float(r["fmax"])
+    best = {asp: max(t, key=lambda al, t=t: (t[al], -abs(al - 0.5))) for asp, t in tried.items()}
     return best, tried

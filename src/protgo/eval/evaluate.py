@@ -78,10 +78,11 @@ def run_blend(
     protgo_valid: Predictions,
     diamond_split: Predictions | None = None,
     threads: int = 2,
-) -> tuple[Predictions, float, dict[float, float]]:
-    """protgo blended with DIAMOND on ``split``, alpha chosen on the validation split.
+) -> tuple[Predictions, dict[str, float], dict[str, dict[float, float]]]:
+    """protgo blended with DIAMOND on ``split``, alpha chosen per aspect on the validation
+    split.
 
-    Returns (blended predictions, alpha, mean validation Fmax per alpha tried)."""
+    Returns (blended predictions, {aspect: alpha}, {aspect: {alpha: validation Fmax}})."""
     onto = folder.ontology
     valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
     alpha, tried = choose_alpha(
@@ -94,7 +95,7 @@ def run_blend(
     if diamond_split is None:
         diamond_split = run_baseline("diamond", folder, split, threads=threads)
     a, b = protgo_split.propagated(onto), diamond_split.propagated(onto)
-    return blend(a, b, alpha), alpha, tried
+    return blend(a, b, alpha, onto), alpha, tried
 
 
 def parse_baselines(text: str) -> list[str]:

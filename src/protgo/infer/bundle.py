@@ -41,7 +41,7 @@ from protgo.config import Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
-from protgo.infer import calibration
+from protgo.infer import calibration, homology
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
 from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
@@ -155,19 +155,22 @@ def load(path: Path) -> Bundle:
     return Bundle(path, meta, cfg, weights, onto, terms, projection)
 
 
-def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None) -> Path:
+def export(
+    predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None,
+    with_homology: bool = True, threads: int = 2,
+) -> Path:  # fmt: skip
     """Write the bundle of a checkpoint's ``predictor`` into ``out`` (a new directory, made
     whole in a staging directory and renamed, so it is never half-written). The calibration
-    is fitted on the validation split first when the checkpoint has none."""
+    is fitted on the validation split first when the checkpoint has none. ``with_homology``
+    adds the training split as the homology reference, with the blend's weights and
+    thresholds chosen on the valid split (:mod:`protgo.infer.homology`)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    check_output_path(out, "--out", folder=True)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} is not empty: give a new directory")
+    out = _new_dir(out)
     folder: DatasetFolder = predictor.folder
     if predictor.calibration is None and folder.ids("valid"):
         predictor.fit_calibration()
+    fitted = homology.fit(predictor, folder, threads) if with_homology else None
     info = folder.info
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -208,14 +211,53 @@ def export(predictor, out: Path, with_vectors: bool = False, metrics: dict | Non
             predictor.text_cache.save(stage / "go_vectors")
         if predictor.projection is not None:
             predictor.projection.save(stage / PROJECTION, {})
-        atomic_write_text(stage / "README.md", model_card(out.name, meta))
-        atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
-        for f in stage.rglob("*"):  # mkdtemp and safetensors make owner-only files
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        stage.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        stage.rename(out)
+        if fitted is not None:
+            meta["homology"] = homology.write(stage, folder, fitted)
+        _finish(stage, out, meta)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _new_dir(out: Path) -> Path:
+    out = Path(out)
+    check_output_path(out, "--out", folder=True)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty: give a new directory")
+    return out
+
+
+def _finish(stage: Path, out: Path, meta: dict) -> None:
+    """Write the card and ``bundle.json`` into ``stage``, then rename it to ``out``."""
+    atomic_write_text(stage / "README.md", model_card(out.name, meta))
+    atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
+    for f in stage.rglob("*"):  # mkdtemp and safetensors make owner-only files
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    stage.chmod(0o755)
+    if out.exists():
+        out.rmdir()
+    stage.rename(out)
+
+
+def add_homology(predictor, folder: DatasetFolder, out: Path, threads: int = 2) -> Path:
+    """A copy of the bundle that ``predictor`` loaded (without homology) in ``out``, with a
+    homology reference: ``folder``'s training split (the dataset the bundle was trained on),
+    the blend chosen on its valid split."""
+    out = _new_dir(out)
+    src = load(Path(predictor.checkpoint))
+    trained_on = src.meta["provenance"].get("dataset")
+    if trained_on != folder.root.name:
+        raise UserError(
+            f"bundle {src.path} was trained on '{trained_on}', not '{folder.root.name}': give "
+            "the dataset it was trained on"
+        )
+    fitted = homology.fit(predictor, folder, threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        shutil.copytree(src.path, stage, dirs_exist_ok=True)
+        meta = {**src.meta, "homology": homology.write(stage, folder, fitted)}
+        _finish(stage, out, meta)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
@@ -254,6 +296,7 @@ def model_card(name: str, meta: dict) -> str:
         f"- Protein encoder: `{cfg['residues']['model']}` (layer {cfg['residues']['layer']}); "
         f"text encoder: `{cfg['go_text']['encoder']}`",
         f"- Calibrated aspects: {', '.join(calibrated)}",
+        _homology_line(meta.get("homology")),
         "", "Use: `protgo predict --model " + name + " --fasta F --out O` or "
         f"`protgo.load_model(\"{name}\")`.", "",
     ]  # fmt: skip
@@ -272,6 +315,17 @@ def model_card(name: str, meta: dict) -> str:
                 lines.append(f"| {aspect} | {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _homology_line(hom: dict | None) -> str:
+    if not hom:
+        return "- Homology: none (`predict` gives the aligner's scores alone)"
+    alpha = ", ".join(f"{a} {w:.1f}" for a, w in sorted(hom["alpha"].items()))
+    return (
+        f"- Homology (the default output): DIAMOND transfer from {hom['proteins']} "
+        f"reference proteins ({hom['evidence']}), blended with the aligner's weight per "
+        f"aspect {alpha} (chosen on the valid split; `--no-homology` for the aligner alone)"
+    )
 
 
 def _training_seconds(checkpoint: Path) -> float | None:

@@ -51,7 +51,10 @@ def parse_threshold(text: str | None) -> str | float | None:
     return value
 
 
-ROW_KEYS = ("protein", "aspect", "go_id", "name", "score", "class", "threshold")
+# score is the blend when the model carries a homology reference (aligner and homology its
+# parts, hit the best reference protein carrying the term, as protein:bitscore)
+ROW_KEYS = ("protein", "aspect", "go_id", "name", "score", "class", "threshold", "aligner",
+            "homology", "hit")  # fmt: skip
 
 
 def top_terms(
@@ -85,8 +88,19 @@ def top_terms(
             rows.append({"protein": result.pid, "aspect": aspect, "go_id": g,
                          "name": pred.ontology.terms[g].name,
                          "score": round(float(result.scores[j]), 4),
-                         "class": pred.term_class(g), "threshold": round(t, 4)})  # fmt: skip
+                         "class": pred.term_class(g), "threshold": round(t, 4),
+                         **_parts(pred, result, j)})  # fmt: skip
     return rows
+
+
+def _parts(pred: Predictor, result: ProteinResult, j: int) -> dict:
+    """A row's aligner and homology parts and the best hit carrying its term ('' without
+    homology)."""
+    if result.aligner is None:
+        return {"aligner": round(float(result.scores[j]), 4), "homology": "", "hit": ""}
+    return {"aligner": round(float(result.aligner[j]), 4),
+            "homology": round(float(result.homology[j]), 4),
+            "hit": pred.homology.best_hit(result.hits or [], pred.go_ids[j])}  # fmt: skip
 
 
 def _ancestors_of(pred: Predictor, ids: list[str]) -> set[str]:
@@ -147,6 +161,7 @@ def run_predict(
     threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
     keep_general: bool = False, progress: bool = True, most_specific: bool = False,
     obo: Path | None = None, device: str = "cpu", batch_size: int = 256, overwrite: bool = False,
+    homology: bool = True, threads: int = 2,
 ) -> dict:  # fmt: skip
     """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help).
     ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
@@ -155,7 +170,13 @@ def run_predict(
     check_out(out, overwrite)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
-    pred = Predictor(checkpoint, data_dir, aspects, device, obo)
+    pred = Predictor(checkpoint, data_dir, aspects, device, obo, homology, threads)
+    if pred.homology is not None and shutil.which("diamond") is None:
+        raise UserError(
+            f"{checkpoint} blends its scores with DIAMOND homology, and DIAMOND is not "
+            "installed: `apt-get install diamond-aligner` (scripts/setup.sh does it), or pass "
+            "--no-homology for the aligner's scores alone"
+        )
     if calibrate or (cut == "auto" and not pred.calibration and pred.folder is not None):
         pred.fit_calibration()
     if cut == "auto":
@@ -189,11 +210,17 @@ def readable_tsv(rows: list[dict]) -> str:
 def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict], cut) -> str:
     by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
     for row in rows:
-        by_pid[row["protein"]].append({k: row[k] for k in ROW_KEYS[1:-1]})
+        by_pid[row["protein"]].append(
+            {k: row[k] for k in ROW_KEYS if k not in ("protein", "threshold")}
+        )
     thresholds = pred.thresholds() if cut == "auto" else cut
     if isinstance(thresholds, dict):
         thresholds = {a: round(v, 6) for a, v in thresholds.items()}
-    meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
+    hom = pred.homology
+    method = ({"method": "blend", "alpha": hom.alpha, "reference": hom.evidence,
+               "reference_proteins": len(hom.sequences)} if hom is not None
+              else {"method": "aligner"})  # fmt: skip
+    meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase, **method,
             "protgo_version": protgo.__version__, "go_release": pred.go_release,
             "aspects": pred.aspects, "calibrated": bool(pred.calibration),
             "threshold": thresholds}  # fmt: skip

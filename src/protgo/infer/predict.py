@@ -36,7 +36,8 @@ from protgo.encoders.protein import embed_arrays, pack_by_tokens
 from protgo.encoders.registry import protein_encoder
 from protgo.errors import UserError
 from protgo.go import scoring
-from protgo.infer import bundle, calibration
+from protgo.infer import bundle, calibration, homology
+from protgo.infer.homology import Reference
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
@@ -53,6 +54,9 @@ class ProteinResult:
     sequence: str
     scores: np.ndarray  # (T,)
     residues: np.ndarray | None = None  # (L, D) fp16, kept when asked (for attributions)
+    aligner: np.ndarray | None = None  # (T,) the aligner's part of a blended score
+    homology: np.ndarray | None = None  # (T,) the homology part (DiamondScore)
+    hits: list | None = None  # [(reference protein, bitscore), ...] best first
 
 
 class Predictor:
@@ -61,16 +65,21 @@ class Predictor:
     def __init__(
         self, source: Path, data_dir: Path | None = None,
         aspects: Iterable[str] | None = None, device: str = "cpu", obo: Path | None = None,
+        homology: bool = True, threads: int = 2,
     ):  # fmt: skip
         """``source``: a training checkpoint or run folder (its dataset folder under
         ``data_dir`` gives the ontology and GO vectors), or a bundle directory
         (:mod:`protgo.infer.bundle`), which needs no dataset. ``obo`` (bundles only): score
-        the terms of this ontology instead, e.g. a newer GO release."""
+        the terms of this ontology instead, e.g. a newer GO release. ``homology``: blend with
+        DIAMOND transfer from the bundle's reference set when it has one
+        (:mod:`protgo.infer.homology`); ``threads`` for DIAMOND."""
         self.device = torch.device(device)
         self._encoder = None
+        self.homology: Reference | None = None
+        self.threads = threads
         self.projection: Projection | None = None  # a projected store's PCA (bundles carry it)
         if bundle.is_bundle(source):
-            self._from_bundle(bundle.load(Path(source)), data_dir, aspects, obo)
+            self._from_bundle(bundle.load(Path(source)), data_dir, aspects, obo, homology)
         else:
             if obo is not None:
                 raise UserError("--obo needs a bundle (--model); `protgo export` makes one "
@@ -102,7 +111,9 @@ class Predictor:
         self._load_model(state.get("model"), cache)
         self.calibration = calibration.read(self.checkpoint, self.logit_input)
 
-    def _from_bundle(self, b: bundle.Bundle, data_dir: Path | None, aspects, obo) -> None:
+    def _from_bundle(
+        self, b: bundle.Bundle, data_dir: Path | None, aspects, obo, homology_on: bool
+    ) -> None:
         self.checkpoint = b.path
         self.cfg = b.cfg
         # The exporting machine's data dir means nothing here: only caches go there.
@@ -120,6 +131,8 @@ class Predictor:
         self._load_model(b.weights, cache)
         self.calibration = b.meta.get("calibration")
         self.projection = b.projection
+        if homology_on:
+            self.homology = homology.load(b.path, b.meta.get("homology"), self.ontology)
 
     def _load_model(self, weights, cache: GoVectorCache) -> None:
         self.text_cache = cache
@@ -262,6 +275,14 @@ class Predictor:
     def thresholds(self) -> dict[str, float]:
         """{aspect: score threshold of the best validation Fmax} (needs a calibration of
         every aspect asked for)."""
+        if self.homology is not None:  # the blend's own thresholds, chosen on valid
+            missing = [a for a in self.aspects if a not in self.homology.thresholds]
+            if missing:
+                raise UserError(
+                    f"bundle {self.checkpoint} has no blend threshold for {', '.join(missing)}: "
+                    "give --threshold 0.5 or --no-homology"
+                )
+            return {a: self.homology.thresholds[a] for a in self.aspects}
         fitted = (self.calibration or {}).get("aspects", {})
         missing = [a for a in self.aspects if a not in fitted]
         if missing:
@@ -293,10 +314,23 @@ class Predictor:
                 vecs, _ = self.protein_vectors([res[p] for p in part])
                 sc = self.scores(vecs, propagate)
                 _check_finite(sc, list(part))
-                out += [ProteinResult(p, part[p], sc[k], res[p] if keep_residues else None)
-                        for k, p in enumerate(part)]  # fmt: skip
+                mixed = self._homology_parts(part, sc)
+                for k, p in enumerate(part):
+                    r = ProteinResult(p, part[p], sc[k], res[p] if keep_residues else None)
+                    if mixed is not None:
+                        r.scores, r.aligner, r.homology = mixed[0][k], sc[k], mixed[1][k]
+                        r.hits = mixed[2].get(p, [])
+                    out.append(r)
                 bar.update(len(part))
         return out
+
+    def _homology_parts(self, part: Mapping[str, str], aligner: np.ndarray):
+        """(blended (N, T), homology (N, T), hits) of a chunk; None without homology."""
+        if self.homology is None:
+            return None
+        hits = self.homology.hits(part, self.threads)
+        hom = self.homology.scores(hits, list(part), self.go_ids)
+        return self.homology.blend(aligner, hom, self.go_ids, self.ontology), hom, hits
 
     # ---- calibration --------------------------------------------------------------------------
     def fit_calibration(self, max_proteins: int = 2000) -> dict:

@@ -1,0 +1,138 @@
+"""Homology inside a bundle: the aligner blended with DIAMOND label transfer, as ``predict``
+gives it by default.
+
+A bundle with homology carries its **reference set**, ``reference.tsv.gz``: the training
+proteins with their sequence and direct annotations (protein, sequence, GO ids; propagated on
+load), checked by sha256 (``bundle.json``: ``homology.sha256``), and per aspect
+the aligner's weight ``alpha`` in the blend and the blend's threshold of best Fmax, both chosen
+on the dataset's valid split (:func:`fit`). For each query, DIAMOND finds hits in the reference
+(``blastp --more-sensitive``, e-value 1e-3, as the DIAMOND baseline); DeepGOPlus' DiamondScore
+turns them into term scores (:func:`protgo.go.scoring.transfer_scores`), and
+
+    score = alpha[aspect] * aligner + (1 - alpha[aspect]) * homology
+
+(:func:`protgo.eval.baselines.blend`, the same rule ``protgo evaluate`` scores as its blend).
+A query without a hit keeps ``alpha * aligner``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protgo.data.folder import DatasetFolder
+from protgo.data.ontology import Ontology
+from protgo.data.seqsearch import DiamondOptions, diamond_hits
+from protgo.errors import UserError
+from protgo.eval.baselines import alpha_per_term, blend, choose_alpha, diamond_score
+from protgo.eval.metrics import evaluate_fast
+from protgo.eval.predictions import Predictions
+from protgo.go import scoring
+from protgo.io import atomic_write
+
+REFERENCE = "reference.tsv.gz"
+
+
+@dataclass
+class Reference:
+    """A bundle's reference set and blend settings."""
+
+    sequences: dict[str, str]
+    labels: dict[str, set[str]]  # propagated
+    alpha: dict[str, float]  # aspect -> the aligner's weight
+    thresholds: dict[str, float]  # aspect -> the blend's threshold of best valid Fmax
+    evidence: str
+
+    def hits(self, queries: Mapping[str, str], threads: int = 2) -> dict:
+        """{query: [(reference protein, bitscore), ...]} best first."""
+        return diamond_hits(queries, self.sequences, DiamondOptions(threads=threads))
+
+    def scores(self, hits: Mapping, pids: Sequence[str], go_ids: Sequence[str]) -> np.ndarray:
+        """(N, T) DiamondScore of ``pids`` over ``go_ids`` (0 without a hit)."""
+        got = scoring.transfer_scores({p: hits[p] for p in pids if p in hits}, self.labels)
+        col = {g: j for j, g in enumerate(go_ids)}
+        out = np.zeros((len(pids), len(go_ids)))
+        for i, p in enumerate(pids):
+            for t, v in got.get(p, {}).items():
+                if t in col:
+                    out[i, col[t]] = v
+        return out
+
+    def blend(
+        self, aligner: np.ndarray, homology: np.ndarray, go_ids: Sequence[str], ontology: Ontology
+    ) -> np.ndarray:
+        """``alpha * aligner + (1 - alpha) * homology`` per aspect, over ``go_ids``."""
+        w = alpha_per_term(self.alpha, list(go_ids), ontology)
+        return w * aligner + (1 - w) * homology
+
+    def best_hit(self, hits: Sequence[tuple[str, float]], term: str) -> str:
+        """The best-scoring hit that carries ``term`` (``protein:bits``), or ''."""
+        return next((f"{s}:{b:.0f}" for s, b in hits if term in self.labels.get(s, ())), "")
+
+
+def write(stage: Path, folder: DatasetFolder, fitted: dict) -> dict:
+    """Write the reference set of ``folder``'s training split into ``stage``; returns the
+    ``homology`` entry of ``bundle.json`` (``fitted`` from :func:`fit` plus the checksum)."""
+    train = [p for p in folder.ids("train") if p in folder.annotations]
+    rows = ["protein\tsequence\tterms"] + [
+        f"{p}\t{folder.sequences[p]}\t{' '.join(sorted(folder.annotations[p]))}" for p in train
+    ]
+    data = gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0)
+    atomic_write(stage / REFERENCE, lambda fh: fh.write(data))
+    return {**fitted, "proteins": len(train), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def load(path: Path, meta: dict | None, ontology: Ontology) -> Reference | None:
+    """The reference set of the bundle at ``path`` (None when it has none); a file that fails
+    its checksum is one UserError."""
+    if not meta:
+        return None
+    f = path / REFERENCE
+    data = f.read_bytes() if f.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        why = "is missing" if not f.is_file() else "fails its checksum"
+        raise UserError(f"bundle {path}: its homology reference {REFERENCE} {why}: export the "
+                        "bundle again, or predict with --no-homology")  # fmt: skip
+    seqs, labels = {}, {}
+    for line in gzip.decompress(data).decode().splitlines()[1:]:
+        p, seq, terms = line.split("\t")
+        seqs[p], labels[p] = seq, ontology.propagate(terms.split())
+    return Reference(seqs, labels, dict(meta["alpha"]), dict(meta["thresholds"]),
+                     meta.get("evidence", ""))  # fmt: skip
+
+
+def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:
+    """Per aspect, the aligner's weight in the blend and the blend's threshold of best Fmax,
+    chosen on ``folder``'s valid split (the predictor's scores against DIAMOND transfer from
+    the training split)."""
+    from protgo.data.sequence import clean_sequence
+
+    onto = folder.ontology
+    train = {p: folder.annotations[p] for p in folder.ids("train") if p in folder.annotations}
+    valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
+    if not valid:
+        raise UserError(f"dataset {folder.root} has no valid proteins to choose the blend on")
+    seqs = {p: clean_sequence(p, folder.sequences[p]) for p in valid}
+    results = predictor.predict(seqs, progress=True)
+    aligner = Predictions([r.pid for r in results], list(predictor.go_ids),
+                          np.stack([r.scores for r in results]))  # fmt: skip
+    hits = diamond_hits(
+        seqs, {p: folder.sequences[p] for p in train}, DiamondOptions(threads=threads)
+    )
+    homology = diamond_score(hits, train, onto)
+    alpha, tried = choose_alpha(aligner, homology, valid, onto, ia=folder.ia)
+    rows = evaluate_fast(blend(aligner, homology, alpha, onto), valid, sorted(valid), onto)
+    codes = folder.info.get("provenance", {}).get("evidence_codes")
+    evidence = "all, electronic included" if codes == "all" else ", ".join(codes or ["?"])
+    return {
+        "alpha": alpha,
+        "thresholds": {r["aspect"]: round(r["tau"], 6) for r in rows},
+        "valid_fmax": {r["aspect"]: round(r["fmax"], 4) for r in rows},
+        "evidence": f"{folder.root.name} training proteins; evidence codes: {evidence}",
+        "tried": tried,
+    }
