@@ -216,8 +216,8 @@ class Predictor:
         enc = self.encoder
         pids, seqs = list(todo), list(todo.values())
         proj = self.projection
-        bar = tqdm(total=sum(map(len, seqs)), desc="embed (ESM)", unit="res", unit_scale=True,
-                   disable=not progress, leave=False)  # fmt: skip
+        bar = tqdm(total=sum(map(len, seqs)), desc=f"embed ({self.cfg.residues.model})",
+                   unit="res", unit_scale=True, disable=not progress, leave=False)  # fmt: skip
         full = embed_arrays(enc, seqs, enc.cfg.batch_tokens, bar)
         bar.close()
         # projected (if the store is) and rounded to fp16, as the store keeps them
