@@ -93,8 +93,10 @@ SetOpt = Annotated[
 
 def _aspects(text: str) -> list[str]:
     """``--aspects``: comma-separated BP, MF and/or CC (any case), checked."""
+    from protgo.config import ASPECTS
+
     chosen = [a.strip().upper() for a in text.split(",") if a.strip()]
-    bad = [a for a in chosen if a not in ("BP", "MF", "CC")]
+    bad = [a for a in chosen if a not in ASPECTS]
     if not chosen or bad:
         raise UserError(f"--aspects takes BP, MF and/or CC separated by commas, got '{text}'")
     return chosen

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +33,7 @@ def default_data_dir() -> Path:
 
 
 Aspect = Literal["BP", "MF", "CC"]
+ASPECTS: tuple[str, ...] = get_args(Aspect)  # the one home of the three GO aspects
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]  # a probability or share, in [0, 1]
 Rate = Annotated[float, Field(ge=0.0, lt=1.0)]  # dropout, decay, momentum: in [0, 1)
 Pos = Annotated[int, Field(ge=1)]  # a count or size that must be at least 1
@@ -63,7 +64,7 @@ Device = Annotated[str, AfterValidator(check_device)]
 class DataConfig(Section):
     dataset: str = "human-exp"
     data_dir: Path | None = None  # None: $PROTGO_DATA or ~/.cache/protgo
-    aspects: list[Aspect] = ["BP", "MF", "CC"]
+    aspects: list[Aspect] = list(ASPECTS)
     max_proteins: Pos | None = None
 
     def resolved_data_dir(self) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from protgo.config import ASPECTS
 from protgo.data import godb
 from protgo.data.blastdb import BlastDb
 from protgo.data.debian import debian_paths
@@ -57,7 +58,7 @@ def read_exclude_ids(path: Path | None) -> frozenset[str]:
 
 @dataclass
 class BuildOptions:
-    aspects: tuple[str, ...] = ("BP", "MF", "CC")
+    aspects: tuple[str, ...] = ASPECTS
     max_proteins: int | None = None
     seed: int = 0
     split: str = "cluster"  # cluster | random

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from protgo.config import default_data_dir
+from protgo.config import ASPECTS, default_data_dir
 from protgo.data.fasta import read_fasta
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
@@ -135,7 +135,7 @@ class DatasetFolder:
     @property
     def aspects(self) -> list[str]:
         """The aspects the dataset was built with (``data build --aspects``)."""
-        return list(self.info.get("options", {}).get("aspects", ("BP", "MF", "CC")))
+        return list(self.info.get("options", {}).get("aspects", ASPECTS))
 
     def check_aspects(self, aspects, what: str) -> None:
         """Training needs annotations: every aspect asked for must be one of the dataset's."""

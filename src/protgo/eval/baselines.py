@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protgo.config import ASPECTS
 from protgo.data.ontology import Ontology
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
-from protgo.eval.metrics import ASPECTS, evaluate_fast, truth_matrix
+from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
 from protgo.go import scoring
 

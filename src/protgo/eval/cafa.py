@@ -11,8 +11,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from protgo.config import ASPECTS
 from protgo.errors import UserError
-from protgo.eval.metrics import ASPECTS, TH_STEP, aspect_problem, fmax_interval, term_centric
+from protgo.eval.metrics import TH_STEP, aspect_problem, fmax_interval, term_centric
 from protgo.eval.predictions import read_predictions, write_ground_truth
 from protgo.extras import need
 from protgo.io import atomic_write_text

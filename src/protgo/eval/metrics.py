@@ -20,11 +20,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from protgo.config import ASPECTS
 from protgo.data.ontology import Ontology
 from protgo.eval.predictions import Predictions
 
 TH_STEP = 0.01
-ASPECTS = ("BP", "MF", "CC")
 
 
 # ----------------------------------------------------------------------------------------------

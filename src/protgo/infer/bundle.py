@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import protgo
-from protgo.config import Config
+from protgo.config import ASPECTS, Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.errors import UserError
@@ -305,7 +305,7 @@ def model_card(name: str, meta: dict) -> str:
         lines += ["## Test split (cafaeval; zero/few: term-centric AUC)", ""]
         head = "| aspect | method | " + " | ".join(CARD_COLUMNS) + " |"
         lines += [head, "|" + "---|" * (len(CARD_COLUMNS) + 2)]
-        for aspect in ("BP", "MF", "CC"):
+        for aspect in ASPECTS:
             for method, per_aspect in metrics.items():
                 row = per_aspect.get(aspect)
                 if row is None:

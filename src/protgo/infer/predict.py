@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protgo.config import Config, default_data_dir
+from protgo.config import ASPECTS, Config, default_data_dir
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.encoders.protein import embed_arrays, pack_by_tokens
@@ -388,7 +388,7 @@ def _check_aspects(aspects: Iterable[str] | None, trained: list[str]) -> list[st
     if aspects is None:
         return list(trained)
     out = [a.strip().upper() for a in aspects if a.strip()]
-    bad = [a for a in out if a not in ("BP", "MF", "CC")]
+    bad = [a for a in out if a not in ASPECTS]
     if bad or not out:
         raise UserError(f"--aspects takes BP, MF and/or CC, got {', '.join(bad) or 'nothing'}")
-    return sorted(set(out), key=("BP", "MF", "CC").index)
+    return sorted(set(out), key=ASPECTS.index)

@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 
-from protgo.config import GoTextConfig
+from protgo.config import ASPECTS, GoTextConfig
 from protgo.data.ontology import Ontology, Term
 from protgo.errors import UserError
 
@@ -82,7 +82,7 @@ class GoTextStore:
         self.ontology = ontology
         self.cfg = cfg
         if ids is None:
-            keep = set(aspects) if aspects is not None else {"BP", "MF", "CC"}
+            keep = set(aspects) if aspects is not None else set(ASPECTS)
             ids = [t for t in ontology.ids() if ontology.aspect(t) in keep]
         else:
             ids = list(ids)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protgo.config import GoTextConfig
+from protgo.config import ASPECTS, GoTextConfig
 from protgo.data.folder import DatasetFolder
 from protgo.encoders.text import load_text_encoder
 from protgo.errors import UserError
@@ -188,7 +188,7 @@ def _slug(text: str) -> str:
 
 def cache_dir(data_dir: Path, dataset: str, cfg: GoTextConfig, phase: int, aspects) -> Path:
     """``<data_dir>/stores/go/<dataset>/<encoder>/phase<P>-<ASPECTS>[-int8]``."""
-    tag = "".join(a for a in ("BP", "MF", "CC") if a in set(aspects))
+    tag = "".join(a for a in ASPECTS if a in set(aspects))
     tag += "-int8" if cfg.quantize_int8 else ""
     return (
         Path(data_dir)
