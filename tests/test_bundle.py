@@ -259,3 +259,35 @@ def test_a_damaged_reference_or_missing_diamond_is_one_line(trained, bundles, tm
     args = ["predict", "--model", bundles[1], "--fasta", fasta, "--data-dir", tmp_path / "d"]
     code, err = run_cli([*args, "--out", tmp_path / "o3"], capsys, monkeypatch)
     assert_one_error(code, err, "DIAMOND is not installed", "--no-homology")
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda b: _edit_json(b, lambda m: m.update(phase="two")), "not a text phase"),
+        (lambda b: _edit_json(b, lambda m: m["config"]["go_text"].update(encoder="../../etc")),
+         "a local path"),
+        (lambda b: _edit_json(b, lambda m: m["calibration"]["aspects"]["MF"].update(
+            threshold=0.95)), "changed after protgo wrote it"),
+        (lambda b: (b / "terms.tsv").write_text((b / "terms.tsv").read_text() + "GO:1\tMF\n"),
+         "2 columns where the header has 6"),
+        (lambda b: (b / "terms.tsv").write_text((b / "terms.tsv").read_text() + "\n".join(
+            (b / "terms.tsv").read_text().splitlines()[1:2]) + "\n"), "is listed twice"),
+    ],
+)  # fmt: skip
+def test_a_malformed_bundle_is_one_error(bundles, tmp_path, damage, needle):
+    from protgo.infer.bundle import load
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles[2], bad)
+    damage(bad)
+    with pytest.raises(UserError, match=needle):
+        load(bad)
+
+
+def _edit_json(bundle: Path, change) -> None:
+    import json
+
+    meta = json.loads((bundle / "bundle.json").read_text())
+    change(meta)
+    (bundle / "bundle.json").write_text(json.dumps(meta))

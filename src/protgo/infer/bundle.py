@@ -40,6 +40,7 @@ import protgo
 from protgo.config import ASPECTS, Config
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
+from protgo.encoders.text import DEFAULT_ENCODER
 from protgo.errors import UserError
 from protgo.infer import calibration, homology
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
@@ -143,16 +144,41 @@ def load(path: Path) -> Bundle:
     except Exception as exc:  # noqa: BLE001 - any damage has the same remedy
         raise UserError(f"bundle {path} is damaged ({type(exc).__name__}: {exc}); export it "
                         "again") from None  # fmt: skip
-    terms = {}
-    lines = (path / "terms.tsv").read_text().splitlines()
-    head = lines[0].split("\t")
-    for line in lines[1:]:
-        row = dict(zip(head, line.split("\t"), strict=True))
-        terms[row["term"]] = row
+    _check_text_encoder(cfg.go_text.encoder, path)
+    terms = _read_terms(path / "terms.tsv")
     proj_path = path / PROJECTION
     projection = Projection.load(proj_path) if proj_path.is_file() else None
     onto = Ontology.from_obo(path / "go.obo.gz")
     return Bundle(path, meta, cfg, weights, onto, terms, projection)
+
+
+def _check_text_encoder(name: str, path: Path) -> None:
+    """A bundle names its text encoder: the packaged one or a hub id (``org/name``), never a
+    local path, so a bundle handed to someone cannot make protgo open their files."""
+    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and ".." not in name
+    if name != DEFAULT_ENCODER and not hub_id:
+        raise UserError(
+            f"bundle {path} names the text encoder '{name}', a local path: a bundle may name "
+            f"only the packaged '{DEFAULT_ENCODER}' or a hub id; export it again"
+        )
+
+
+def _read_terms(path: Path) -> dict[str, dict]:
+    """terms.tsv -> {term: row}; a malformed or duplicated row is one UserError."""
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t") if lines else []
+    terms: dict[str, dict] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        cols = line.split("\t")
+        if len(cols) != len(head) or "term" not in head:
+            raise UserError(f"bundle {path}:{n}: {len(cols)} columns where the header has "
+                            f"{len(head)}: export the bundle again")  # fmt: skip
+        row = dict(zip(head, cols, strict=True))
+        if row["term"] in terms:
+            raise UserError(f"bundle {path}:{n}: {row['term']} is listed twice: export the "
+                            "bundle again")  # fmt: skip
+        terms[row["term"]] = row
+    return terms
 
 
 def export(
