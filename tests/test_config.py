@@ -14,9 +14,16 @@ def test_default_yaml_lists_every_key_with_the_code_default():
     assert listed == yaml.safe_load(yaml.safe_dump(Config().model_dump(mode="json")))
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "tiny.yaml", "demo.yaml"])
-def test_shipped_configs_load(name):
-    load_config(CONFIGS / name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Each config the package ships loads as its kind: PLM pretraining or the aligner."""
+    from protgo.config import load_model
+    from protgo.plm.pretrain import PlmConfig
+
+    if path.name.startswith("plm-"):
+        load_model(PlmConfig, path)
+    else:
+        load_config(path)
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
