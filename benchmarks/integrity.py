@@ -64,9 +64,9 @@ def shard_figures(work: Path, mb: int, repeats: int) -> None:
     deep = best_of(repeats, lambda: check_shard(work, "s", info, dim, deep=True))
     residues._VERIFIED.clear()
     t0 = time.perf_counter()
-    residues._verified_once(work, "s", info, dim)
+    residues._verified_once(work, "s", info, dim, dim)
     first = time.perf_counter() - t0
-    again = best_of(repeats, lambda: residues._verified_once(work, "s", info, dim))
+    again = best_of(repeats, lambda: residues._verified_once(work, "s", info, dim, dim))
     print(f"shard {mb} MB: size-only check {size * 1e3:.2f} ms; with checksum {deep:.3f} s "
           f"({mb / deep:.0f} MB/s); first read in a process {first:.3f} s, later reads "
           f"{again * 1e3:.3f} ms")  # fmt: skip
