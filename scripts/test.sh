@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/lint-imports --no-cache  # imports point down: pyproject.toml [tool.importlinter]
+.venv/bin/lint-imports --no-cache --no-logo  # imports point down: pyproject.toml [tool.importlinter]
 .venv/bin/pytest "$@"
