@@ -436,3 +436,16 @@ def test_a_failed_start_does_not_block_the_folder(world, capsys, monkeypatch, tm
     code, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "valid"] == [1]
+
+
+def test_an_empty_ontology_and_a_non_checkpoint_are_named(world, capsys, monkeypatch, tmp_path):
+    from protgo.data.ontology import parse_obo
+
+    empty = tmp_path / "empty.obo"
+    empty.write_text("format-version: 1.2\n")
+    with pytest.raises(UserError, match="holds no \\[Term\\] stanza"):
+        parse_obo(empty)
+    other = tmp_path / "P1.pt"  # what `embed fasta` writes: tensors, no schema version
+    torch.save({"label": "P1", "representations": {6: torch.zeros(3, 4)}}, other)
+    args = _predict((other, *world[1:]), tmp_path / "pred")
+    assert_one_error(*run_cli(args, capsys, monkeypatch), "P1.pt", "not a protgo training")

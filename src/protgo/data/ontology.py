@@ -94,6 +94,9 @@ def parse_obo(path: Path) -> list[Term]:
         if cur is None:
             raise UserError(f"{path}:{lineno}: '{tag}' comes before the stanza's id")
         _apply_tag(cur, tag, value, path, lineno)
+    if not terms:
+        raise UserError(f"ontology file {path} holds no [Term] stanza: give a GO OBO file "
+                        "(go-basic.obo)")  # fmt: skip
     return terms
 
 

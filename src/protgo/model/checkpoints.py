@@ -135,6 +135,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def _load_one(path: Path, map_location) -> dict:
     state = safe_torch_load(path, "checkpoint", map_location)
     version = state.get("schema_version") if isinstance(state, dict) else None
+    if version is None:
+        raise UserError(
+            f"{path} is not a protgo training checkpoint (it holds no schema version: an "
+            "`embed fasta` file, or another program's): give a checkpoint written by `protgo "
+            "train`, or a run folder"
+        )
     if version != SCHEMA_VERSION:
         raise UserError(
             f"checkpoint {path} has schema version {version}, this protgo reads version "
