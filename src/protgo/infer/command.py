@@ -121,6 +121,11 @@ def check_out(out: Path, overwrite: bool) -> None:
     if old and not overwrite:
         raise UserError(f"--out {out} already holds predictions ({', '.join(old)}): give a new "
                         "folder, or --overwrite to replace them")  # fmt: skip
+    # an unwritable place is found now, not after all the scoring (nothing is created yet)
+    here = next(p for p in (Path(out), *Path(out).absolute().parents) if p.exists())
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} cannot be written ({here} is not writable): choose "
+                        "another folder")  # fmt: skip
 
 
 def write_outputs(out: Path, files: Mapping[str, str]) -> None:

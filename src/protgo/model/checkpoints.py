@@ -209,6 +209,8 @@ class CheckpointManager:
         atomic_write_text(self.directory / "latest.json", json.dumps(pointer) + "\n")
         if kind in ("step", "epoch"):
             self._prune(kind, path)
+        for tmp in self.directory.glob(".*.tmp"):  # half files a killed writer left (any kind)
+            tmp.unlink(missing_ok=True)
         return path
 
     def _prune(self, kind: Kind, newest: Path) -> None:
@@ -216,8 +218,6 @@ class CheckpointManager:
         old = sorted(self.directory.glob(f"{kind}-*.pt"))[: -self.keep_last]
         for p in (p for p in old if p != newest):
             p.unlink(missing_ok=True)
-        for tmp in self.directory.glob(".*.tmp"):  # left by a killed writer
-            tmp.unlink(missing_ok=True)
 
     def latest(self) -> Path | None:
         pointer = self.directory / "latest.json"
