@@ -51,3 +51,9 @@ def test_overrides(tmp_path):
         load_config(p, ["epochs"])
     with pytest.raises(ConfigError, match="model.nope"):
         load_config(p, ["model.nope=1"])
+
+
+def test_a_bad_set_value_is_named_as_the_option_not_the_file():
+    with pytest.raises(ConfigError, match="from --set train.epochs=abc") as err:
+        load_config(CONFIGS / "demo.yaml", ["train.epochs=abc"])
+    assert "demo.yaml" not in str(err.value)

@@ -324,6 +324,12 @@ def load_model(cls: type[BaseModel], path: Path | None, overrides: list[str] = (
     try:
         return cls.model_validate(raw)
     except ValidationError as err:
+        # a bad value that came from --set is the option's fault, not the file's
+        given = {o.split("=", 1)[0].strip() for o in overrides}
+        keys = {".".join(str(p) for p in e["loc"]) for e in err.errors()}
+        if keys and keys <= given:
+            source = "from --set " + ", ".join(o for o in overrides if o.split("=", 1)[0].strip()
+                                               in keys)  # fmt: skip
         raise ConfigError(_format_errors(err, source)) from None
 
 
