@@ -262,7 +262,8 @@ def test_evaluate_command_runs_baselines_and_scores_files(tiny_obo, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     timings = json.loads((tmp_path / "o3" / "timings.json").read_text())
-    assert 0.0 <= timings["blend"]["alpha"] <= 1.0
+    alpha = timings["blend"]["alpha"]  # the aligner's weight per aspect
+    assert alpha and all(a in ("BP", "MF", "CC") and 0.0 <= w <= 1.0 for a, w in alpha.items())
     blended = pd.read_csv(tmp_path / "o3" / "results.tsv", sep="\t")
     assert set(blended.method) == {"mine", "blend"}
 
