@@ -160,7 +160,7 @@ def test_corrupt_page_is_detected(server, tmp_path, fault):
 
 def test_non_obo_response_is_rejected_and_not_resumed(server, tmp_path):
     server.faults["obo"] = "html"
-    with pytest.raises(UserError, match="no \\[Term\\] stanzas"):
+    with pytest.raises(UserError, match="did not send a GO ontology.*no \\[Term\\] stanza"):
         _fetch(server, tmp_path)
     assert not (tmp_path / "raw" / "web" / "go-basic.obo.part").exists()
 

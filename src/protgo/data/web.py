@@ -134,11 +134,10 @@ def _fetch_obo(url: str, dest: Path, retries: int) -> str:
     if not dest.is_file():
         _retrying(url, retries, lambda: _stream_to(url, part))
         try:
-            if not parse_obo(part):
-                raise UserError(f"{url} holds no [Term] stanzas")
-        except UserError:
+            parse_obo(part)  # an error when it holds no [Term] stanza (a web page, say)
+        except UserError as err:
             part.unlink()  # a wrong file must not be resumed
-            raise
+            raise UserError(f"{url} did not send a GO ontology: {err}") from None
         os.replace(part, dest)
     with dest.open(encoding="utf-8") as fh:
         for line in fh:
