@@ -77,6 +77,8 @@ VARIANTS = {
         Variant("no-entropy", "entropy term", lambda cfg: ["loss.lambda_ent=0"]),
         Variant("infonce-only", "pure InfoNCE retrieval (no term prior, no BCE)",
                 lambda cfg: ["loss.lambda_bce=0", "model.term_bias=false"]),
+        Variant("no-term-residual", "per-term residuals: seen terms as a classifier scores them",
+                lambda cfg: ["model.term_residual=false"]),
         Variant("mean-pooling", "attention pooling", lambda cfg: ["model.pooling=mean"]),
     )
 }  # fmt: skip

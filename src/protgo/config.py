@@ -174,8 +174,10 @@ class ModelConfig(Section):
     init_term_bias: float = -5.0  # log-odds of a typical term's share of proteins at start
     init_bias_scale: float = 10.0  # bias_scale at start (learned; cosines span [-1, 1])
     # A learned residual vector and logit offset per term with a training positive, on top of
-    # its text (zero at start, weight-decayed; unseen terms have none): needs term_bias.
-    term_residual: bool = False
+    # its text (zero at start, weight-decayed; unseen terms have none): needs term_bias. On
+    # full human-exp it beat the text-only head on every Fmax, weighted Fmax and Smin
+    # (docs/results.md); models saved without it load as text-only.
+    term_residual: bool = True
 
 
 class LossConfig(Section):

@@ -145,6 +145,8 @@ class Predictor:
                 f"checkpoint {self.checkpoint} holds no aligner weights (no 'model' entry with "
                 "protein_head.proj.weight): give a checkpoint written by `protgo train`"
             )
+        # weights from before model.term_residual have no residual table: text-only terms
+        self.cfg.model.term_residual = "residual_go" in weights
         residue_dim = int(weights["protein_head.proj.weight"].shape[1])
         self.model = ProtGoAligner(self.cfg.model, residue_dim, cache.dim,
                                    residual_terms(weights))  # fmt: skip

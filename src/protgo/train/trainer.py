@@ -531,7 +531,8 @@ class Trainer:
         """The checkpoint to resume from, refused (before anything is written) when it cannot
         continue this run."""
         state = load_checkpoint(path, self.device)
-        if state["config"].get("model") != self.cfg.model_dump(mode="json")["model"]:
+        stored = {"term_residual": False, **state["config"].get("model", {})}  # absent: off
+        if stored != self.cfg.model_dump(mode="json")["model"]:
             raise UserError(f"checkpoint {path} was trained with other model settings")
         have, want = set(state.get("model") or ()), set(self.model.state_dict())
         if have != want:
