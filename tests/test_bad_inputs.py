@@ -449,3 +449,18 @@ def test_an_empty_ontology_and_a_non_checkpoint_are_named(world, capsys, monkeyp
     torch.save({"label": "P1", "representations": {6: torch.zeros(3, 4)}}, other)
     args = _predict((other, *world[1:]), tmp_path / "pred")
     assert_one_error(*run_cli(args, capsys, monkeypatch), "P1.pt", "not a protgo training")
+
+
+def test_crafted_weights_in_a_protein_model_dir_never_run_code(tiny_esm, tmp_path):
+    from protgo.config import ResiduesConfig
+    from protgo.encoders.protein import ProteinEncoder
+
+    marker = tmp_path / "pwned"
+    model = tmp_path / "esm"
+    shutil.copytree(tiny_esm, model)
+    (model / "model.safetensors").unlink()
+    torch.save({"esm.embeddings.word_embeddings.weight": Evil(marker)}, model / "pytorch_model.bin")
+    with pytest.raises(UserError, match="refuses to load") as err:
+        ProteinEncoder(ResiduesConfig(model=str(model)))
+    assert "weights_only=False" not in str(err.value)
+    assert not marker.exists()
