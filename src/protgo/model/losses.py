@@ -1,5 +1,5 @@
 """Training losses: each a pure tensor function plus a thin module (hyperparameters in
-``__init__``, ``forward -> (value, parts)`` for logging, ``get_config_dict``).
+``__init__``, ``forward -> (value, parts)`` for logging).
 
 Shapes: B proteins, C candidates per protein, U unique GO ids of the batch, A aligned dims.
 
@@ -243,9 +243,6 @@ class InfoNCELoss(nn.Module):
         value = 0.5 * (p2g + g2p)
         return value, {"con_p2g": p2g.item(), "con_g2p": g2p.item()}
 
-    def get_config_dict(self) -> dict:
-        return {}
-
 
 class DistillLoss(nn.Module):
     def __init__(self, tau: float):
@@ -255,9 +252,6 @@ class DistillLoss(nn.Module):
     def forward(self, out: dict, batch: dict, teacher_logits, rows) -> tuple[torch.Tensor, dict]:
         value = distill_kl(out["logits"], teacher_logits, batch["cand_valid"], self.tau, rows)
         return value, {"distill_rows": int(rows.sum())}
-
-    def get_config_dict(self) -> dict:
-        return {"tau": self.tau}
 
 
 class AttributionLoss(nn.Module):
@@ -282,17 +276,11 @@ class AttributionLoss(nn.Module):
         drop = (cos[1] - cos[0])[pos].mean().item() if pos.any() else 0.0
         return value, {"attr_drop_gap": drop}
 
-    def get_config_dict(self) -> dict:
-        return {"top_frac": self.top_frac, "margin": self.margin}
-
 
 class EntropyLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
         ent = score_entropy(out["logits"], batch["cand_valid"])
         return -ent, {"entropy": ent.item()}
-
-    def get_config_dict(self) -> dict:
-        return {}
 
 
 class DagLoss(nn.Module):
@@ -304,16 +292,10 @@ class DagLoss(nn.Module):
         close, hinge = dag_consistency(out["protein"], out["go"], pairs, self.margin)
         return close + hinge, {"dag_close": close.item(), "dag_hinge": hinge.item()}
 
-    def get_config_dict(self) -> dict:
-        return {"margin": self.margin}
-
 
 class VtrueLoss(nn.Module):
     def forward(self, out: dict, go_text: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return vtrue_anchor(out["go"], go_text), {}
-
-    def get_config_dict(self) -> dict:
-        return {}
 
 
 class TermBCELoss(nn.Module):
@@ -331,9 +313,6 @@ class TermBCELoss(nn.Module):
         logits = model.term_logits(out["protein"], go, text, terms.get("residual_rows"))
         value = binary_term_loss(logits, terms["truth"])
         return value, {"bce_terms": float(len(go))}
-
-    def get_config_dict(self) -> dict:
-        return {}
 
 
 class AlignmentLoss(nn.Module):
@@ -379,6 +358,3 @@ class AlignmentLoss(nn.Module):
             parts.update(extra)
         parts["total"] = total.item()
         return total, parts
-
-    def get_config_dict(self) -> dict:
-        return self.cfg.model_dump()
