@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,13 +192,16 @@ class ProteinEncoder:
         hf_logging.set_verbosity_error()  # the dropped LM head is expected, not news
         hf_logging.disable_progress_bar()
         try:
-            model = EsmModel.from_pretrained(self.model_dir, add_pooling_layer=False)
-        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-            # torch's own message advises weights_only=False: never, for a file one is handed
+            # safetensors only: a .bin weights file is a pickle, which could run code
+            model = EsmModel.from_pretrained(
+                self.model_dir, add_pooling_layer=False, use_safetensors=True
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
             raise UserError(
-                f"protein model {self.model_dir} cannot be loaded ({type(exc).__name__}): its "
-                "weights are damaged or hold more than plain tensors, which protgo refuses to "
-                "load (loading could run code); use a checkpoint saved as safetensors"
+                f"protein model {self.model_dir} cannot be loaded ({type(exc).__name__}): protgo "
+                "refuses to load weights that are not safetensors (a .bin file is a pickle, "
+                "which could run code) or that are damaged; use a checkpoint saved as "
+                "safetensors"
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -305,7 +305,7 @@ def load_text_encoder(
     path = str(Path(path).expanduser()) if Path(path).expanduser().is_dir() else path
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, use_safetensors=True)  # never a pickle
     except OSError as exc:
         raise UserError(
             f"could not load text encoder '{name}' ({path}): {exc}. Give a local checkpoint "

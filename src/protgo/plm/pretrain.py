@@ -108,7 +108,9 @@ def load_init_model(source: str, cfg: PlmModelConfig):
     from transformers import EsmForMaskedLM
 
     try:
-        model = EsmForMaskedLM.from_pretrained(resolve_model_dir(source), dtype=torch.float32)
+        model = EsmForMaskedLM.from_pretrained(
+            resolve_model_dir(source), dtype=torch.float32, use_safetensors=True
+        )
     except OSError as err:
         msg = f"train.init_from: cannot load an ESM masked LM from '{source}' ({err})"
         raise UserError(msg) from None
@@ -620,7 +622,7 @@ def evaluate_model_dir(
     model_dir = resolve_model_dir(str(model_dir))
     if threads:
         torch.set_num_threads(threads)
-    model = EsmForMaskedLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = EsmForMaskedLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     info_path = model_dir / "training.json"
     if fasta is not None:
         records = list(mc.iter_fasta(fasta))
