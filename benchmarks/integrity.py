@@ -116,7 +116,7 @@ def dataset_figures(repeats: int) -> None:
         def load(checked: bool, root: Path = root):
             folder = DatasetFolder(root)
             if not checked:
-                folder.__dict__["_checked"] = set(DATA_FILES)  # as if verified already
+                folder._checked = set(DATA_FILES)  # as if verified already
             return folder.annotations, folder.splits, folder.sequences, folder.ontology
 
         plain = best_of(repeats, lambda: load(False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from protgo.errors import UserError
 from protgo.io import file_sha256
 
 log = logging.getLogger(__name__)
+TRAINED_CLASSES = frozenset({"common", "few"})  # terms.tsv classes with a training positive
 HELD_OUT = "held_out_annotations.tsv"  # zero-shot terms' training annotations (not trained on)
 DATA_FILES = ("go.obo", "proteins.fasta", "annotations.tsv", "splits.tsv", "terms.tsv", "ia.tsv")
 
@@ -52,6 +53,7 @@ def files_sha256(root: Path) -> dict[str, str]:
 @dataclass
 class DatasetFolder:
     root: Path
+    _checked: set[str] = field(default_factory=set, init=False, repr=False)  # files verified
 
     @classmethod
     def load(cls, name_or_path: str | Path, data_dir: Path | None = None) -> DatasetFolder:
@@ -69,7 +71,7 @@ class DatasetFolder:
     def path(self, name: str) -> Path:
         """The path of data file ``name``, its checksum checked against ``dataset.json``
         (once per folder object; about 0.1 s per 100 MB)."""
-        checked = self.__dict__.setdefault("_checked", set())
+        checked = self._checked
         path = self.root / name
         if name in checked:
             return path

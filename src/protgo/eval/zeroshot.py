@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from protgo.data.folder import TRAINED_CLASSES
 from protgo.data.ontology import Ontology
 from protgo.eval.metrics import average_precision
 
@@ -158,7 +159,7 @@ def zero_shot_table(
     With ``logits`` (N, T, the model's raw term logits) and ``conditional`` ({aspect: (a, b)}
     from :func:`fit_conditional`), also ``text×parents``."""
     aspects = np.array([ontology.aspect(t) for t in terms])
-    trained = np.array([term_class.get(t) in ("common", "few") for t in terms])
+    trained = np.array([term_class.get(t) in TRAINED_CLASSES for t in terms])
     parents = parent_scores(scores, terms, ontology)
     methods = {
         "protgo": scores,

@@ -270,19 +270,13 @@ def add_homology(predictor, folder: DatasetFolder, out: Path, threads: int = 2) 
     homology reference: ``folder``'s training split (the dataset the bundle was trained on),
     the blend chosen on its valid split."""
     out = _new_dir(out)
-    src = load(Path(predictor.checkpoint))
-    trained_on = src.meta["provenance"].get("dataset")
-    if trained_on != folder.root.name:
-        raise UserError(
-            f"bundle {src.path} was trained on '{trained_on}', not '{folder.root.name}': give "
-            "the dataset it was trained on"
-        )
+    predictor.check_dataset(folder, f"bundle {predictor.checkpoint}")
     fitted = homology.fit(predictor, folder, threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        shutil.copytree(src.path, stage, dirs_exist_ok=True)
-        meta = {**src.meta, "homology": homology.write(stage, folder, fitted)}
+        shutil.copytree(predictor.checkpoint, stage, dirs_exist_ok=True)
+        meta = {**predictor.bundle_meta, "homology": homology.write(stage, folder, fitted)}
         _finish(stage, out, meta)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

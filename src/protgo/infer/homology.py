@@ -28,8 +28,9 @@ import numpy as np
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
+from protgo.data.sequence import clean_sequence
 from protgo.errors import UserError
-from protgo.eval.baselines import alpha_per_term, blend, choose_alpha, diamond_score
+from protgo.eval.baselines import alpha_per_term, blend, choose_alpha, diamond
 from protgo.eval.metrics import evaluate_fast
 from protgo.eval.predictions import Predictions
 from protgo.go import scoring
@@ -110,8 +111,6 @@ def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:
     """Per aspect, the aligner's weight in the blend and the blend's threshold of best Fmax,
     chosen on ``folder``'s valid split (the predictor's scores against DIAMOND transfer from
     the training split)."""
-    from protgo.data.sequence import clean_sequence
-
     onto = folder.ontology
     train = {p: folder.annotations[p] for p in folder.ids("train") if p in folder.annotations}
     valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
@@ -121,10 +120,7 @@ def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:
     results = predictor.predict(seqs, progress=True)
     aligner = Predictions([r.pid for r in results], list(predictor.go_ids),
                           np.stack([r.scores for r in results]))  # fmt: skip
-    hits = diamond_hits(
-        seqs, {p: folder.sequences[p] for p in train}, DiamondOptions(threads=threads)
-    )
-    homology = diamond_score(hits, train, onto)
+    homology = diamond(folder.sequences, train, seqs, onto, DiamondOptions(threads=threads))
     alpha, tried = choose_alpha(aligner, homology, valid, onto, ia=folder.ia)
     rows = evaluate_fast(blend(aligner, homology, alpha, onto), valid, sorted(valid), onto)
     codes = folder.info.get("provenance", {}).get("evidence_codes")

@@ -115,6 +115,7 @@ class Predictor:
         self, b: bundle.Bundle, data_dir: Path | None, aspects, obo, homology_on: bool
     ) -> None:
         self.checkpoint = b.path
+        self.bundle_meta = b.meta
         self.cfg = b.cfg
         # The exporting machine's data dir means nothing here: only caches go there.
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -164,6 +165,16 @@ class Predictor:
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
         self.logit_input = "cos" if self.model.term_bias is None else "logit"
         self.residual_rows = self.model.residual_rows(self.go_ids)  # None without residuals
+
+    def check_dataset(self, folder: DatasetFolder, what: str) -> None:
+        """``folder`` must be the dataset this model was trained on (its zero- and few-shot
+        terms and its splits are that dataset's); ``what`` names the input in the error."""
+        trained_on = Path(str(self.cfg.data.dataset)).name
+        if trained_on != folder.root.name:
+            raise UserError(
+                f"{what} was trained on dataset '{trained_on}', not '{folder.root.name}': give "
+                "the dataset it was trained on"
+            )
 
     def term_class(self, go_id: str) -> str:
         """common | few | zero (no training protein) | new (not in the trained ontology)."""

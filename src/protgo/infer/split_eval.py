@@ -10,7 +10,6 @@ import numpy as np
 
 from protgo.data.folder import DatasetFolder
 from protgo.data.sequence import clean_sequence
-from protgo.errors import UserError
 from protgo.eval.metrics import truth_matrix
 from protgo.eval.zeroshot import aspect_rows, fit_conditional, parent_scores, zero_shot_table
 from protgo.go import scoring
@@ -30,12 +29,7 @@ def load_for(model: str | Path, folder: DatasetFolder, data_dir: Path | None) ->
     """The model, checked to be trained on ``folder``'s dataset (zero- and few-shot terms
     are a dataset's)."""
     pred = Predictor(model_source(model), data_dir)
-    trained_on = Path(str(pred.cfg.data.dataset)).name
-    if trained_on != folder.root.name:
-        raise UserError(
-            f"--model was trained on dataset '{trained_on}', not '{folder.root.name}': its zero- "
-            "and few-shot terms are those of its own dataset, so evaluate it there"
-        )
+    pred.check_dataset(folder, "--model")
     return pred
 
 

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from protgo import compute
 from protgo.config import Config
-from protgo.data.folder import DatasetFolder
+from protgo.data.folder import TRAINED_CLASSES, DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
 from protgo.eval.metrics import evaluate_fast, truth_matrix
@@ -120,7 +120,7 @@ class Trainer:
         store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
         cache0 = go_cache(cfg, self.data_dir, 0)[0]
-        trained = [g for g in cache0.ids if self.folder.term_class.get(g) in ("common", "few")]
+        trained = [g for g in cache0.ids if self.folder.term_class.get(g) in TRAINED_CLASSES]
         # Seeded again here: whether the GO cache was already in memory (phases.go_cache)
         # changes how much random state the steps above used.
         _seed_everything(cfg.train.seed)
@@ -482,8 +482,8 @@ class Trainer:
         aspects, result = self.cfg.data.aspects, {"epoch": self.epoch}
         prop = scoring.propagate(scoring.to_scores(raw.numpy(), kind), terms, onto)
         for name, score in (("", prop), ("_random", rand)):
-            rows = evaluate_fast(Predictions(pids, terms, score), self.annotations, pids, onto,
-                                 aspects=aspects)  # fmt: skip
+            pred = Predictions(pids, terms, score, propagated_for=onto if name == "" else None)
+            rows = evaluate_fast(pred, self.annotations, pids, onto, aspects=aspects)
             result |= {f"fmax{name}_{r['aspect']}": r["fmax"] for r in rows}
             result[f"fmax{name}"] = scoring.selection_score(rows)
         truth_np = truth_matrix(self.annotations, pids, terms, onto)
