@@ -24,8 +24,8 @@ def bundles(trained, tmp_path_factory):
     ckpt, data_dir, _ = trained
     pred = Predictor(ckpt, data_dir)
     root = tmp_path_factory.mktemp("bundles")
-    plain = export(pred, root / "plain", with_homology=False)
-    return pred, export(pred, root / "with", with_vectors=True), plain
+    plain = export(pred, root / "plain", with_vectors=False, with_homology=False)
+    return pred, export(pred, root / "with"), plain
 
 
 def _scores(pred: Predictor, seqs: dict) -> np.ndarray:
@@ -95,6 +95,65 @@ def test_a_newer_ontology_scores_a_term_the_model_never_saw(trained, bundles, tm
     assert newer.term_class("GO:9999999") == "new" and newer.term_class(parent) != "new"
     scores = _scores(newer, {"q": seqs[next(iter(seqs))]})
     assert np.isfinite(scores).all() and scores[0, newer.go_ids.index("GO:9999999")] > 0
+
+
+def test_shipped_vectors_mean_no_text_encoder_and_a_newer_ontology_encodes_only_new_texts(
+    trained, bundles, tmp_path, monkeypatch
+):
+    import protgo.stores.go_vectors as gv
+
+    _, _, seqs = trained
+    query = {"q": seqs[next(iter(seqs))]}
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the text encoder was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(gv, "load_text_encoder", no_encoder)
+        got = Predictor(bundles[1], tmp_path / "data", homology=False)
+        assert np.isfinite(_scores(got, query)).all()
+    manifest = (bundles[1] / "go_vectors" / "manifest.json").read_text()
+    assert '"storage": "fp16"' in manifest
+    parent = next(g for g in got.go_ids if got.ontology.aspect(g) == "MF")
+    new_obo = tmp_path / "newer.obo"
+    new_obo.write_text(gzip.decompress((bundles[1] / "go.obo.gz").read_bytes()).decode() + (
+        f"\n[Term]\nid: GO:9999999\nname: a newer kinase\nnamespace: molecular_function\n"
+        f"is_a: {parent}\n"
+    ))  # fmt: skip
+    newer = Predictor(bundles[1], tmp_path / "data", obo=new_obo, homology=False)
+    assert "GO:9999999" in newer.go_ids
+    # every text but the new term's was the bundle's: copied, not encoded
+    assert newer.text_cache.manifest["reused"] == len(newer.text_cache) - 1
+
+
+def test_a_bundle_names_the_shared_vectors_and_refuses_other_ones(trained, bundles, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """When protgo ships a recipe's vectors, an export names them instead of copying; vectors
+    that are not the ones bundle.json records are refused with one line."""
+    import json
+
+    import protgo.infer.bundle as bundle_mod
+
+    ckpt, data_dir, seqs = trained
+    meta = json.loads((bundles[1] / "bundle.json").read_text())
+    shared = tmp_path / "shipped" / meta["go_vectors"]["name"]
+    shutil.copytree(bundles[1] / "go_vectors", shared)
+    monkeypatch.setattr(bundle_mod, "shared_vectors_dir", lambda name: tmp_path / "shipped" / name)
+    slim = export(Predictor(ckpt, data_dir), tmp_path / "slim", with_homology=False)
+    assert not (slim / "go_vectors").exists()
+    query = {"q": seqs[next(iter(seqs))]}
+    want = _scores(Predictor(bundles[1], tmp_path / "d", homology=False), query)
+    np.testing.assert_allclose(_scores(Predictor(slim, tmp_path / "d"), query), want)
+    other = tmp_path / "other"  # other vectors under the shared name, with their own manifest
+    shutil.copytree(shared, other)
+    from protgo.stores.go_vectors import GoVectorCache
+
+    cache = GoVectorCache.load(other)
+    cache.vectors[0] = -cache.vectors[0]
+    shutil.rmtree(shared)
+    cache.save(shared, "fp16")
+    with pytest.raises(UserError, match="fail the checksum bundle.json records"):
+        Predictor(slim, tmp_path / "d")
 
 
 def test_python_api_returns_the_documented_columns(trained, bundles, tmp_path):
@@ -238,6 +297,28 @@ def test_the_blend_is_the_formula_over_its_parts(trained, bundles, tmp_path):
         np.testing.assert_allclose(r.scores, w * a.scores + (1 - w) * hom)
 
 
+def test_a_dataset_added_to_the_reference_is_searched_and_its_database_kept(trained, bundles,
+                                                                           tmp_path):  # fmt: skip
+    """--reference adds a built dataset's proteins (here the valid and test proteins the
+    bundle's training-split reference lacks); the DIAMOND database is made once and kept."""
+    from protgo.data.folder import DatasetFolder
+
+    _, data_dir, seqs = trained
+    test = DatasetFolder.load("tinypred", data_dir).ids("test")[0]
+    query = {"query": seqs[test]}  # another id: its own entry is a hit, not a self-hit
+    plain = Predictor(bundles[1], data_dir)
+    assert test not in dict(plain.predict(query)[0].hits)
+    wide = Predictor(bundles[1], data_dir, references=["tinypred"])
+    assert "tinypred" in wide.homology.evidence and wide.homology.key != plain.homology.key
+    assert wide.predict(query)[0].hits[0][0] == test
+    db = next((data_dir / "stores" / "diamond").glob(f"reference-{wide.homology.key[:16]}.dmnd"))
+    made = db.stat().st_mtime_ns
+    again = Predictor(bundles[1], data_dir, references=["tinypred"])
+    assert again.predict(query)[0].hits[0][0] == test and db.stat().st_mtime_ns == made
+    with pytest.raises(UserError, match="--reference"):
+        Predictor(bundles[1], data_dir, homology=False, references=["tinypred"])
+
+
 def test_a_damaged_reference_or_missing_diamond_is_one_line(trained, bundles, tmp_path,
                                                             capsys, monkeypatch):  # fmt: skip
     from test_bad_inputs import assert_one_error, run_cli
@@ -271,6 +352,8 @@ def test_a_damaged_reference_or_missing_diamond_is_one_line(trained, bundles, tm
             threshold=0.95)), "changed after protgo wrote it"),
         (lambda b: (b / "terms.tsv").write_text((b / "terms.tsv").read_text() + "GO:1\tMF\n"),
          "2 columns where the header has 6"),
+        (lambda b: _edit_json(b, lambda m: m.update(go_vectors={"name": "../../x", "sha256": {}})),
+         "go_vectors entry is malformed"),
         (lambda b: (b / "terms.tsv").write_text((b / "terms.tsv").read_text() + "\n".join(
             (b / "terms.tsv").read_text().splitlines()[1:2]) + "\n"), "is listed twice"),
     ],

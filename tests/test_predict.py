@@ -99,6 +99,43 @@ def test_run_predict_writes_files_and_attributions(trained, tmp_path):
         assert set(attr[p["protein"]]["masking"]) == {t["go_id"] for t in p["terms"]}
 
 
+def test_an_interrupted_predict_resumes_to_the_same_files(trained, tmp_path, monkeypatch):
+    """Chunks of 2 proteins: a run killed after its first chunk keeps that chunk, the same
+    command finishes the rest, and the files equal an uninterrupted run's byte for byte."""
+    from protgo.data.fasta import write_fasta
+    from protgo.infer.command import OUTPUT_FILES, run_predict
+    from protgo.infer.predict import Predictor
+
+    ckpt, data_dir, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    write_fasta([(k, seqs[k]) for k in list(seqs)[:5]], fasta)
+    kw = {"top_k": 3, "attributions": True, "data_dir": data_dir, "progress": False,
+          "batch_size": 2}  # fmt: skip
+    run_predict(ckpt, fasta, tmp_path / "whole", **kw)
+    real, calls = Predictor.predict, []
+
+    def killed_on_the_second_chunk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        m.setattr(Predictor, "predict", killed_on_the_second_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            run_predict(ckpt, fasta, out, **kw)
+    assert [d.name for d in sorted((out / "partial").glob("chunk-*"))] == ["chunk-000000"]
+    assert not (out / "protgo.tsv").exists()
+    with pytest.raises(UserError, match="unfinished run of other sequences or options"):
+        run_predict(ckpt, fasta, out, **{**kw, "top_k": 4})
+    info = run_predict(ckpt, fasta, out, **kw)
+    assert info["resumed_chunks"] == 1 and not (out / "partial").exists()
+    for name in OUTPUT_FILES:
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    json.loads((out / "attributions.json").read_text())  # one valid document from 3 chunks
+
+
 def test_masking_attribution_finds_the_motif(trained):
     """Residues whose masking lowers a term's score most are where the model looks."""
     from protgo.infer.attribution import masking_map

@@ -475,13 +475,22 @@ def predict(
         ),
     ] = True,
     threads: Annotated[int, typer.Option(help="Threads for DIAMOND.")] = 2,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Add a built dataset's annotated proteins (e.g. swissprot-2014) to the "
+            "homology reference; repeatable."
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score every GO term of the chosen aspects for each sequence (unseen terms included).
 
     Writes protgo.tsv (CAFA format, for `protgo evaluate`), predictions.tsv and
     predictions.json (protein, aspect, GO id, name, score, class, threshold; best first) and,
-    with --attributions, attributions.json."""
+    with --attributions, attributions.json. Proteins are scored in chunks of --batch-size;
+    finished chunks are kept in OUT/partial/, and the same command run again after an
+    interruption goes on from there."""
     from protgo.config import check_device
     from protgo.infer.bundle import resolve_model
     from protgo.infer.command import run_predict
@@ -498,7 +507,7 @@ def predict(
         source, fasta, out, top_k, asp, attributions, propagate, threshold,
         data_dir.expanduser() if data_dir else None, calibrate, keep_general,
         most_specific=most_specific, obo=obo, device=device, batch_size=batch_size,
-        overwrite=overwrite, homology=homology, threads=threads,
+        overwrite=overwrite, homology=homology, threads=threads, references=reference or (),
     )  # fmt: skip
     typer.echo(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                            for k, v in info.items()}))  # fmt: skip
@@ -513,15 +522,17 @@ def export(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Or: a bundle (or shipped model) to copy with a homology reference from --dataset."
+            help="Or: a bundle (or shipped model) to copy with a homology reference from --dataset "
+            "(and GO vectors, when it ships none)."
         ),
     ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="With --model: the dataset the bundle was trained on.")
     ] = None,
-    with_vectors: Annotated[
-        bool, typer.Option(help="Include the GO text vectors (else rebuilt on first use).")
-    ] = False,
+    vectors: Annotated[
+        bool,
+        typer.Option(help="Ship the GO text vectors (fp16), so predict never encodes GO texts."),
+    ] = True,
     homology: Annotated[
         bool, typer.Option(help="Carry the training split as a DIAMOND homology reference.")
     ] = True,
@@ -549,7 +560,7 @@ def export(
         path = add_homology(pred, DatasetFolder.load(dataset, root), out, threads)
     else:
         pred = Predictor(checkpoint, root, homology=False)
-        path = export_bundle(pred, out, with_vectors, read_metrics(metrics) if metrics else None,
+        path = export_bundle(pred, out, vectors, read_metrics(metrics) if metrics else None,
                              homology, threads)  # fmt: skip
     typer.echo(f"bundle written to {path}")
 

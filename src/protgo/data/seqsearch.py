@@ -53,34 +53,51 @@ class DiamondOptions:
     binary: str = "diamond"
 
 
-def diamond_hits(
-    queries: Mapping[str, str],
-    database: Mapping[str, str],
-    opts: DiamondOptions | None = None,
-    workdir: Path | None = None,
-) -> dict[str, list[tuple[str, float]]]:
-    """``{query: [(subject, bitscore), ...]}`` best first, from ``diamond blastp``; self-hits
-    (same id) are dropped, and a subject is kept once (its best bitscore)."""
-    opts = opts or DiamondOptions()
+def _diamond(opts: DiamondOptions) -> str:
     exe = shutil.which(opts.binary)
     if exe is None:
         raise UserError(
             f"'{opts.binary}' not found: install DIAMOND (apt-get install "
             "diamond-aligner) or pass its path"
         )
-    if not queries or not database:
+    return exe
+
+
+def make_db(database: Mapping[str, str], path: Path, opts: DiamondOptions | None = None) -> Path:
+    """A DIAMOND database of ``database``'s sequences at ``path`` (``.dmnd`` added), written
+    under a temporary name and renamed, so a killed build never leaves a database that looks
+    whole."""
+    opts = opts or DiamondOptions()
+    exe = _diamond(opts)
+    path = Path(path).with_suffix(".dmnd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".diamond-db-") as tmp:
+        t = Path(tmp)
+        write_fasta(sorted(database.items()), t / "db.fa")
+        _run([exe, "makedb", "--in", str(t / "db.fa"), "-d", str(t / "db"), "--threads",
+              str(opts.threads), "--quiet"], "diamond makedb")  # fmt: skip
+        (t / "db.dmnd").replace(path)
+    return path
+
+
+def search(
+    queries: Mapping[str, str], db: Path, opts: DiamondOptions | None = None,
+    workdir: Path | None = None,
+) -> dict[str, list[tuple[str, float]]]:  # fmt: skip
+    """``{query: [(subject, bitscore), ...]}`` best first, from ``diamond blastp`` against the
+    database ``db`` (:func:`make_db`); self-hits (same id) are dropped, and a subject is kept
+    once (its best bitscore)."""
+    opts = opts or DiamondOptions()
+    exe = _diamond(opts)
+    if not queries:
         return {}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="diamond-") as tmp:
         t = Path(tmp)
-        write_fasta(sorted(database.items()), t / "db.fa")
         write_fasta(sorted(queries.items()), t / "q.fa")
-        threads = ["--threads", str(opts.threads)]
-        _run([exe, "makedb", "--in", str(t / "db.fa"), "-d", str(t / "db"), *threads, "--quiet"],
-             "diamond makedb")  # fmt: skip
-        _run([exe, "blastp", "-d", str(t / "db"), "-q", str(t / "q.fa"), "-o", str(t / "hits.tsv"),
+        _run([exe, "blastp", "-d", str(db), "-q", str(t / "q.fa"), "-o", str(t / "hits.tsv"),
               f"--{opts.sensitivity}", "-e", str(opts.evalue), "-k", str(opts.max_target_seqs),
-              "--outfmt", "6", "qseqid", "sseqid", "bitscore", *threads, "--tmpdir", tmp,
-              "--quiet"], "diamond blastp")  # fmt: skip
+              "--outfmt", "6", "qseqid", "sseqid", "bitscore", "--threads", str(opts.threads),
+              "--tmpdir", tmp, "--quiet"], "diamond blastp")  # fmt: skip
         hits: dict[str, dict[str, float]] = {}
         for line in (t / "hits.tsv").read_text().splitlines():
             q, s, bits = line.split("\t")
@@ -88,3 +105,17 @@ def diamond_hits(
                 best = hits.setdefault(q, {})
                 best[s] = max(float(bits), best.get(s, 0.0))
     return {q: sorted(d.items(), key=lambda x: -x[1]) for q, d in hits.items()}
+
+
+def diamond_hits(
+    queries: Mapping[str, str],
+    database: Mapping[str, str],
+    opts: DiamondOptions | None = None,
+    workdir: Path | None = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """:func:`search` of ``queries`` against a database of ``database`` made for this call."""
+    _diamond(opts or DiamondOptions())
+    if not queries or not database:
+        return {}
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="diamond-") as tmp:
+        return search(queries, make_db(database, Path(tmp) / "db", opts), opts, workdir)

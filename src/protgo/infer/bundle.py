@@ -13,8 +13,12 @@
     DIR/residue_projection.npz / .json
                            for a model trained on projected residues (residues.project_dim):
                            the residue store's PCA, applied to every sequence it embeds
-    DIR/go_vectors/        optional (``--with-vectors``): the GO text vectors it scores
-                           against, a GO vector cache (checksummed); without it they are
+    DIR/go_vectors/        the GO text vectors it scores against, as fp16 (a GO vector cache,
+                           checksummed; their sha256 also in ``bundle.json``: ``go_vectors``),
+                           so ``predict`` never loads the text encoder. Bundles of one text
+                           recipe share one copy: when protgo ships the same vectors in
+                           ``models/go-vectors/<name>/``, the bundle names them instead of
+                           holding a copy. Without vectors (``--no-vectors``) they are
                            rebuilt from the recipe on first use and cached under the data dir
 
 Nothing in a bundle is pickled: JSON, TSV, OBO, safetensors and ``.npy`` without pickle. A
@@ -53,6 +57,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FILES = ("bundle.json", "model.safetensors", "go.obo.gz", "terms.tsv")
 PROJECTION = "residue_projection.npz"
+VECTORS = "go_vectors"
+# int8 moved 1.4% of BP's top-10 terms against fp16 (benchmarks/go_vector_storage.py): fp16
+VECTOR_STORAGE = "fp16"
 
 
 def is_bundle(path: Path) -> bool:
@@ -93,22 +100,62 @@ class Bundle:
     def text_vectors(
         self, data_dir: Path, aspects: list[str], ontology: Ontology | None = None
     ) -> GoVectorCache:
-        """The GO text vectors of ``aspects`` at the bundle's phase: shipped in the bundle,
-        else encoded from its recipe (once; cached under ``data_dir``). With ``ontology``
-        (``--obo``): that ontology's terms, encoded the same way."""
-        if ontology is None and (self.path / "go_vectors" / "manifest.json").is_file():
-            return GoVectorCache.load(self.path / "go_vectors").filter_aspect(aspects)
+        """The GO text vectors of ``aspects`` at the bundle's phase: the ones it ships, else
+        encoded from its recipe (once; cached under ``data_dir``). With ``ontology``
+        (``--obo``): that ontology's terms, encoding only the texts the shipped vectors lack."""
+        shipped = self.shipped_vectors()
+        if ontology is None and shipped is not None:
+            return shipped.filter_aspect(aspects)
         onto = ontology or self.ontology
         tag = self.meta["recipe"]["text_hash"] if ontology is None else "obo"
         name = f"bundle-{self.path.name}-{tag}"
         directory = cache_dir(data_dir, name, self.cfg.go_text, self.phase, aspects)
-        cache, store = encode_ontology(onto, self.phase, aspects, self.cfg.go_text, directory)
+        cache, store = encode_ontology(onto, self.phase, aspects, self.cfg.go_text, directory,
+                                       donors=shipped)  # fmt: skip
         full = set(aspects) == set(self.cfg.data.aspects)  # the recipe hashes every aspect
         if ontology is None and full and store.text_hash() != self.meta["recipe"]["text_hash"]:
             log.warning("the GO texts of bundle %s rebuilt here differ from the ones it was "
                         "trained with (another protgo version builds them differently); scores "
                         "may differ slightly", self.path)  # fmt: skip
         return cache
+
+    def shipped_vectors(self) -> GoVectorCache | None:
+        """The GO vectors the bundle ships (its own ``go_vectors/`` or the shared copy it
+        names), checked against ``bundle.json``; None when it ships none (or names a shared
+        copy this protgo lacks: they are then encoded from the recipe)."""
+        entry = self.meta.get("go_vectors")
+        own = self.path / VECTORS
+        if (own / "manifest.json").is_file():
+            where = own
+        elif entry is not None and (shared_vectors_dir(entry["name"]) / "manifest.json").is_file():
+            where = shared_vectors_dir(entry["name"])
+        else:
+            if entry is not None:
+                log.warning("bundle %s names the shared GO vectors '%s', which this protgo "
+                            "does not ship: encoding them from the recipe", self.path,
+                            entry["name"])  # fmt: skip
+            return None
+        fix = "export the bundle again, or reinstall protgo"
+        try:
+            cache = GoVectorCache.load(where)
+        except UserError as exc:
+            raise UserError(f"bundle {self.path}: its GO vectors {where} are damaged "
+                            f"({str(exc).split(': run')[0]}): {fix}") from None  # fmt: skip
+        if entry is not None and cache.manifest.get("sha256") != entry.get("sha256"):
+            raise UserError(f"bundle {self.path}: the GO vectors in {where} fail the checksum "
+                            f"bundle.json records: {fix}")  # fmt: skip
+        return cache
+
+
+def shared_vectors_dir(name: str) -> Path:
+    """Where protgo ships the GO vectors ``name`` that several bundles share."""
+    return models_dir() / "go-vectors" / name
+
+
+def vectors_name(recipe: dict) -> str:
+    """The shared name of a text recipe's vectors: encoder, phase and the texts' hash."""
+    encoder = "".join(c if c.isalnum() or c in "-." else "-" for c in recipe["encoder"]["name"])
+    return f"{encoder}-phase{recipe['phase']}-{recipe['text_hash']}"
 
 
 def load(path: Path) -> Bundle:
@@ -145,6 +192,7 @@ def load(path: Path) -> Bundle:
         raise UserError(f"bundle {path} is damaged ({type(exc).__name__}: {exc}); export it "
                         "again") from None  # fmt: skip
     _check_text_encoder(cfg.go_text.encoder, path)
+    _check_vectors_entry(meta.get("go_vectors"), path)
     terms = _read_terms(path / "terms.tsv")
     proj_path = path / PROJECTION
     projection = Projection.load(proj_path) if proj_path.is_file() else None
@@ -161,6 +209,18 @@ def _check_text_encoder(name: str, path: Path) -> None:
             f"bundle {path} names the text encoder '{name}', a local path: a bundle may name "
             f"only the packaged '{DEFAULT_ENCODER}' or a hub id; export it again"
         )
+
+
+def _check_vectors_entry(entry, path: Path) -> None:
+    """``go_vectors`` of bundle.json: a plain name (it becomes a folder under protgo's models,
+    never a path elsewhere) and the checksums of its files."""
+    if entry is None:
+        return
+    name = entry.get("name") if isinstance(entry, dict) else None
+    ok = isinstance(name, str) and name.replace("-", "").replace(".", "").isalnum()
+    if not ok or name.startswith(".") or not isinstance(entry.get("sha256"), dict):
+        raise UserError(f"bundle {path}: bundle.json's go_vectors entry is malformed "
+                        f"({entry!r:.80}): export the bundle again")  # fmt: skip
 
 
 def _read_terms(path: Path) -> dict[str, dict]:
@@ -182,11 +242,13 @@ def _read_terms(path: Path) -> dict[str, dict]:
 
 
 def export(
-    predictor, out: Path, with_vectors: bool = False, metrics: dict | None = None,
+    predictor, out: Path, with_vectors: bool = True, metrics: dict | None = None,
     with_homology: bool = True, threads: int = 2,
 ) -> Path:  # fmt: skip
     """Write the bundle of a checkpoint's ``predictor`` into ``out`` (a new directory, made
-    whole in a staging directory and renamed, so it is never half-written). The calibration
+    whole in a staging directory and renamed, so it is never half-written). ``with_vectors``
+    ships the GO text vectors (fp16; the predictor scores with them from here on, so the
+    calibration and blend below are fitted on the bundle's own scores). The calibration
     is fitted on the validation split first when the checkpoint has none. ``with_homology``
     adds the training split as the homology reference, with the blend's weights and
     thresholds chosen on the valid split (:mod:`protgo.infer.homology`)."""
@@ -194,6 +256,8 @@ def export(
 
     out = _new_dir(out)
     folder: DatasetFolder = predictor.folder
+    if with_vectors:
+        predictor.set_text_vectors(predictor.text_cache.stored_as(VECTOR_STORAGE))
     if predictor.calibration is None and folder.ids("valid"):
         predictor.fit_calibration()
     fitted = homology.fit(predictor, folder, threads) if with_homology else None
@@ -234,7 +298,7 @@ def export(
             shutil.copyfileobj(src, dst)
         atomic_write_text(stage / "terms.tsv", _terms_table(folder))
         if with_vectors:
-            predictor.text_cache.save(stage / "go_vectors")
+            meta["go_vectors"] = _write_vectors(predictor, stage)
         if predictor.projection is not None:
             predictor.projection.save(stage / PROJECTION, {})
         if fitted is not None:
@@ -243,6 +307,18 @@ def export(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _write_vectors(predictor, stage: Path) -> dict:
+    """The predictor's GO vectors into ``stage/go_vectors``, left out when protgo ships the
+    same files as a shared copy; returns the ``go_vectors`` entry of bundle.json."""
+    name = vectors_name(predictor.text_recipe)
+    manifest = predictor.text_cache.save(stage / VECTORS, VECTOR_STORAGE)
+    shared = shared_vectors_dir(name) / "manifest.json"
+    if shared.is_file() and json.loads(shared.read_text()).get("sha256") == manifest["sha256"]:
+        shutil.rmtree(stage / VECTORS)  # protgo ships these: the bundle names them
+    return {"name": name, "storage": VECTOR_STORAGE, "terms": manifest["n"],
+            "sha256": manifest["sha256"]}  # fmt: skip
 
 
 def _new_dir(out: Path) -> Path:
@@ -268,15 +344,21 @@ def _finish(stage: Path, out: Path, meta: dict) -> None:
 def add_homology(predictor, folder: DatasetFolder, out: Path, threads: int = 2) -> Path:
     """A copy of the bundle that ``predictor`` loaded (without homology) in ``out``, with a
     homology reference: ``folder``'s training split (the dataset the bundle was trained on),
-    the blend chosen on its valid split."""
+    the blend chosen on its valid split; and with its GO vectors when it shipped none."""
     out = _new_dir(out)
     predictor.check_dataset(folder, f"bundle {predictor.checkpoint}")
+    meta = dict(predictor.bundle_meta)
+    vectors = "go_vectors" not in meta and not (predictor.checkpoint / VECTORS).is_dir()
+    if vectors:  # the blend is then chosen on the scores of the vectors shipped
+        predictor.set_text_vectors(predictor.text_cache.stored_as(VECTOR_STORAGE))
     fitted = homology.fit(predictor, folder, threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         shutil.copytree(predictor.checkpoint, stage, dirs_exist_ok=True)
-        meta = {**predictor.bundle_meta, "homology": homology.write(stage, folder, fitted)}
+        if vectors:
+            meta["go_vectors"] = _write_vectors(predictor, stage)
+        meta["homology"] = homology.write(stage, folder, fitted)
         _finish(stage, out, meta)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

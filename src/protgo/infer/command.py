@@ -1,5 +1,6 @@
-"""``protgo predict``: check every input, score, and write the output files (all at once,
-through a staging folder): ``protgo.tsv`` (CAFA format), ``predictions.tsv`` /
+"""``protgo predict``: check every input, score in chunks (each finished chunk kept, so an
+interrupted run resumes: :mod:`protgo.infer.stream`), and write the output files (all at
+once, through a staging folder): ``protgo.tsv`` (CAFA format), ``predictions.tsv`` /
 ``predictions.json`` (readable, best first) and, with ``--attributions``,
 ``attributions.json``."""
 
@@ -15,12 +16,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import protgo
 from protgo.data.fasta import read_query_fasta
 from protgo.errors import UserError
 from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
+from protgo.infer.stream import ChunkedRun, run_key
 from protgo.io import check_output_path
 
 log = logging.getLogger(__name__)
@@ -128,18 +131,20 @@ def check_out(out: Path, overwrite: bool) -> None:
                         "another folder")  # fmt: skip
 
 
-def write_outputs(out: Path, files: Mapping[str, str]) -> None:
-    """Write every file into a staging folder first, then move them in: nothing half-written.
-    The earlier run's files go first, so a kill between the moves leaves a set with files
-    missing, never new files beside old ones; staging folders a killed run left are removed."""
+def write_outputs(out: Path, files: Mapping[str, Iterable[str]]) -> None:
+    """Write every file (its text in pieces) into a staging folder first, then move them in:
+    nothing half-written. The earlier run's files go first, so a kill between the moves
+    leaves a set with files missing, never new files beside old ones; staging folders a
+    killed run left are removed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for left in out.glob(".staging-*"):
         shutil.rmtree(left, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
-        for name, text in files.items():
-            (stage / name).write_text(text)
+        for name, pieces in files.items():
+            with (stage / name).open("w") as fh:
+                fh.writelines(pieces)
         for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
         for name in files:
@@ -155,9 +160,9 @@ def cafa_lines(
     lines = []
     for r in results:
         order = np.argsort(-r.scores, kind="stable")[:CAFA_MAX_TERMS]
-        lines += [f"{r.pid}\t{pred.go_ids[j]}\t{r.scores[j]:.4f}" for j in order
+        lines += [f"{r.pid}\t{pred.go_ids[j]}\t{r.scores[j]:.4f}\n" for j in order
                   if r.scores[j] >= min_score]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "".join(lines)
 
 
 def run_predict(
@@ -166,16 +171,19 @@ def run_predict(
     threshold: str | None = None, data_dir: Path | None = None, calibrate: bool = False,
     keep_general: bool = False, progress: bool = True, most_specific: bool = False,
     obo: Path | None = None, device: str = "cpu", batch_size: int = 256, overwrite: bool = False,
-    homology: bool = True, threads: int = 2,
+    homology: bool = True, threads: int = 2, references: Iterable[str] = (),
 ) -> dict:  # fmt: skip
-    """`protgo predict`: checks every input first, then writes ``out/`` (see the CLI help).
-    ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
+    """`protgo predict`: checks every input first, then scores the proteins in chunks of
+    ``batch_size``, each finished chunk kept in ``out/partial/`` (:mod:`protgo.infer.stream`:
+    the same command resumes an interrupted run), and assembles ``out/`` at the end (see the
+    CLI help). ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
     if top_k < 1 or batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be at least 1, got {top_k}, {batch_size}")
     check_out(out, overwrite)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
-    pred = Predictor(checkpoint, data_dir, aspects, device, obo, homology, threads)
+    pred = Predictor(checkpoint, data_dir, aspects, device, obo, homology, threads,
+                     list(references))  # fmt: skip
     if pred.homology is not None and shutil.which("diamond") is None:
         raise UserError(
             f"{checkpoint} blends its scores with DIAMOND homology, and DIAMOND is not "
@@ -186,38 +194,99 @@ def run_predict(
         pred.fit_calibration()
     if cut == "auto":
         pred.thresholds()  # fails now, before any work, when there is no calibration
+    pids = list(seqs)
+    chunks = [pids[i : i + batch_size] for i in range(0, len(pids), batch_size)]
+    options = {"top_k": top_k, "aspects": pred.aspects, "attributions": attributions,
+               "propagate": propagate, "threshold": cut, "keep_general": keep_general,
+               "most_specific": most_specific, "batch_size": batch_size}  # fmt: skip
+    key = run_key({"sequences": list(seqs.items()), "model": _model_identity(pred),
+                   "options": options, "version": protgo.__version__})  # fmt: skip
+    created = not Path(out).exists()
+    run = ChunkedRun.open(Path(out), key, len(chunks), overwrite)
+    done = run.finished()
+    if done:
+        log.info("resuming: %d of %d chunks were done in %s", len(done), len(chunks), run.root)
     t0 = time.perf_counter()
-    results = pred.predict(seqs, propagate=propagate, progress=progress, chunk=batch_size,
-                           keep_residues=attributions)  # fmt: skip
+    todo = [k for k in range(len(chunks)) if k not in set(done)]
+    try:
+        with tqdm(total=len(pids), initial=sum(len(chunks[k]) for k in done), desc="predict",
+                  unit="protein", disable=not progress, smoothing=0.1) as bar:  # fmt: skip
+            for k in todo:
+                part = {p: seqs[p] for p in chunks[k]}
+                results = pred.predict(part, propagate=propagate, chunk=batch_size,
+                                       keep_residues=attributions)  # fmt: skip
+                run.write(k, *_chunk_files(pred, results, top_k, cut, keep_general,
+                                           most_specific, attributions))  # fmt: skip
+                bar.update(len(part))
+    except BaseException:
+        if not run.finished():  # nothing worth resuming: leave no trace of this run
+            run.remove()
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - t0
-    rows = [row for r in results
-            for row in top_terms(pred, r, top_k, cut, keep_general, most_specific)]  # fmt: skip
-    files = {"protgo.tsv": cafa_lines(pred, results), "predictions.tsv": readable_tsv(rows),
-             "predictions.json": readable_json(pred, results, rows, cut)}  # fmt: skip
+    files = {"protgo.tsv": run.pieces("protgo.tsv"),
+             "predictions.tsv": ("\t".join(ROW_KEYS) + "\n", *run.pieces("predictions.tsv")),
+             "predictions.json": _joined_json(run.pieces("predictions.json"), "[", "]",
+                                              readable_meta(pred, cut))}  # fmt: skip
     if attributions:
-        files["attributions.json"] = attributions_json(pred, results, rows)
+        files["attributions.json"] = _joined_json(run.pieces("attributions.json"), "{", "}")
     write_outputs(out, files)
-    silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
+    silent = [p for k in range(len(chunks)) for p in run.info(k)["silent"]]
+    run.remove()
     if silent:
         log.warning("%d proteins score no term at or above %s and have no line in protgo.tsv: "
                     "%s", len(silent), CAFA_MIN_SCORE, ", ".join(silent[:10]))  # fmt: skip
-    return {"proteins": len(results), "terms_scored": len(pred.go_ids), "seconds": seconds,
-            "proteins_without_cafa_lines": len(silent),
-            "proteins_per_s": len(results) / max(seconds, 1e-9), "out": str(out),
+    scored = sum(len(chunks[k]) for k in todo)
+    return {"proteins": len(pids), "terms_scored": len(pred.go_ids), "seconds": seconds,
+            "proteins_without_cafa_lines": len(silent), "resumed_chunks": len(done),
+            "proteins_per_s": scored / max(seconds, 1e-9), "out": str(out),
             "files": sorted(files)}  # fmt: skip
 
 
-def readable_tsv(rows: list[dict]) -> str:
-    body = ["\t".join(str(r[c]) for c in ROW_KEYS) for r in rows]
-    return "\n".join(["\t".join(ROW_KEYS), *body]) + "\n"
+def _model_identity(pred: Predictor) -> dict:
+    """What the scores depend on besides the options: the model's files and what was fitted
+    on them (calibration, blend), and the ontology scored."""
+    path = Path(pred.checkpoint)
+    main = path / "bundle.json" if path.is_dir() else path
+    return {"file": str(path.resolve()), "size": main.stat().st_size,
+            "mtime_ns": main.stat().st_mtime_ns, "calibration": pred.calibration,
+            "homology": pred.homology.key if pred.homology is not None else None,
+            "terms": run_key({"ids": pred.go_ids}),
+            "go_release": pred.go_release}  # fmt: skip
 
 
-def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict], cut) -> str:
-    by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
-    for row in rows:
-        by_pid[row["protein"]].append(
-            {k: row[k] for k in ROW_KEYS if k not in ("protein", "threshold")}
-        )
+def _chunk_files(
+    pred: Predictor, results: list[ProteinResult], top_k: int, cut, keep_general: bool,
+    most_specific: bool, attributions: bool,
+) -> tuple[dict[str, str], dict]:  # fmt: skip
+    """(the output files' text for one chunk, its info: proteins without a CAFA line)."""
+    rows = [row for r in results
+            for row in top_terms(pred, r, top_k, cut, keep_general, most_specific)]  # fmt: skip
+    files = {"protgo.tsv": cafa_lines(pred, results),
+             "predictions.tsv": "".join("\t".join(str(r[c]) for c in ROW_KEYS) + "\n"
+                                        for r in rows),
+             "predictions.json": readable_proteins(results, rows)}  # fmt: skip
+    if attributions:
+        files["attributions.json"] = attributions_json(pred, results, rows)
+    silent = [r.pid for r in results if not (r.scores >= CAFA_MIN_SCORE).any()]
+    return files, {"silent": silent}
+
+
+def _joined_json(pieces: Iterable[str], open_: str, close: str, meta: dict | None = None):
+    """One JSON document from chunk fragments (the inside of an array or object), piece by
+    piece: ``{"meta": ..., "proteins": [...]}`` with ``meta``, else ``{...}``."""
+    if meta is not None:
+        yield '{"meta": ' + json.dumps(meta, indent=1) + ', "proteins": ' + open_ + "\n"
+    else:
+        yield open_
+    for i, piece in enumerate(pieces):
+        yield ("," if i else "") + piece
+    yield close + ("}" if meta is not None else "") + "\n"
+
+
+def readable_meta(pred: Predictor, cut) -> dict:
+    """The ``meta`` of ``predictions.json``: the model, its method, versions, thresholds."""
     thresholds = pred.thresholds() if cut == "auto" else cut
     if isinstance(thresholds, dict):
         thresholds = {a: round(v, 6) for a, v in thresholds.items()}
@@ -225,13 +294,24 @@ def readable_json(pred: Predictor, results: list[ProteinResult], rows: list[dict
     method = ({"method": "blend", "alpha": hom.alpha, "reference": hom.evidence,
                "reference_proteins": len(hom.sequences)} if hom is not None
               else {"method": "aligner"})  # fmt: skip
-    meta = {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase, **method,
-            "protgo_version": protgo.__version__, "go_release": pred.go_release,
+    return {"checkpoint": str(pred.checkpoint), "step": pred.step, "phase": pred.phase,
+            **method, "protgo_version": protgo.__version__, "go_release": pred.go_release,
             "aspects": pred.aspects, "calibrated": bool(pred.calibration),
             "threshold": thresholds}  # fmt: skip
-    proteins = [{"protein": r.pid, "length": len(r.sequence), "terms": by_pid[r.pid]}
-                for r in results]  # fmt: skip
-    return json.dumps({"meta": meta, "proteins": proteins}, indent=1) + "\n"
+
+
+def readable_proteins(results: list[ProteinResult], rows: list[dict]) -> str:
+    """The ``proteins`` entries of ``predictions.json`` for ``results``, comma-separated."""
+    by_pid: dict[str, list[dict]] = {r.pid: [] for r in results}
+    for row in rows:
+        by_pid[row["protein"]].append(
+            {k: row[k] for k in ROW_KEYS if k not in ("protein", "threshold")}
+        )
+    return ",\n".join(
+        json.dumps({"protein": r.pid, "length": len(r.sequence), "terms": by_pid[r.pid]},
+                   indent=1)
+        for r in results
+    )  # fmt: skip
 
 
 def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[dict]) -> str:
@@ -243,4 +323,4 @@ def attributions_json(pred: Predictor, results: list[ProteinResult], rows: list[
         res = r.residues if r.residues is not None else pred.residues({r.pid: r.sequence})[r.pid]
         go = pred.go[[col[g] for g in terms]].cpu()  # (K, A)
         out[r.pid] = {"sequence": r.sequence, **explain(pred.model, res, go, terms)}
-    return json.dumps(out) + "\n"
+    return json.dumps(out)[1:-1]  # the inside of the object: chunks are joined by commas

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Mapping, Sequence
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,31 +30,104 @@ import numpy as np
 
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
-from protgo.data.seqsearch import DiamondOptions, diamond_hits
+from protgo.data.seqsearch import DiamondOptions, make_db, search
 from protgo.data.sequence import clean_sequence
 from protgo.errors import UserError
 from protgo.eval.baselines import alpha_per_term, blend, choose_alpha, diamond
 from protgo.eval.metrics import evaluate_fast
 from protgo.eval.predictions import Predictions
 from protgo.go import scoring
-from protgo.io import atomic_write
+from protgo.io import atomic_write, atomic_write_text, file_sha256
+
+log = logging.getLogger(__name__)
 
 REFERENCE = "reference.tsv.gz"
 
 
+class Propagated(Mapping):
+    """{protein: propagated GO ids}, each set computed on first use from the direct
+    annotations (a reference of 500k proteins keeps only what the hits touch)."""
+
+    def __init__(self, direct: Mapping[str, Iterable[str]], ontology: Ontology):
+        self.direct, self.ontology = direct, ontology
+        self._done: dict[str, set[str]] = {}
+
+    def __getitem__(self, pid: str) -> set[str]:
+        got = self._done.get(pid)
+        if got is None:
+            got = self._done[pid] = self.ontology.propagate(self.direct[pid])
+        return got
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self.direct
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.direct)
+
+    def __len__(self) -> int:
+        return len(self.direct)
+
+
 @dataclass
 class Reference:
-    """A bundle's reference set and blend settings."""
+    """A bundle's reference set (and any datasets added to it) and its blend settings."""
 
     sequences: dict[str, str]
-    labels: dict[str, set[str]]  # propagated
+    direct: dict[str, list[str]]  # protein -> direct GO ids
     alpha: dict[str, float]  # aspect -> the aligner's weight
     thresholds: dict[str, float]  # aspect -> the blend's threshold of best valid Fmax
     evidence: str
+    ontology: Ontology
+    key: str  # sha256 of what the reference holds: names its DIAMOND database
+    db_dir: Path | None = None  # where DIAMOND databases are kept (None: a temp folder)
+
+    def __post_init__(self):
+        self.labels = Propagated(self.direct, self.ontology)
+        self._db: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def extend(self, folder: DatasetFolder) -> None:
+        """Add every annotated protein of ``folder`` (all splits) to the reference; a protein
+        already in it keeps its sequence and gains the annotations."""
+        added = 0
+        for p, terms in folder.annotations.items():
+            if p in self.direct:
+                self.direct[p] = sorted(set(self.direct[p]) | terms)
+            elif p in folder.sequences:
+                self.sequences[p], self.direct[p] = folder.sequences[p], sorted(terms)
+                added += 1
+        self.labels = Propagated(self.direct, self.ontology)
+        codes = folder.info.get("provenance", {}).get("annotation_source", "?")
+        self.evidence += f"; + {added} proteins of dataset {folder.root.name} ({codes})"
+        self.key = hashlib.sha256(
+            f"{self.key} {folder.root.name} {folder.path('annotations.tsv').stat().st_size}"
+            f" {json.dumps(folder.info.get('files', {}), sort_keys=True)}".encode()
+        ).hexdigest()
+        self._db = None
+
+    def database(self, opts: DiamondOptions) -> Path:
+        """The DIAMOND database of the reference, made once: kept under ``db_dir`` by the
+        reference's key (so later runs reuse it), else in a temp folder for this process."""
+        if self._db is not None and self._db.is_file():
+            return self._db
+        if self.db_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="protgo-reference-")
+            self._db = make_db(self.sequences, Path(self._tmp.name) / "reference", opts)
+            return self._db
+        path = Path(self.db_dir) / f"reference-{self.key[:16]}.dmnd"
+        sums = path.with_suffix(".sha256")
+        if not (path.is_file() and sums.is_file() and file_sha256(path) == sums.read_text()):
+            log.info("building the DIAMOND database of %d reference proteins in %s",
+                     len(self.sequences), path)  # fmt: skip
+            make_db(self.sequences, path, opts)
+            atomic_write_text(sums, file_sha256(path))
+        self._db = path
+        return path
 
     def hits(self, queries: Mapping[str, str], threads: int = 2) -> dict:
         """{query: [(reference protein, bitscore), ...]} best first."""
-        return diamond_hits(queries, self.sequences, DiamondOptions(threads=threads))
+        opts = DiamondOptions(threads=threads)
+        return search(queries, self.database(opts), opts) if self.sequences else {}
 
     def scores(self, hits: Mapping, pids: Sequence[str], go_ids: Sequence[str]) -> np.ndarray:
         """(N, T) DiamondScore of ``pids`` over ``go_ids`` (0 without a hit)."""
@@ -88,9 +164,11 @@ def write(stage: Path, folder: DatasetFolder, fitted: dict) -> dict:
     return {**fitted, "proteins": len(train), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def load(path: Path, meta: dict | None, ontology: Ontology) -> Reference | None:
+def load(
+    path: Path, meta: dict | None, ontology: Ontology, db_dir: Path | None = None
+) -> Reference | None:
     """The reference set of the bundle at ``path`` (None when it has none); a file that fails
-    its checksum is one UserError."""
+    its checksum is one UserError. ``db_dir``: where its DIAMOND database is kept."""
     if not meta:
         return None
     f = path / REFERENCE
@@ -99,12 +177,12 @@ def load(path: Path, meta: dict | None, ontology: Ontology) -> Reference | None:
         why = "is missing" if not f.is_file() else "fails its checksum"
         raise UserError(f"bundle {path}: its homology reference {REFERENCE} {why}: export the "
                         "bundle again, or predict with --no-homology")  # fmt: skip
-    seqs, labels = {}, {}
+    seqs, direct = {}, {}
     for line in gzip.decompress(data).decode().splitlines()[1:]:
         p, seq, terms = line.split("\t")
-        seqs[p], labels[p] = seq, ontology.propagate(terms.split())
-    return Reference(seqs, labels, dict(meta["alpha"]), dict(meta["thresholds"]),
-                     meta.get("evidence", ""))  # fmt: skip
+        seqs[p], direct[p] = seq, terms.split()
+    return Reference(seqs, direct, dict(meta["alpha"]), dict(meta["thresholds"]),
+                     meta.get("evidence", ""), ontology, meta["sha256"], db_dir)  # fmt: skip
 
 
 def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:

@@ -22,7 +22,7 @@ The ``protgo predict`` command and its output files are :mod:`protgo.infer.comma
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from protgo.config import ASPECTS, Config, default_data_dir
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.encoders.protein import embed_arrays, pack_by_tokens
-from protgo.encoders.registry import protein_encoder
+from protgo.encoders.registry import describe_model, protein_encoder
 from protgo.errors import UserError
 from protgo.go import scoring
 from protgo.infer import bundle, calibration, homology
@@ -65,14 +65,15 @@ class Predictor:
     def __init__(
         self, source: Path, data_dir: Path | None = None,
         aspects: Iterable[str] | None = None, device: str = "cpu", obo: Path | None = None,
-        homology: bool = True, threads: int = 2,
+        homology: bool = True, threads: int = 2, references: Sequence[str] = (),
     ):  # fmt: skip
         """``source``: a training checkpoint or run folder (its dataset folder under
         ``data_dir`` gives the ontology and GO vectors), or a bundle directory
         (:mod:`protgo.infer.bundle`), which needs no dataset. ``obo`` (bundles only): score
         the terms of this ontology instead, e.g. a newer GO release. ``homology``: blend with
         DIAMOND transfer from the bundle's reference set when it has one
-        (:mod:`protgo.infer.homology`); ``threads`` for DIAMOND."""
+        (:mod:`protgo.infer.homology`), with the annotated proteins of the built datasets
+        ``references`` added to it; ``threads`` for DIAMOND."""
         self.device = torch.device(device)
         self._encoder = None
         self.homology: Reference | None = None
@@ -81,10 +82,16 @@ class Predictor:
         if bundle.is_bundle(source):
             self._from_bundle(bundle.load(Path(source)), data_dir, aspects, obo, homology)
         else:
-            if obo is not None:
-                raise UserError("--obo needs a bundle (--model); `protgo export` makes one "
+            if obo is not None or references:
+                what = "--obo" if obo is not None else "--reference"
+                raise UserError(f"{what} needs a bundle (--model); `protgo export` makes one "
                                 "from a checkpoint")  # fmt: skip
             self._from_checkpoint(Path(source), data_dir, aspects)
+        if references and self.homology is None:
+            raise UserError(f"--reference: model {source} carries no homology reference to add "
+                            "to (or --no-homology was given)")  # fmt: skip
+        for name in references:
+            self.homology.extend(DatasetFolder.load(name, self.data_dir))
         self._store = self._open_store()
         if self.projection is None and self._store is not None and self._store.projected:
             self.projection = self._store.projection
@@ -117,6 +124,7 @@ class Predictor:
         self.checkpoint = b.path
         self.bundle_meta = b.meta
         self.cfg = b.cfg
+        describe_model(self.cfg.residues)  # missing protein-encoder weights: said before any work
         # The exporting machine's data dir means nothing here: only caches go there.
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.phase, self.step = b.phase, int(b.meta.get("step", 0))
@@ -133,14 +141,10 @@ class Predictor:
         self.calibration = b.meta.get("calibration")
         self.projection = b.projection
         if homology_on:
-            self.homology = homology.load(b.path, b.meta.get("homology"), self.ontology)
+            db_dir = self.data_dir / "stores" / "diamond"
+            self.homology = homology.load(b.path, b.meta.get("homology"), self.ontology, db_dir)
 
     def _load_model(self, weights, cache: GoVectorCache) -> None:
-        self.text_cache = cache
-        self.text_recipe = {k: cache.manifest.get(k) for k in ("encoder", "phase", "text_hash")}
-        keep = scoring.scorable_columns(self.ontology, cache.ids)
-        self.go_ids = [cache.ids[i] for i in keep]
-        self.go_aspects = np.array([cache.aspects[i] for i in keep])
         if not isinstance(weights, dict) or "protein_head.proj.weight" not in weights:
             raise UserError(
                 f"checkpoint {self.checkpoint} holds no aligner weights (no 'model' entry with "
@@ -160,10 +164,19 @@ class Predictor:
             ) from None
         self.model.to(self.device).eval()
         self.residue_dim = residue_dim
+        self.logit_input = "cos" if self.model.term_bias is None else "logit"
+        self.set_text_vectors(cache)
+
+    def set_text_vectors(self, cache: GoVectorCache) -> None:
+        """Score against the GO text vectors of ``cache`` (its terms that can be scored)."""
+        self.text_cache = cache
+        self.text_recipe = {k: cache.manifest.get(k) for k in ("encoder", "phase", "text_hash")}
+        keep = scoring.scorable_columns(self.ontology, cache.ids)
+        self.go_ids = [cache.ids[i] for i in keep]
+        self.go_aspects = np.array([cache.aspects[i] for i in keep])
         with torch.no_grad():
             self.go_text = torch.from_numpy(cache.vectors[keep]).to(self.device)  # (T, Dt)
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
-        self.logit_input = "cos" if self.model.term_bias is None else "logit"
         self.residual_rows = self.model.residual_rows(self.go_ids)  # None without residuals
 
     def check_dataset(self, folder: DatasetFolder, what: str) -> None:

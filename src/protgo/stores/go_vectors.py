@@ -37,6 +37,26 @@ log = logging.getLogger(__name__)
 # 2: manifest.json holds the sha256 of vectors.npy and ids.tsv; 3: ids.tsv holds text keys
 MANIFEST_VERSION = 3
 Projection = Callable[[torch.Tensor], torch.Tensor]  # (B, D_text) -> (B, D_aligned)
+STORAGE = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # vectors.npy on disk
+
+
+def quantize(vectors: np.ndarray, storage: str) -> np.ndarray:
+    """Unit vectors as ``storage`` keeps them: fp32, fp16, or int8 (each row scaled so its
+    largest component is +-127; the scale is not kept: :func:`dequantize` renormalises)."""
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE)}, got {storage!r}")
+    if storage != "int8":
+        return np.ascontiguousarray(vectors, dtype=STORAGE[storage])
+    peak = np.maximum(np.abs(vectors).max(axis=1, keepdims=True), 1e-12)
+    return np.rint(vectors / peak * 127).astype(np.int8)
+
+
+def dequantize(stored: np.ndarray) -> np.ndarray:
+    """float32 unit rows from :func:`quantize`'s output (fp32 rows are returned as they are)."""
+    if stored.dtype == np.float32:
+        return stored
+    out = stored.astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def _row_map(ids: Sequence[str]) -> dict[str, int]:
@@ -102,15 +122,21 @@ class GoVectorCache:
         sub.from_disk = self.from_disk
         return sub
 
-    def save(self, directory: Path) -> None:
-        """``vectors.npy`` and ``ids.tsv``, then ``manifest.json`` with their checksums, under
-        the folder's lock. The checksums are of the bytes this call writes, so a manifest can
-        only ever describe its own vectors: were another writer's files to land between, the
-        cache fails its check on load and is encoded again instead of being trusted."""
+    def stored_as(self, storage: str) -> GoVectorCache:
+        """A copy whose vectors are what :meth:`save` with ``storage`` would give back."""
+        vectors = dequantize(quantize(self.vectors, storage))
+        return GoVectorCache(self.ids, self.aspects, vectors, self.manifest, self.text_keys)
+
+    def save(self, directory: Path, storage: str = "fp32") -> dict:
+        """``vectors.npy`` (as ``storage`` keeps them: :func:`quantize`) and ``ids.tsv``, then
+        ``manifest.json`` with their checksums, under the folder's lock; returns the manifest.
+        The checksums are of the bytes this call writes, so a manifest can only ever describe
+        its own vectors: were another writer's files to land between, the cache fails its
+        check on load and is encoded again instead of being trusted."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.save(buf, self.vectors)
+        np.save(buf, quantize(self.vectors, storage))
         raw = {
             "vectors.npy": buf.getvalue(),
             "ids.tsv": "".join(
@@ -120,12 +146,13 @@ class GoVectorCache:
         }
         sums = {f: hashlib.sha256(b).hexdigest() for f, b in raw.items()}
         manifest = {**self.manifest, "version": MANIFEST_VERSION, "n": len(self), "dim": self.dim,
-                    "sha256": sums}  # fmt: skip
+                    "storage": storage, "sha256": sums}  # fmt: skip
         with file_lock(directory / LOCK):
             (directory / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
             for name, data in raw.items():
                 atomic_write(directory / name, lambda fh, data=data: fh.write(data))
             atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))
+        return manifest
 
     @classmethod
     def load(cls, directory: Path) -> GoVectorCache:
@@ -143,7 +170,7 @@ class GoVectorCache:
             )
         pairs = [ln.split("\t") for ln in raw["ids.tsv"].decode("utf-8").splitlines()]
         try:  # the bytes that were checksummed, read once; allow_pickle=False: data only
-            vectors = np.load(io.BytesIO(raw["vectors.npy"]))
+            vectors = dequantize(np.load(io.BytesIO(raw["vectors.npy"])))
         except (ValueError, EOFError, OSError) as exc:
             raise UserError(
                 f"GO vector cache {directory}: vectors.npy cannot be read ({exc}); run "
@@ -234,13 +261,16 @@ def _donor_vectors(directory: Path, manifest: dict) -> dict[str, np.ndarray]:
 
 
 def encode_missing(
-    store, encoder, directory: Path, manifest: dict, batch_size, progress, reuse: bool = True
-):
-    """(N, D) vectors of ``store``'s texts: those another cache of this encoder holds are
-    copied (unless not ``reuse``), the others encoded. ``manifest["reused"]`` says how many
-    were copied."""
+    store, encoder, directory: Path, manifest: dict, batch_size, progress, reuse: bool = True,
+    extra: GoVectorCache | None = None,
+):  # fmt: skip
+    """(N, D) vectors of ``store``'s texts: those another cache of this encoder holds (or
+    ``extra``, e.g. a bundle's shipped vectors) are copied (unless not ``reuse``), the others
+    encoded. ``manifest["reused"]`` says how many were copied."""
     keys = [text_key(x) for x in store.tokenized.input_ids]
     donors = _donor_vectors(directory, manifest) if reuse else {}
+    if reuse and extra is not None:
+        donors.update((k, v) for k, v in zip(extra.text_keys, extra.vectors, strict=True) if k)
     todo = [i for i, k in enumerate(keys) if k not in donors]
     vectors = np.zeros((len(keys), encoder.dim), dtype=np.float32)
     if todo:
@@ -279,12 +309,13 @@ def _stale_reason(directory: Path, manifest: dict) -> str | None:
 
 def load_or_build(
     store, encoder, directory: Path, batch_size: int = 64, force: bool = False,
-    progress: bool = True,
+    progress: bool = True, donors: GoVectorCache | None = None,
 ) -> GoVectorCache:  # fmt: skip
     """The cache for ``store``'s current phase: loaded when unchanged, else encoded and saved.
 
     ``store`` must have been through ``update_phase_and_tokenize(phase, encoder)``.
-    ``force`` encodes every text anyway, copying nothing from other phases.
+    ``force`` encodes every text anyway, copying nothing from other phases; ``donors``: more
+    vectors to copy from by text key (:func:`encode_missing`).
     """
     if store.tokenized is None:
         store.update_phase_and_tokenize(store.phase if store.phase is not None else 0, encoder)
@@ -302,7 +333,7 @@ def load_or_build(
                 return cache
             reason = "ids differ"
     vectors, keys = encode_missing(
-        store, encoder, directory, manifest, batch_size, progress, reuse=not force
+        store, encoder, directory, manifest, batch_size, progress, not force, donors
     )
     log.info(
         "encoded %d GO texts (phase %s) into %s (%s); %d more copied from other phases",
@@ -335,16 +366,18 @@ def embed_go(
 
 def encode_ontology(
     ontology, phase: int, aspects: Iterable[str], cfg: GoTextConfig, directory: Path,
-    force: bool = False, progress: bool = True,
+    force: bool = False, progress: bool = True, donors: GoVectorCache | None = None,
 ) -> tuple[GoVectorCache, GoTextStore]:  # fmt: skip
     """The GO vector cache of ``ontology``'s terms of ``aspects`` at ``phase`` in
-    ``directory`` (:func:`cache_dir`), and the text store behind it."""
+    ``directory`` (:func:`cache_dir`), and the text store behind it; ``donors``: vectors to
+    copy from where a text is the same (:func:`encode_missing`)."""
     encoder = load_text_encoder(
         cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device, cfg.dtype
     )
     store = GoTextStore(ontology, cfg, aspects=list(aspects))
     store.update_phase_and_tokenize(phase, encoder)
-    return load_or_build(store, encoder, directory, cfg.batch_size, force, progress), store
+    cache = load_or_build(store, encoder, directory, cfg.batch_size, force, progress, donors)
+    return cache, store
 
 
 class GoLookupCache:
