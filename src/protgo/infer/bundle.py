@@ -49,7 +49,7 @@ from protgo.errors import UserError
 from protgo.infer import calibration, homology
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
-from protgo.stores.go_vectors import GoVectorCache, cache_dir, encode_ontology
+from protgo.stores.go_vectors import LOCK, GoVectorCache, cache_dir, encode_ontology
 from protgo.stores.projection import Projection
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,7 @@ def _write_vectors(predictor, stage: Path) -> dict:
     same files as a shared copy; returns the ``go_vectors`` entry of bundle.json."""
     name = vectors_name(predictor.text_recipe)
     manifest = predictor.text_cache.save(stage / VECTORS, VECTOR_STORAGE)
+    (stage / VECTORS / LOCK).unlink(missing_ok=True)  # a writers' lock: nothing to ship
     shared = shared_vectors_dir(name) / "manifest.json"
     if shared.is_file() and json.loads(shared.read_text()).get("sha256") == manifest["sha256"]:
         shutil.rmtree(stage / VECTORS)  # protgo ships these: the bundle names them
@@ -399,6 +400,7 @@ def model_card(name: str, meta: dict) -> str:
         f"text encoder: `{cfg['go_text']['encoder']}`",
         f"- Calibrated aspects: {', '.join(calibrated)}",
         _homology_line(meta.get("homology")),
+        _vectors_line(meta.get("go_vectors")),
         "", "Use: `protgo predict --model " + name + " --fasta F --out O` or "
         f"`protgo.load_model(\"{name}\")`.", "",
     ]  # fmt: skip
@@ -427,6 +429,15 @@ def _homology_line(hom: dict | None) -> str:
         f"- Homology (the default output): DIAMOND transfer from {hom['proteins']} "
         f"reference proteins ({hom['evidence']}), blended with the aligner's weight per "
         f"aspect {alpha} (chosen on the valid split; `--no-homology` for the aligner alone)"
+    )
+
+
+def _vectors_line(entry: dict | None) -> str:
+    if not entry:
+        return "- GO text vectors: not shipped (encoded from the recipe on first use, then cached)"
+    return (
+        f"- GO text vectors: shipped ({entry['terms']} terms, {entry['storage']}, "
+        f"`{entry['name']}`): `predict` never loads the text encoder"
     )
 
 
