@@ -224,3 +224,21 @@ def test_only_terms_with_a_training_positive_carry_a_residual(trained):
     assert has == [cls.get(g) in ("common", "few") for g in pred.go_ids]
     assert any(has) and not all(has)
     assert pred.model.term_residual.abs().sum() > 0
+
+
+def test_evaluate_scores_only_the_listed_proteins(trained, tmp_path):
+    """`evaluate --proteins`: the split narrowed to a list; an id of another split is one
+    error naming the file."""
+    from protgo.data.folder import DatasetFolder
+
+    _, data_dir, _ = trained
+    folder = DatasetFolder.load("tinypred", data_dir)
+    some = folder.ids("test")[:2]
+    listed = tmp_path / "ids.txt"
+    listed.write_text("\n".join(some) + "\n")
+    view = folder.restricted("test", listed)
+    assert view.ids("test") == some and view.ids("train") == folder.ids("train")
+    assert len(folder.ids("test")) > 2  # the folder itself is unchanged
+    listed.write_text(folder.ids("train")[0] + "\n")
+    with pytest.raises(UserError, match="not 'test' proteins"):
+        folder.restricted("test", listed)

@@ -389,6 +389,10 @@ def evaluate(
     min_positives: Annotated[
         int, typer.Option(help="With --model: terms need this many positives to count.")
     ] = 1,
+    proteins: Annotated[
+        Path | None,
+        typer.Option(help="Score only these proteins of the split (a file, one id per line)."),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data_dir: DataDirOpt = None,
@@ -407,6 +411,8 @@ def evaluate(
     cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set
     root = _data_dir(data_dir, cfg)
     folder = DatasetFolder.load(dataset, root)
+    if proteins is not None:
+        folder = folder.restricted(split, proteins)
     out = check_output_path(out or Path("runs") / f"evaluate-{folder.root.name}-{split}",
                             "--out", folder=True)  # fmt: skip
     if min_positives < 1:

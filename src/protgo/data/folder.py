@@ -7,6 +7,8 @@ drop proteins or annotations silently) is one UserError that says to rebuild the
 
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 from dataclasses import dataclass, field
@@ -151,6 +153,23 @@ class DatasetFolder:
 
     def ids(self, split: str | None = None) -> list[str]:
         return sorted(p for p, s in self.splits.items() if split is None or s == split)
+
+    def restricted(self, split: str, proteins: Path) -> DatasetFolder:
+        """A view of this folder whose ``split`` holds only the proteins listed in the file
+        ``proteins`` (one id per line; ``--proteins``); the other splits are unchanged."""
+        keep = {ln.split()[0] for ln in Path(proteins).read_text().splitlines() if ln.strip()}
+        unknown = sorted(p for p in keep if self.splits.get(p) != split)
+        if unknown or not keep:
+            raise UserError(
+                f"--proteins {proteins}: {len(unknown)} of its {len(keep)} ids are not "
+                f"'{split}' proteins of {self.root.name} (e.g. {', '.join(unknown[:3]) or '-'}):"
+                f" list ids of that split, one per line"
+            )
+        view = copy.copy(self)
+        view.__dict__["splits"] = {
+            p: s for p, s in self.splits.items() if s != split or p in keep
+        }
+        return view
 
     @property
     def obo_path(self) -> Path:
