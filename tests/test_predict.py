@@ -242,3 +242,18 @@ def test_evaluate_scores_only_the_listed_proteins(trained, tmp_path):
     listed.write_text(folder.ids("train")[0] + "\n")
     with pytest.raises(UserError, match="not 'test' proteins"):
         folder.restricted("test", listed)
+
+
+def test_best_first_is_a_stable_sort_cut_short():
+    """The fast top-k of the output files against a full stable sort, ties included."""
+    from protgo.infer.command import best_first
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(500), 2)  # many ties
+    cols = np.sort(rng.choice(500, 300, replace=False))
+    want = cols[np.argsort(-scores[cols], kind="stable")]
+    for k in (1, 7, 20, 160, 299, 300, 1000):
+        got = best_first(scores, cols, k)
+        assert len(got) >= min(k, len(cols))
+        np.testing.assert_array_equal(got[:k], want[:k])
+        np.testing.assert_array_equal(got, want[: len(got)])

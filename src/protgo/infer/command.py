@@ -70,22 +70,13 @@ def top_terms(
     cut = pred.thresholds() if threshold == "auto" else {}
     rows = []
     for aspect in pred.aspects:
-        cols = np.flatnonzero(pred.go_aspects == aspect)
-        if not keep_general:
-            cols = np.array([j for j in cols if pred.go_ids[j] not in GENERAL], dtype=np.int64)
-        order = cols[np.argsort(-result.scores[cols], kind="stable")]
+        cols = pred.columns(aspect, frozenset() if keep_general else GENERAL)
         t = cut.get(aspect, 0.0) if threshold == "auto" else (threshold or 0.0)
-        kept: list[int] = []
-        for j in order:
-            if len(kept) == top_k or result.scores[j] < t:
-                break
-            g = pred.go_ids[j]
-            if most_specific:
-                if g in _ancestors_of(pred, [pred.go_ids[k] for k in kept]):
-                    continue  # a descendant of it is already in: the descendant says more
-                up = pred.ontology.ancestors(g)
-                kept = [k for k in kept if pred.go_ids[k] not in up]  # g is more specific
-            kept.append(j)
+        order = best_first(result.scores, cols, 8 * top_k)
+        kept, ran_out = _walk(pred, result.scores, order, top_k, t, most_specific)
+        if ran_out and len(order) < len(cols):  # past the best candidates: all, in order
+            order = best_first(result.scores, cols, len(cols))
+            kept, _ = _walk(pred, result.scores, order, top_k, t, most_specific)
         for j in kept:
             g = pred.go_ids[j]
             rows.append({"protein": result.pid, "aspect": aspect, "go_id": g,
@@ -94,6 +85,37 @@ def top_terms(
                          "class": pred.term_class(g), "threshold": round(t, 4),
                          **_parts(pred, result, j)})  # fmt: skip
     return rows
+
+
+def best_first(scores: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """The columns ``cols`` (ascending) by score, best first, ties in column order (a stable
+    sort's order), keeping only the best ``k`` and those tied with the ``k``-th."""
+    s = scores[cols]
+    if k < len(cols):
+        kth = -np.partition(-s, k - 1)[k - 1]
+        keep = np.flatnonzero(s >= kth)
+        cols, s = cols[keep], s[keep]
+    return cols[np.lexsort((cols, -s))]
+
+
+def _walk(
+    pred: Predictor, scores: np.ndarray, order: np.ndarray, top_k: int, t: float,
+    most_specific: bool,
+) -> tuple[list[int], bool]:  # fmt: skip
+    """(the reported columns of one aspect from ``order`` (best first): up to ``top_k`` at or
+    above ``t``; whether ``order`` ran out before either limit was met)."""
+    kept: list[int] = []
+    for j in order:
+        if len(kept) == top_k or scores[j] < t:
+            return kept, False
+        g = pred.go_ids[j]
+        if most_specific:
+            if g in _ancestors_of(pred, [pred.go_ids[k] for k in kept]):
+                continue  # a descendant of it is already in: the descendant says more
+            up = pred.ontology.ancestors(g)
+            kept = [k for k in kept if pred.go_ids[k] not in up]  # g is more specific
+        kept.append(j)
+    return kept, True
 
 
 def _parts(pred: Predictor, result: ProteinResult, j: int) -> dict:
@@ -158,8 +180,9 @@ def cafa_lines(
 ) -> str:
     """``protein<TAB>GO<TAB>score``, best first, at most CAFA's 1500 terms per protein."""
     lines = []
+    every = np.arange(len(pred.go_ids))
     for r in results:
-        order = np.argsort(-r.scores, kind="stable")[:CAFA_MAX_TERMS]
+        order = best_first(r.scores, every, CAFA_MAX_TERMS)[:CAFA_MAX_TERMS]
         lines += [f"{r.pid}\t{pred.go_ids[j]}\t{r.scores[j]:.4f}\n" for j in order
                   if r.scores[j] >= min_score]  # fmt: skip
     return "".join(lines)

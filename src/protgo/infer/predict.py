@@ -178,6 +178,17 @@ class Predictor:
             self.go_text = torch.from_numpy(cache.vectors[keep]).to(self.device)  # (T, Dt)
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
         self.residual_rows = self.model.residual_rows(self.go_ids)  # None without residuals
+        self._columns: dict[tuple[str, frozenset[str]], np.ndarray] = {}
+
+    def columns(self, aspect: str, leave_out: frozenset[str] = frozenset()) -> np.ndarray:
+        """The columns of ``aspect``'s terms (ascending), but those in ``leave_out``."""
+        key = (aspect, leave_out)
+        if key not in self._columns:
+            cols = np.flatnonzero(self.go_aspects == aspect)
+            self._columns[key] = np.array(
+                [j for j in cols if self.go_ids[j] not in leave_out], dtype=np.int64
+            )
+        return self._columns[key]
 
     def check_dataset(self, folder: DatasetFolder, what: str) -> None:
         """``folder`` must be the dataset this model was trained on (its zero- and few-shot
