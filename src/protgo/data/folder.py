@@ -8,7 +8,6 @@ drop proteins or annotations silently) is one UserError that says to rebuild the
 from __future__ import annotations
 
 import copy
-
 import json
 import logging
 from dataclasses import dataclass, field
@@ -166,9 +165,7 @@ class DatasetFolder:
                 f" list ids of that split, one per line"
             )
         view = copy.copy(self)
-        view.__dict__["splits"] = {
-            p: s for p, s in self.splits.items() if s != split or p in keep
-        }
+        view.__dict__["splits"] = {p: s for p, s in self.splits.items() if s != split or p in keep}
         return view
 
     @property
