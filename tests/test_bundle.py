@@ -206,7 +206,7 @@ def test_unknown_model_names_the_choices(tmp_path):
         resolve_model(tmp_path / "nothing")
 
 
-def test_model_card_tables_the_evaluate_results(bundles, tmp_path):
+def test_model_card_tables_the_evaluate_results(bundles, tmp_path, capsys, monkeypatch):
     import json
 
     from protgo.infer.bundle import model_card, read_metrics
@@ -221,6 +221,14 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path):
     assert "| MF | protgo | 0.500 | 0.400 | 2.000 | 1.000 | 0.700 | - |" in card
     assert "| MF | naive | 0.400 | 0.300 | 2.500 | 1.000 | - | - |" in card
     assert (bundles[1] / "README.md").read_text().startswith("# with")
+    # export --model B --results 'TITLE=results.tsv': a copy whose card has one more table
+    from test_bad_inputs import run_cli
+
+    code, err = run_cli(["export", "--model", bundles[1], "--out", tmp_path / "noted",
+                         "--results", f"Other species={results}"], capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    card = (tmp_path / "noted" / "README.md").read_text()
+    assert "## Other species" in card and card.count("| MF | naive | 0.400 |") == 1
 
 
 @pytest.mark.parametrize(

@@ -528,12 +528,19 @@ def export(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Or: a bundle (or shipped model) to copy with a homology reference from --dataset "
-            "(and GO vectors, when it ships none)."
+            help="Or: a bundle (or shipped model) to copy, with a homology reference from "
+            "--dataset (and GO vectors, when it ships none) and/or tables from --results."
         ),
     ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="With --model: the dataset the bundle was trained on.")
+    ] = None,
+    results: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --model: 'TITLE=results.tsv' of `protgo evaluate`, a table for the "
+            "card (repeatable)."
+        ),
     ] = None,
     vectors: Annotated[
         bool,
@@ -552,7 +559,7 @@ def export(
     calibration, the homology reference with its blend weights, and provenance, for
     `protgo predict --model DIR` anywhere, offline."""
     from protgo.data.folder import DatasetFolder
-    from protgo.infer.bundle import add_homology, read_metrics, resolve_model
+    from protgo.infer.bundle import copy_bundle, read_metrics, resolve_model
     from protgo.infer.bundle import export as export_bundle
     from protgo.infer.predict import Predictor
 
@@ -560,15 +567,28 @@ def export(
     if (model is None) == (checkpoint is None):
         raise UserError("give one of --checkpoint (a training run) and --model (a bundle)")
     if model is not None:
-        if dataset is None:
-            raise UserError("--model needs --dataset: the dataset the bundle was trained on")
+        if dataset is None and not results:
+            raise UserError("--model needs --dataset (the dataset the bundle was trained on) "
+                            "and/or --results")  # fmt: skip
+        evaluations = [_titled_results(r) for r in results or []]
         pred = Predictor(resolve_model(model), root, homology=False)
-        path = add_homology(pred, DatasetFolder.load(dataset, root), out, threads)
+        folder = DatasetFolder.load(dataset, root) if dataset else None
+        path = copy_bundle(pred, out, folder, evaluations, threads)
     else:
         pred = Predictor(checkpoint, root, homology=False)
         path = export_bundle(pred, out, vectors, read_metrics(metrics) if metrics else None,
                              homology, threads)  # fmt: skip
     typer.echo(f"bundle written to {path}")
+
+
+def _titled_results(text: str) -> dict:
+    """``TITLE=results.tsv`` -> {"title", "metrics"}."""
+    from protgo.infer.bundle import read_metrics
+
+    title, sep, path = text.rpartition("=")
+    if not sep or not title.strip():
+        raise UserError(f"--results takes 'TITLE=results.tsv', got '{text}'")
+    return {"title": title.strip(), "metrics": read_metrics(Path(path))}
 
 
 @app.command("demo")

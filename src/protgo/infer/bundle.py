@@ -342,24 +342,36 @@ def _finish(stage: Path, out: Path, meta: dict) -> None:
     stage.rename(out)
 
 
-def add_homology(predictor, folder: DatasetFolder, out: Path, threads: int = 2) -> Path:
-    """A copy of the bundle that ``predictor`` loaded (without homology) in ``out``, with a
-    homology reference: ``folder``'s training split (the dataset the bundle was trained on),
-    the blend chosen on its valid split; and with its GO vectors when it shipped none."""
+def copy_bundle(
+    predictor, out: Path, folder: DatasetFolder | None = None,
+    evaluations: list[dict] | None = None, threads: int = 2,
+) -> Path:  # fmt: skip
+    """A copy of the bundle that ``predictor`` loaded, in ``out``: with ``folder`` (the
+    dataset the bundle was trained on), a homology reference of its training split, the blend
+    chosen on its valid split, and the GO vectors when the bundle shipped none; with
+    ``evaluations``, more measured tables for its card (``{"title", "metrics"}`` each, metrics
+    as :func:`read_metrics` gives them; one of the same title is replaced)."""
     out = _new_dir(out)
-    predictor.check_dataset(folder, f"bundle {predictor.checkpoint}")
     meta = dict(predictor.bundle_meta)
-    vectors = "go_vectors" not in meta and not (predictor.checkpoint / VECTORS).is_dir()
-    if vectors:  # the blend is then chosen on the scores of the vectors shipped
-        predictor.set_text_vectors(predictor.text_cache.stored_as(VECTOR_STORAGE))
-    fitted = homology.fit(predictor, folder, threads)
+    vectors = fitted = None
+    if folder is not None:
+        predictor.check_dataset(folder, f"bundle {predictor.checkpoint}")
+        vectors = "go_vectors" not in meta and not (predictor.checkpoint / VECTORS).is_dir()
+        if vectors:  # the blend is then chosen on the scores of the vectors shipped
+            predictor.set_text_vectors(predictor.text_cache.stored_as(VECTOR_STORAGE))
+        fitted = homology.fit(predictor, folder, threads)
+    if evaluations:
+        titles = {e["title"] for e in evaluations}
+        kept = [e for e in meta["provenance"].get("evaluations", []) if e["title"] not in titles]
+        meta["provenance"] = {**meta["provenance"], "evaluations": kept + evaluations}
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         shutil.copytree(predictor.checkpoint, stage, dirs_exist_ok=True)
         if vectors:
             meta["go_vectors"] = _write_vectors(predictor, stage)
-        meta["homology"] = homology.write(stage, folder, fitted)
+        if fitted is not None:
+            meta["homology"] = homology.write(stage, folder, fitted)
         _finish(stage, out, meta)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -404,21 +416,27 @@ def model_card(name: str, meta: dict) -> str:
         "", "Use: `protgo predict --model " + name + " --fasta F --out O` or "
         f"`protgo.load_model(\"{name}\")`.", "",
     ]  # fmt: skip
-    metrics = prov.get("metrics") or {}
-    if metrics:
-        lines += ["## Test split (cafaeval; zero/few: term-centric AUC)", ""]
-        head = "| aspect | method | " + " | ".join(CARD_COLUMNS) + " |"
-        lines += [head, "|" + "---|" * (len(CARD_COLUMNS) + 2)]
-        for aspect in ASPECTS:
-            for method, per_aspect in metrics.items():
-                row = per_aspect.get(aspect)
-                if row is None:
-                    continue
-                cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else "-"
-                         for c in CARD_COLUMNS]  # fmt: skip
-                lines.append(f"| {aspect} | {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+    tables = [{"title": "Test split (cafaeval; zero/few: term-centric AUC from the prediction "
+                         "files)", "metrics": prov.get("metrics") or {}},
+              *prov.get("evaluations", [])]  # fmt: skip
+    for table in tables:
+        if table["metrics"]:
+            lines += _metrics_table(table["title"], table["metrics"])
     return "\n".join(lines) + "\n"
+
+
+def _metrics_table(title: str, metrics: dict) -> list[str]:
+    lines = [f"## {title}", "", "| aspect | method | " + " | ".join(CARD_COLUMNS) + " |",
+             "|" + "---|" * (len(CARD_COLUMNS) + 2)]  # fmt: skip
+    for aspect in ASPECTS:
+        for method, per_aspect in metrics.items():
+            row = per_aspect.get(aspect)
+            if row is None:
+                continue
+            cells = [f"{row[c]:.3f}" if isinstance(row.get(c), float) else "-"
+                     for c in CARD_COLUMNS]  # fmt: skip
+            lines.append(f"| {aspect} | {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _homology_line(hom: dict | None) -> str:
