@@ -246,7 +246,7 @@ def test_alignment_loss_total_is_weighted_sum():
     weights = {"con": cfg.lambda_con, "ent": cfg.lambda_ent, "dag": 0.3,
                "vtrue": cfg.lambda_vtrue, "attr": 0.2, "distill": 0.5,
                "bce": cfg.lambda_bce}  # fmt: skip
-    want = sum(w * parts[k] for k, w in weights.items())
+    want = sum(w * float(parts[k]) for k, w in weights.items())  # parts stay on the device
     assert total.item() == pytest.approx(want, rel=1e-9)
     total.backward()
     assert model.pool.queries.grad is not None and model.log_scale.grad is not None

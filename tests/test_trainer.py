@@ -135,7 +135,7 @@ def test_bf16_training_step_agrees_with_fp32(tiny_world, tmp_path):
         batch["residues"] = batch["residues"].to(trainer._residue_dtype)  # as the loop casts
         torch.manual_seed(0)  # the same mined negatives for both
         parts, _ = trainer.train_step(batch)
-        losses[dtype] = parts["total"]
+        losses[dtype] = float(parts["total"])
         grads[dtype] = torch.cat([p.grad.flatten() for p in trainer.model.parameters()
                                   if p.grad is not None])  # fmt: skip
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

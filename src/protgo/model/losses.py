@@ -241,7 +241,7 @@ class InfoNCELoss(nn.Module):
         )
         g2p = multi_positive_info_nce(out["logits_all"].T, batch["go_pos"], batch["go_weight"])
         value = 0.5 * (p2g + g2p)
-        return value, {"con_p2g": p2g.item(), "con_g2p": g2p.item()}
+        return value, {"con_p2g": p2g.detach(), "con_g2p": g2p.detach()}
 
 
 class DistillLoss(nn.Module):
@@ -251,7 +251,7 @@ class DistillLoss(nn.Module):
 
     def forward(self, out: dict, batch: dict, teacher_logits, rows) -> tuple[torch.Tensor, dict]:
         value = distill_kl(out["logits"], teacher_logits, batch["cand_valid"], self.tau, rows)
-        return value, {"distill_rows": int(rows.sum())}
+        return value, {"distill_rows": rows.sum()}
 
 
 class AttributionLoss(nn.Module):
@@ -272,15 +272,15 @@ class AttributionLoss(nn.Module):
             for keep in (keep_top, keep_rand)
         ]  # 2 x (B, C)
         value = attribution_margin(cos[0], cos[1], batch["cand_pos"], self.margin)
-        pos = batch["cand_pos"]
-        drop = (cos[1] - cos[0])[pos].mean().item() if pos.any() else 0.0
-        return value, {"attr_drop_gap": drop}
+        pos = batch["cand_pos"].to(cos[0].dtype)  # the mean over positives, without a sync
+        drop = ((cos[1] - cos[0]) * pos).sum() / pos.sum().clamp(min=1)
+        return value, {"attr_drop_gap": drop.detach()}
 
 
 class EntropyLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict]:
         ent = score_entropy(out["logits"], batch["cand_valid"])
-        return -ent, {"entropy": ent.item()}
+        return -ent, {"entropy": ent.detach()}
 
 
 class DagLoss(nn.Module):
@@ -290,7 +290,7 @@ class DagLoss(nn.Module):
 
     def forward(self, out: dict, pairs: torch.Tensor) -> tuple[torch.Tensor, dict]:
         close, hinge = dag_consistency(out["protein"], out["go"], pairs, self.margin)
-        return close + hinge, {"dag_close": close.item(), "dag_hinge": hinge.item()}
+        return close + hinge, {"dag_close": close.detach(), "dag_hinge": hinge.detach()}
 
 
 class VtrueLoss(nn.Module):
@@ -317,7 +317,8 @@ class TermBCELoss(nn.Module):
 
 class AlignmentLoss(nn.Module):
     """The weighted total; a term with weight 0 is not computed. ``parts`` holds every
-    computed term (unweighted) and the total, as floats for logging."""
+    computed term (unweighted) and the total as detached tensors, left on the device: reading
+    one (``float()``) waits for the device, so the trainer does it once per log step."""
 
     def __init__(self, cfg: LossConfig):
         super().__init__()
@@ -348,13 +349,13 @@ class AlignmentLoss(nn.Module):
         if bce_terms is not None:
             terms.append(("bce", c.lambda_bce, lambda: self.bce(model, out, go_text, bce_terms)))
         total = _zero(out["logits"])
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor | float] = {}
         for name, weight, fn in terms:
             if weight == 0:
                 continue
             value, extra = fn()
             total = total + weight * value
-            parts[name] = value.item()
+            parts[name] = value.detach()
             parts.update(extra)
-        parts["total"] = total.item()
+        parts["total"] = total.detach()
         return total, parts

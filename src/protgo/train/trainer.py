@@ -157,7 +157,8 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
         self.seen: set[str] = set()
-        self.window: dict[str, float] = defaultdict(float)  # running sums since the last log
+        # running sums since the last log (tensors on the device, floats after a resume)
+        self.window: dict = defaultdict(float)
         self.timings: dict[str, float] = defaultdict(float)  # seconds per step part, summed
 
     # ---- setup --------------------------------------------------------------------------
@@ -335,7 +336,7 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), self.cfg.train.grad_clip
                 )
-                parts["grad_norm"] = float(norm)
+                parts["grad_norm"] = norm.detach()
             self.optimizer.step()  # 7. optimiser and LR schedule
             self.lr_schedule.step()
             self.step += 1
@@ -518,7 +519,7 @@ class Trainer:
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
             "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
             "best": self.best,
-            "seen": sorted(self.seen), "window": dict(self.window),
+            "seen": sorted(self.seen), "window": {k: float(v) for k, v in self.window.items()},
             "config": self.cfg.model_dump(mode="json"),
         }  # fmt: skip
 
@@ -590,19 +591,21 @@ class Trainer:
                     unit="step", leave=False)  # fmt: skip
 
     def _log_step(self, parts: dict, params, batch: dict, rate: float, bar) -> None:
-        """Running sums every step; one JSONL record (means) every ``log_every_steps``."""
+        """Running sums every step, on the device (no wait for it); one JSONL record (means)
+        and a progress-bar update of the loss every ``log_every_steps``."""
         for k, v in parts.items():
             self.window[k] += v
         self.window["_n"] += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{parts['total']:.3f}", steps_s=f"{rate:.2f}",
-                            hard=f"{params.hard_frac:.2f}", k_hard=params.k_hard,
-                            stage=params.stage)  # fmt: skip
         if self.step % self.cfg.train.log_every_steps and self.batch_in_epoch < len(self.sampler):
             return
         n = self.window.pop("_n")
-        record = {k: v / n for k, v in self.window.items()}
+        record = {k: float(v) / n for k, v in self.window.items()}  # the one read of the device
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['total']:.3f}", steps_s=f"{rate:.2f}",
+                            hard=f"{params.hard_frac:.2f}", k_hard=params.k_hard,
+                            stage=params.stage)  # fmt: skip
         record.update(lr=self.lr_schedule.get_last_lr()[0], steps_per_s=rate, epoch=self.epoch,
                       scale=self.model.logit_scale.item(), **params.as_dict())  # fmt: skip
         self.tracker.log(record, self.step)
