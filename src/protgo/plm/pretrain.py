@@ -23,16 +23,17 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from protgo.config import Section, default_data_dir, dump_config
+from protgo.config import Section, TrackingConfig, default_data_dir, dump_config
 from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, truncate_jsonl
+from protgo.io import atomic_write_text
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
 from protgo.plm import corpus as mc
 from protgo.train import distributed
 from protgo.train.optim import adamw
 from protgo.train.schedule import warmup_cosine_factor
+from protgo.train.tracking import Tracker
 
 SCHEMA_VERSION = 1
 
@@ -465,21 +466,6 @@ def train_step(fwd, model, optimizer, tokens: torch.Tensor, gen, cfg: PlmConfig,
     return out.loss.detach(), n_mask, n_res
 
 
-class MetricsLog:
-    """metrics.jsonl in the run folder; on resume, records past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.is_file():
-            truncate_jsonl(path, resume_step)  # a torn last line (a crash mid-write) is dropped
-        elif resume_step is None:
-            path.unlink(missing_ok=True)
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
 @dataclass
 class Window:
     """Running sums between two log lines."""
@@ -525,10 +511,18 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     state.corpus_sizes = sizes
     if rt.main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    log = MetricsLog(out / "metrics.jsonl", state.step if resume else None) if rt.main else None
+        if not resume:
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run's own records only
+    # the tracker both trainers log through: metrics.jsonl (a resume drops records past the
+    # checkpoint, a torn last line included)
+    log = Tracker(out, TrackingConfig(wandb="disabled"), rank=rt.rank,
+                  resume_step=state.step if resume else None)  # fmt: skip
     fwd = wrap_for_speed(model, rt, cfg.train.compile)
     run = _Run(cfg, model, fwd, optimizer, corpus, gen, state, rt, log)
-    run.loop()
+    try:
+        run.loop()
+    finally:
+        log.close()
     return state
 
 
@@ -542,7 +536,7 @@ class _Run:
     gen: torch.Generator
     state: TrainState
     rt: Runtime
-    log: MetricsLog | None
+    log: Tracker
 
     def loop(self) -> None:
         t, st = self.cfg.train, self.state
@@ -569,15 +563,11 @@ class _Run:
             if st.step % t.log_every == 0 or st.step == stop:
                 rec = win.record(st.step, lr, st.tokens_seen)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                self._write(rec)
+                self.log.log(rec, st.step)
                 win = Window(t0=time.time())
             if self._checkpoint_due() or st.step == stop:
                 self.checkpoint()
         bar.close()
-
-    def _write(self, record: dict) -> None:
-        if self.log:
-            self.log.write(record)
 
     def _checkpoint_due(self) -> bool:
         t = self.cfg.train
@@ -599,7 +589,7 @@ class _Run:
             self.model, self.corpus.heldout, self.corpus.train.unigram(), self.cfg.model.max_len,
             t.eval_sequences, t.batch_tokens, self.cfg.data.mask_prob,
         )  # fmt: skip
-        self._write({"step": st.step, "tokens_seen": st.tokens_seen, **st.last_eval})
+        self.log.log({"tokens_seen": st.tokens_seen, **st.last_eval}, st.step, kind="valid")
         save_checkpoint(Path(t.out_dir) / "checkpoint.pt", self.model, self.optimizer, st,
                         self.gen, self.cfg)  # fmt: skip
         export_model(self.model, t.export_dir or Path(t.out_dir) / "model", self.cfg,
