@@ -152,11 +152,26 @@ def run(args: argparse.Namespace) -> dict:
         "protgo_tsv_mb": round((args.out / "predictions" / "protgo.tsv").stat().st_size / 2**20),
         "cpu_count": os.cpu_count(), "load_1min": os.getloadavg()[0],
         "proteins_without_cafa_lines": info["proteins_without_cafa_lines"],
+        "cpu": _cpu_name(),
     }  # fmt: skip
 
 
+def _cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16 (speeds differ by both)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), "unknown CPU")  # fmt: skip
+    family = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                   if ln.startswith("cpu family")), "?")  # fmt: skip
+    bf16 = "avx512_bf16" in info
+    return f"{name} (family {family}, {'AVX512-BF16' if bf16 else 'no native bf16'})"
+
+
 def main() -> None:
-    print(json.dumps(run(create_parser().parse_args()), indent=1))
+    args = create_parser().parse_args()
+    summary = run(args)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")  # for cards
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -224,11 +224,18 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path, capsys, monke
     # export --model B --results 'TITLE=results.tsv': a copy whose card has one more table
     from test_bad_inputs import run_cli
 
+    summary = tmp_path / "summary.json"  # as benchmarks/proteome.py writes it
+    summary.write_text(json.dumps({
+        "proteins": 2000, "mean_length": 600.0, "cpu_count": 2, "cpu": "a CPU", "total_s": 400.0,
+        "proteins_per_s": 5.0, "without_homology_s": 300.0, "stage_s": {"residues": 200.0},
+        "stage_peak_rss_mb": {"residues": 2048}}))  # fmt: skip
     code, err = run_cli(["export", "--model", bundles[1], "--out", tmp_path / "noted",
-                         "--results", f"Other species={results}"], capsys, monkeypatch)  # fmt: skip
+                         "--results", f"Other species={results}", "--costs", summary],
+                        capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
     card = (tmp_path / "noted" / "README.md").read_text()
     assert "## Other species" in card and card.count("| MF | naive | 0.400 |") == 1
+    assert "5.0 proteins/s" in card and "residues 100 s" in card and "2.0 GB" in card
 
 
 @pytest.mark.parametrize(

@@ -542,6 +542,10 @@ def export(
             "card (repeatable)."
         ),
     ] = None,
+    costs: Annotated[
+        Path | None,
+        typer.Option(help="With --model: summary.json of benchmarks/proteome.py, for the card."),
+    ] = None,
     vectors: Annotated[
         bool,
         typer.Option(help="Ship the GO text vectors (fp16), so predict never encodes GO texts."),
@@ -567,18 +571,26 @@ def export(
     if (model is None) == (checkpoint is None):
         raise UserError("give one of --checkpoint (a training run) and --model (a bundle)")
     if model is not None:
-        if dataset is None and not results:
-            raise UserError("--model needs --dataset (the dataset the bundle was trained on) "
-                            "and/or --results")  # fmt: skip
+        if dataset is None and not results and costs is None:
+            raise UserError("--model needs --dataset (the dataset the bundle was trained on), "
+                            "--results and/or --costs")  # fmt: skip
         evaluations = [_titled_results(r) for r in results or []]
+        summary = _read_json(costs, "--costs") if costs is not None else None
         pred = Predictor(resolve_model(model), root, homology=False)
         folder = DatasetFolder.load(dataset, root) if dataset else None
-        path = copy_bundle(pred, out, folder, evaluations, threads)
+        path = copy_bundle(pred, out, folder, evaluations, threads, summary)
     else:
         pred = Predictor(checkpoint, root, homology=False)
         path = export_bundle(pred, out, vectors, read_metrics(metrics) if metrics else None,
                              homology, threads)  # fmt: skip
     typer.echo(f"bundle written to {path}")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read as JSON ({exc})") from None
 
 
 def _titled_results(text: str) -> dict:

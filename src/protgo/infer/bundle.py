@@ -344,13 +344,14 @@ def _finish(stage: Path, out: Path, meta: dict) -> None:
 
 def copy_bundle(
     predictor, out: Path, folder: DatasetFolder | None = None,
-    evaluations: list[dict] | None = None, threads: int = 2,
+    evaluations: list[dict] | None = None, threads: int = 2, costs: dict | None = None,
 ) -> Path:  # fmt: skip
     """A copy of the bundle that ``predictor`` loaded, in ``out``: with ``folder`` (the
     dataset the bundle was trained on), a homology reference of its training split, the blend
     chosen on its valid split, and the GO vectors when the bundle shipped none; with
     ``evaluations``, more measured tables for its card (``{"title", "metrics"}`` each, metrics
-    as :func:`read_metrics` gives them; one of the same title is replaced)."""
+    as :func:`read_metrics` gives them; one of the same title is replaced); with ``costs``,
+    what ``benchmarks/proteome.py`` measured of ``predict`` with it (its summary.json)."""
     out = _new_dir(out)
     meta = dict(predictor.bundle_meta)
     vectors = fitted = None
@@ -364,6 +365,8 @@ def copy_bundle(
         titles = {e["title"] for e in evaluations}
         kept = [e for e in meta["provenance"].get("evaluations", []) if e["title"] not in titles]
         meta["provenance"] = {**meta["provenance"], "evaluations": kept + evaluations}
+    if costs:
+        meta["provenance"] = {**meta["provenance"], "costs": costs}
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -422,7 +425,24 @@ def model_card(name: str, meta: dict) -> str:
     for table in tables:
         if table["metrics"]:
             lines += _metrics_table(table["title"], table["metrics"])
+    if prov.get("costs"):
+        lines += _costs(prov["costs"])
     return "\n".join(lines) + "\n"
+
+
+def _costs(c: dict) -> list[str]:
+    """What each part of ``predict`` costs, from ``benchmarks/proteome.py``'s summary."""
+    n = c["proteins"]
+    stages = ", ".join(f"{k} {v / n * 1000:.0f} s" for k, v in c["stage_s"].items())
+    return [
+        "## Cost of predict", "",
+        f"`benchmarks/proteome.py`: {n} proteins of human lengths (mean {c['mean_length']:.0f} "
+        f"residues), none in a residue store, {c['cpu_count']} cores of {c['cpu']}: "
+        f"{c['total_s']:.0f} s in all ({c['proteins_per_s']:.1f} proteins/s; "
+        f"{c['without_homology_s']:.0f} s without homology), peak resident memory "
+        f"{max(c['stage_peak_rss_mb'].values()) / 1024:.1f} GB. Per 1,000 proteins: {stages}.",
+        "",
+    ]  # fmt: skip
 
 
 def _metrics_table(title: str, metrics: dict) -> list[str]:
