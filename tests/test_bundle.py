@@ -389,3 +389,17 @@ def _edit_json(bundle: Path, change) -> None:
     meta = json.loads((bundle / "bundle.json").read_text())
     change(meta)
     (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_quiet_predict_shows_no_progress_bar(trained, bundles, tmp_path, capsys, monkeypatch):
+    from test_bad_inputs import run_cli
+
+    _, _, seqs = trained
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(f">q\n{seqs[next(iter(seqs))]}\n")
+    args = ["predict", "--model", bundles[1], "--fasta", fasta, "--no-homology",
+            "--data-dir", tmp_path / "d"]  # fmt: skip
+    code, err = run_cli([*args, "--out", tmp_path / "loud"], capsys, monkeypatch)
+    assert code == 0 and "predict: 100%" in err, err
+    code, err = run_cli(["-q", *args, "--out", tmp_path / "quiet"], capsys, monkeypatch)
+    assert code == 0 and "%|" not in err and "predict" not in err, err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,7 +57,7 @@ def _root(
         bool, typer.Option("--verbose", "-v", help="Also show debug messages.")
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Show warnings and errors only.")
+        bool, typer.Option("--quiet", "-q", help="Show warnings and errors only, no progress bars.")
     ] = False,
 ) -> None:
     """protgo: predict Gene Ontology terms by aligning protein and GO text embeddings.
@@ -65,6 +66,9 @@ def _root(
     which input and the fix); 1 an unexpected error (a traceback: please report it)."""
     import logging
 
+    from protgo.io import QUIET
+
+    os.environ[QUIET] = "1" if quiet else "0"  # -q: no progress bars either
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("protgo")
     logger.setLevel(level)

@@ -1,6 +1,6 @@
 """File I/O every layer shares: atomic writes (temp file, fsync, rename), reading text that
 may be gzip-compressed, sha256 of a file, exclusive locks, JSON Lines that tolerate a torn
-last line.
+last line, and progress bars (silent under ``protgo -q``).
 
 Nothing here imports another protgo module but :mod:`protgo.errors`.
 """
@@ -20,6 +20,17 @@ from pathlib import Path
 from typing import IO
 
 from protgo.errors import UserError
+
+QUIET = "PROTGO_QUIET"  # set to 1 by `protgo -q`: no progress bars
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm progress bar (on stderr), or a silent one under ``protgo -q``."""
+    from tqdm import tqdm
+
+    if os.environ.get(QUIET) == "1":
+        kwargs["disable"] = True
+    return tqdm(*args, **kwargs)
 
 
 def check_output_path(path: Path, what: str, folder: bool = False) -> Path:

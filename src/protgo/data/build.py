@@ -24,8 +24,6 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from protgo.config import ASPECTS
 from protgo.data import godb
 from protgo.data.blastdb import BlastDb
@@ -37,7 +35,7 @@ from protgo.data.seqsearch import cluster_sequences
 from protgo.data.sequence import clean_sequence
 from protgo.data.web import WebPaths, read_uniprot_go_tsv, web_paths
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, iter_text_lines
+from protgo.io import atomic_write_text, iter_text_lines, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +124,9 @@ def metastudent_sequences(metastudent_dir: Path) -> dict[str, str]:
     seqs: dict[str, str] = {}
     for aspect in ("BPO", "CCO", "MFO"):
         db = BlastDb(Path(metastudent_dir) / aspect / "goasp.fasta")
-        for i in tqdm(range(db.n), desc=f"reading {aspect} sequences", unit="seq", leave=False):
+        for i in progress_bar(
+            range(db.n), desc=f"reading {aspect} sequences", unit="seq", leave=False
+        ):
             acc = db.title(i).split("|", 1)[0]
             if acc not in seqs:
                 seqs[acc] = db.sequence(i)

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tqdm import tqdm
-
 from protgo.data import godb
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, progress_bar
 
 # --------------------------------------------------------------------------------------------
 # Debian source
@@ -200,7 +198,7 @@ def fetch_debian(data_dir: Path) -> DebianPaths:
     if missing := [p for p in DEBIAN_PACKAGES if _deb_of(debs, p) is None]:
         _apt_download(debs, missing)
     record: dict = {"source": "debian", "packages": {}, "files": {}}
-    for package in tqdm(DEBIAN_PACKAGES, desc="unpack", unit="pkg"):
+    for package in progress_bar(DEBIAN_PACKAGES, desc="unpack", unit="pkg"):
         deb = _deb_of(debs, package)
         if deb is None:
             raise UserError(f"apt-get download gave no .deb for {package} in {debs}")

@@ -19,11 +19,9 @@ from datetime import UTC, datetime
 from http.client import HTTPException
 from pathlib import Path
 
-from tqdm import tqdm
-
 from protgo.data.ontology import parse_obo
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, progress_bar
 
 GO_URL = "https://current.geneontology.org/ontology/go-basic.obo"
 # JSON (not TSV) because only JSON carries the evidence code of each GO annotation
@@ -165,7 +163,7 @@ def _stream_to(url: str, part: Path) -> None:
         total = have + int(resp.headers.get("Content-Length") or 0) or None
         with (
             part.open("ab" if have else "wb") as fh,
-            tqdm(
+            progress_bar(
                 total=total,
                 initial=have,
                 unit="B",
@@ -192,7 +190,9 @@ def _fetch_uniprot(url: str, dest: Path, retries: int) -> int:
             return sum(1 for _ in fh) - 1
     pages = dest.with_name(dest.name + ".pages")
     state = _page_state(pages, url)
-    with tqdm(desc="uniprot", unit="entry", initial=state["rows"], total=state["total"]) as bar:
+    with progress_bar(
+        desc="uniprot", unit="entry", initial=state["rows"], total=state["total"]
+    ) as bar:
         while state["next"]:
             page_url = state["next"]
             rows, next_url, total = _retrying(page_url, retries, lambda u=page_url: _get_page(u))

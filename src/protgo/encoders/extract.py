@@ -22,7 +22,7 @@ import torch
 from protgo.encoders.protein import embed_arrays
 from protgo.encoders.registry import protein_encoder
 from protgo.errors import UserError
-from protgo.io import atomic_write, atomic_write_text
+from protgo.io import atomic_write, atomic_write_text, progress_bar
 
 INCLUDE = ("mean", "per_tok")
 CHUNK = 256  # proteins embedded (and held in memory) at a time
@@ -35,7 +35,6 @@ def file_name(label: str) -> str:
 def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress: bool = True):
     """Embed every record of ``fasta`` with the ``ResiduesConfig`` ``cfg`` into ``out_dir``;
     returns {"proteins", "written", "skipped", "layer", "dim"}."""
-    from tqdm import tqdm
 
     from protgo.data.fasta import read_query_fasta
 
@@ -54,8 +53,8 @@ def extract_fasta(fasta: Path, out_dir: Path, cfg, include: list[str], progress:
     atomic_write_text(meta, json.dumps({"settings": settings, "include": include}, indent=1))
     todo = [p for p in seqs if not (out_dir / file_name(p)).is_file()]
     layer = int(settings["layer"])
-    bar = tqdm(total=sum(len(seqs[p]) for p in todo), desc="embed fasta", unit="res",
-               unit_scale=True, disable=not progress)  # fmt: skip
+    bar = progress_bar(total=sum(len(seqs[p]) for p in todo), desc="embed fasta", unit="res",
+                       unit_scale=True, disable=not progress)  # fmt: skip
     for lo in range(0, len(todo), CHUNK):
         pids = todo[lo : lo + CHUNK]
         arrays = embed_arrays(enc, [seqs[p] for p in pids], cfg.batch_tokens, bar)

@@ -31,6 +31,7 @@ import torch
 
 from protgo import compute
 from protgo.errors import UserError
+from protgo.io import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,13 @@ class TextEncoder:
         self, input_ids: Sequence[Sequence[int]], batch_size: int = 64, progress: bool = True
     ) -> np.ndarray:
         """Encode pre-tokenised texts; batches of similar length keep padding small."""
-        from tqdm.auto import tqdm
 
         model, context = self._forward()
         order = np.argsort([len(x) for x in input_ids], kind="stable")[::-1]
         out = np.zeros((len(input_ids), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(order), desc="encode GO texts", unit="text", disable=not progress)
+        bar = progress_bar(
+            total=len(order), desc="encode GO texts", unit="text", disable=not progress
+        )
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = self.tokenizer.pad(

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 import protgo
 from protgo.data.fasta import read_query_fasta
@@ -24,7 +23,7 @@ from protgo.errors import UserError
 from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
 from protgo.infer.stream import ChunkedRun, run_key
-from protgo.io import check_output_path
+from protgo.io import check_output_path, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +232,9 @@ def run_predict(
     t0 = time.perf_counter()
     todo = [k for k in range(len(chunks)) if k not in set(done)]
     try:
-        with tqdm(total=len(pids), initial=sum(len(chunks[k]) for k in done), desc="predict",
-                  unit="protein", disable=not progress, smoothing=0.1) as bar:  # fmt: skip
+        first = sum(len(chunks[k]) for k in done)
+        with progress_bar(total=len(pids), initial=first, desc="predict", unit="protein",
+                          disable=not progress, smoothing=0.1) as bar:  # fmt: skip
             for n, k in enumerate(todo):
                 if pred.homology is not None and n % HOMOLOGY_BLOCK == 0:
                     block = [p for c in todo[n : n + HOMOLOGY_BLOCK] for p in chunks[c]]

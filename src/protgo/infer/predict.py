@@ -38,6 +38,7 @@ from protgo.errors import UserError
 from protgo.go import scoring
 from protgo.infer import bundle, calibration, homology
 from protgo.infer.homology import Reference
+from protgo.io import progress_bar
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
@@ -248,13 +249,13 @@ class Predictor:
         return out
 
     def _embed(self, todo: Mapping[str, str], progress: bool) -> dict[str, np.ndarray]:
-        from tqdm import tqdm
 
         enc = self.encoder
         pids, seqs = list(todo), list(todo.values())
         proj = self.projection
-        bar = tqdm(total=sum(map(len, seqs)), desc=f"embed ({self.cfg.residues.model})",
-                   unit="res", unit_scale=True, disable=not progress, leave=False)  # fmt: skip
+        bar = progress_bar(total=sum(map(len, seqs)), desc=f"embed ({self.cfg.residues.model})",
+                           unit="res", unit_scale=True, disable=not progress,
+                           leave=False)  # fmt: skip
         full = embed_arrays(enc, seqs, enc.cfg.batch_tokens, bar)
         bar.close()
         # projected (if the store is) and rounded to fp16, as the store keeps them
@@ -341,10 +342,11 @@ class Predictor:
     ) -> list[ProteinResult]:  # fmt: skip
         """Scores of every sequence ({pid: cleaned sequence}), in chunks of ``chunk``;
         ``keep_residues`` keeps each protein's residue vectors (ESM runs once per query)."""
-        from tqdm import tqdm
 
         pids, out = list(sequences), []
-        with tqdm(total=len(pids), desc="predict", unit="protein", disable=not progress) as bar:
+        with progress_bar(
+            total=len(pids), desc="predict", unit="protein", disable=not progress
+        ) as bar:
             for i in range(0, len(pids), chunk):
                 part = {p: sequences[p] for p in pids[i : i + chunk]}
                 res = self.residues(part, progress)

@@ -15,6 +15,7 @@ from protgo.eval.zeroshot import aspect_rows, fit_conditional, parent_scores, ze
 from protgo.go import scoring
 from protgo.infer import bundle
 from protgo.infer.predict import Predictor
+from protgo.io import progress_bar
 
 
 def model_source(model: str | Path) -> Path:
@@ -38,12 +39,11 @@ def complete_scores(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:  # fmt: skip
     """(proteins of ``split``, (N, T) propagated scores, (N, T) raw term logits) over
     ``pred.go_ids``, float32."""
-    from tqdm import tqdm
 
     pids = folder.ids(split)
     n, t = len(pids), len(pred.go_ids)
     scores, logits = np.empty((n, t), np.float32), np.empty((n, t), np.float32)
-    with tqdm(total=n, desc=f"score {split}", unit="protein", disable=not progress) as bar:
+    with progress_bar(total=n, desc=f"score {split}", unit="protein", disable=not progress) as bar:
         for i in range(0, n, chunk):
             part = pids[i : i + chunk]
             res = pred.residues({p: clean_sequence(p, folder.sequences[p]) for p in part})

@@ -27,7 +27,7 @@ from protgo.config import Section, TrackingConfig, default_data_dir, dump_config
 from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
-from protgo.io import atomic_write_text
+from protgo.io import atomic_write_text, progress_bar
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
 from protgo.plm import corpus as mc
 from protgo.train import distributed
@@ -544,8 +544,9 @@ class _Run:
         stream = BatchStream(self.corpus.train, self.cfg, st, self.gen)
         stop = min(t.max_steps, t.stop_at_step or t.max_steps)
         self.session_t0, self.wall0, self.last_ckpt = time.time(), st.wall_s, time.time()
-        bar = tqdm(total=stop, initial=st.step, disable=not self.rt.main, desc="plm pretrain",
-                   unit="step", mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
+        bar = progress_bar(total=stop, initial=st.step, disable=not self.rt.main,
+                           desc="plm pretrain", unit="step",
+                           mininterval=1.0 if os.isatty(2) else 30.0)  # fmt: skip
         win = Window(t0=time.time())
         self.model.train()
         while st.step < stop:

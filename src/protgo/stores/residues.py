@@ -46,7 +46,7 @@ from protgo.data.sequence import clean_sequence, sequence_hash
 from protgo.encoders.protein import ProteinEncoder, embed_arrays
 from protgo.encoders.registry import describe_model
 from protgo.errors import UserError
-from protgo.io import atomic_write_text, file_lock, write_json
+from protgo.io import atomic_write_text, file_lock, progress_bar, write_json
 from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit
 from protgo.stores.residue_plan import Plan, make_plan, merge_into
 from protgo.stores.shards import check_shard, is_complete, lock_path, shard_paths, write_shard
@@ -389,8 +389,6 @@ def _verified_once(root: Path, name: str, info: Mapping, dim: int, mean_dim: int
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
+    return progress_bar(
         total=total, desc=desc, unit="res", unit_scale=True, disable=not enabled, smoothing=0.1
     )

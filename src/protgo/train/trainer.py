@@ -40,7 +40,7 @@ from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
 from protgo.eval.zeroshot import complete_term_metrics
 from protgo.go import scoring
-from protgo.io import check_output_path, file_lock
+from protgo.io import check_output_path, file_lock, progress_bar
 from protgo.mining.collator import ContrastiveEmbCollator
 from protgo.mining.curriculum import CurriculumScheduler
 from protgo.mining.dataset import FewShotBatchSampler, FewZeroConfig, ProteinEmbDataset, Specificity
@@ -585,10 +585,9 @@ class Trainer:
     def _bar(self, total: int):
         if not self.progress or self.rank != 0:
             return None
-        from tqdm import tqdm
 
-        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                    unit="step", leave=False)  # fmt: skip
+        return progress_bar(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                            unit="step", leave=False)  # fmt: skip
 
     def _log_step(self, parts: dict, params, batch: dict, rate: float, bar) -> None:
         """Running sums every step, on the device (no wait for it); one JSONL record (means)
