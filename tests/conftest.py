@@ -79,7 +79,7 @@ def trained(tmp_path_factory, tiny_esm):
 
     from protgo.config import load_config
     from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.go_encode import embed_go
     from protgo.stores.residues import ESMResidueStore
     from protgo.train.trainer import Trainer
 

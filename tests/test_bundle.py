@@ -100,7 +100,7 @@ def test_a_newer_ontology_scores_a_term_the_model_never_saw(trained, bundles, tm
 def test_shipped_vectors_mean_no_text_encoder_and_a_newer_ontology_encodes_only_new_texts(
     trained, bundles, tmp_path, monkeypatch
 ):
-    import protgo.stores.go_vectors as gv
+    import protgo.stores.go_encode as gv
 
     _, _, seqs = trained
     query = {"q": seqs[next(iter(seqs))]}
@@ -263,7 +263,7 @@ def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(ti
 
     from protgo.config import load_config
     from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.go_encode import embed_go
     from protgo.stores.residues import ESMResidueStore
     from protgo.train.trainer import Trainer
 

@@ -16,8 +16,10 @@ from protgo.config import GoTextConfig
 from protgo.data.ontology import Ontology
 from protgo.encoders.text import load_text_encoder
 from protgo.errors import UserError
+from protgo.stores.go_encode import load_or_build
 from protgo.stores.go_text import GoTextStore
-from protgo.stores.go_vectors import GoLookupCache, GoVectorCache, MemoryBank, load_or_build
+from protgo.stores.go_vectors import GoLookupCache, GoVectorCache
+from protgo.stores.memory_bank import MemoryBank
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,7 @@ def test_embed_go_command(tiny_obo, tmp_path):
     assert "encoded" in out.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
-    assert "INFO protgo.stores.go_vectors: GO vector cache hit" in again.output  # log.info shown
+    assert "INFO protgo.stores.go_encode: GO vector cache hit" in again.output  # log.info shown
     quiet = CliRunner().invoke(app, ["-q", *args])
     assert quiet.exit_code == 0 and "cached" in quiet.output and "INFO" not in quiet.output
     # 8 flipped bytes in the vectors: the checksum catches it and the command encodes again

@@ -11,7 +11,8 @@ import torch
 
 from protgo.config import GoTextConfig, MiningConfig
 from protgo.errors import UserError
-from protgo.stores.go_vectors import GoLookupCache, GoVectorCache, MemoryBank
+from protgo.stores.go_vectors import GoLookupCache, GoVectorCache
+from protgo.stores.memory_bank import MemoryBank
 from protgo.stores.vector_resources import VectorResources, exact_search
 
 GO_SQLITE = "raw/debian/root/usr/lib/R/site-library/GO.db/extdata/GO.sqlite"

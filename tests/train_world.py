@@ -99,7 +99,7 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
     from protgo.data.fasta import write_fasta
     from protgo.data.ontology import write_obo
     from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.go_encode import embed_go
     from protgo.stores.residues import ESMResidueStore
 
     raw = Path(data_dir) / "raw_tiny"

@@ -349,7 +349,7 @@ def embed_go_texts(
     import time
 
     from protgo.config import load_config
-    from protgo.stores.go_vectors import embed_go
+    from protgo.stores.go_encode import embed_go
 
     cfg = load_config(config, overrides or [])
     asp = _aspects(aspects) if aspects else cfg.data.aspects

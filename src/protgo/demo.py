@@ -38,7 +38,7 @@ from protgo.eval.report import build_report
 from protgo.infer.command import run_predict
 from protgo.io import atomic_write_text
 from protgo.model.checkpoints import CheckpointManager
-from protgo.stores.go_vectors import embed_go
+from protgo.stores.go_encode import embed_go
 from protgo.stores.residues import ESMResidueStore
 from protgo.train.trainer import Trainer
 

@@ -49,7 +49,8 @@ from protgo.errors import UserError
 from protgo.infer import calibration, homology
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
 from protgo.resources import models_dir, shipped_model
-from protgo.stores.go_vectors import LOCK, GoVectorCache, cache_dir, encode_ontology
+from protgo.stores.go_encode import encode_ontology
+from protgo.stores.go_vectors import LOCK, GoVectorCache, cache_dir
 from protgo.stores.projection import Projection
 
 log = logging.getLogger(__name__)

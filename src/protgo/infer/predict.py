@@ -42,7 +42,8 @@ from protgo.io import progress_bar
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import pad_residues
-from protgo.stores.go_vectors import GoVectorCache, cache_dir, embed_go
+from protgo.stores.go_encode import embed_go
+from protgo.stores.go_vectors import GoVectorCache, cache_dir
 from protgo.stores.projection import Projection, resolve_project_dim
 from protgo.stores.residues import ESMResidueStore
 

@@ -25,7 +25,8 @@ import torch
 
 from protgo.config import MiningConfig
 from protgo.errors import UserError
-from protgo.stores.go_vectors import GoLookupCache, MemoryBank, _rows
+from protgo.stores.go_vectors import GoLookupCache, _rows
+from protgo.stores.memory_bank import MemoryBank
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Everything that depends on the GO texts is (re)built here, always in one order, 
 written to the run log with its reason:
 
 1. ``go_texts``: the GO texts of the phase and their vector cache (encoded once, then cached
-   on disk by :func:`protgo.stores.go_vectors.embed_go`);
+   on disk by :func:`protgo.stores.go_encode.embed_go`);
 2. ``faiss_index``: the FAISS index over the cache (exact torch search takes over, with an
    event, when FAISS fails);
 3. ``memory_bank``: every cache row through the model's GO head;
@@ -26,7 +26,9 @@ import torch
 from protgo.config import Config
 from protgo.mining.batch_builder import BatchBuilder
 from protgo.model.checkpoints import rng_state, set_rng_state
-from protgo.stores.go_vectors import GoLookupCache, MemoryBank, embed_go
+from protgo.stores.go_encode import embed_go
+from protgo.stores.go_vectors import GoLookupCache
+from protgo.stores.memory_bank import MemoryBank
 from protgo.stores.vector_resources import VectorResources
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
