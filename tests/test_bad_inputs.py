@@ -464,3 +464,17 @@ def test_crafted_weights_in_a_protein_model_dir_never_run_code(tiny_esm, tmp_pat
         ProteinEncoder(ResiduesConfig(model=str(model)))
     assert "weights_only=False" not in str(err.value)
     assert not marker.exists()
+
+
+def test_a_full_disk_is_one_line():
+    """A real ENOSPC (writing to /dev/full) becomes one message naming the fix."""
+    from protgo.cli import disk_full
+
+    try:
+        with open("/dev/full", "w") as fh:
+            fh.write("x" * 65536)
+            fh.flush()
+    except OSError as exc:
+        message = disk_full(exc)
+    assert message is not None and "no space left" in message and "--data-dir" in message
+    assert disk_full(FileNotFoundError(2, "missing")) is None

@@ -722,9 +722,31 @@ def train(
         typer.echo(f"run folder {trainer.run_dir}")
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """The one-line message for a write that failed because the disk (or quota) is full,
+    else None. torch reports a full disk as a RuntimeError carrying the OS's words."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+    elif isinstance(exc, RuntimeError) and "No space left on device" in str(exc):
+        where = ""
+    else:
+        return None
+    return (f"no space left on the device{where}: free some space, or write elsewhere "
+            "(--out, --data-dir or $PROTGO_DATA); finished work is kept and the command "
+            "resumes")  # fmt: skip
+
+
 def main() -> None:
     try:
         app()
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except (OSError, RuntimeError) as exc:
+        message = disk_full(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
         sys.exit(2)

@@ -105,6 +105,8 @@ def write_shard(
             tmp_vec, mode="w+", dtype=np.float16,
             shape=(int(lens.sum()), projection.dim if projection else encoder.dim),
         )  # fmt: skip
+        with open(tmp_vec, "r+b") as fh:  # reserve the blocks now: a full disk is ENOSPC here,
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)  # not a SIGBUS
         sums = np.zeros((len(cleans), encoder.dim), dtype=np.float64)  # (n, D) for the means
         for idx, seg, v in encoder.embed_batched(cleans, batch_tokens, progress=bar):
             v = v.numpy()  # (hi - lo, D) fp32
