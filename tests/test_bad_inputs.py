@@ -478,3 +478,9 @@ def test_a_full_disk_is_one_line():
         message = disk_full(exc)
     assert message is not None and "no space left" in message and "--data-dir" in message
     assert disk_full(FileNotFoundError(2, "missing")) is None
+
+
+def test_a_mistyped_option_is_three_plain_lines(capsys, monkeypatch):
+    code, err = run_cli(["predict", "--fasat", "x"], capsys, monkeypatch)
+    assert code == 2 and "No such option: --fasat" in err and "--fasta" in err
+    assert len(err.strip().splitlines()) <= 4 and "╭" not in err, err

@@ -13,26 +13,37 @@ import typer
 
 from protgo.errors import UserError
 
+# rich_markup_mode=None: plain help and errors (a mistyped option is three lines naming the
+# close match; help wraps at words; rich's boxes broke sentences and showed <bool> on flags)
 app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="protgo: predict Gene Ontology terms by aligning protein and GO text embeddings.",
 )
 data_app = typer.Typer(
-    no_args_is_help=True, help="Fetch GO, sequences and annotations; build datasets."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Fetch GO, sequences and annotations; build datasets.",
 )
 app.add_typer(data_app, name="data")
 embed_app = typer.Typer(
-    no_args_is_help=True, help="Embed once, store for training: ESM residues, GO texts."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Embed once, store for training: ESM residues, GO texts.",
 )
 app.add_typer(embed_app, name="embed")
 plm_app = typer.Typer(
-    no_args_is_help=True, help="Pretrain and evaluate protgo's own small ESM (masked LM)."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Pretrain and evaluate protgo's own small ESM (masked LM).",
 )
 app.add_typer(plm_app, name="plm")
 curriculum_app = typer.Typer(
-    no_args_is_help=True, help="Inspect the mining curriculum and loss-weight stages."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Inspect the mining curriculum and loss-weight stages.",
 )
 app.add_typer(curriculum_app, name="curriculum")
 
