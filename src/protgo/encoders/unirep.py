@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from protgo.data.sequence import clean_sequence
 from protgo.encoders.protein import Segment, pack_by_tokens
@@ -185,7 +186,7 @@ class UniRepEncoder:
         self.dim = self._settings["dim"]
         self.model = UniRep(weights).eval()
         if not _noticed:
-            print(LICENCE, file=sys.stderr)
+            tqdm.write(LICENCE, file=sys.stderr)  # above any progress bar, not inside it
             _noticed = True
 
     @property
