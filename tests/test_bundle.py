@@ -327,9 +327,13 @@ def test_a_dataset_added_to_the_reference_is_searched_and_its_database_kept(trai
     assert "tinypred" in wide.homology.evidence and wide.homology.key != plain.homology.key
     assert wide.predict(query)[0].hits[0][0] == test
     db = next((data_dir / "stores" / "diamond").glob(f"reference-{wide.homology.key[:16]}.dmnd"))
-    made = db.stat().st_mtime_ns
+    # the blend's weights chosen again for the wider reference, on its dataset's valid split
+    assert "blend weights chosen again" in wide.homology.evidence
+    fitted = next((data_dir / "stores" / "diamond").glob("blend-*.json"))
+    made, chosen = db.stat().st_mtime_ns, fitted.stat().st_mtime_ns
     again = Predictor(bundles[1], data_dir, references=["tinypred"])
     assert again.predict(query)[0].hits[0][0] == test and db.stat().st_mtime_ns == made
+    assert fitted.stat().st_mtime_ns == chosen and again.homology.alpha == wide.homology.alpha
     with pytest.raises(UserError, match="--reference"):
         Predictor(bundles[1], data_dir, homology=False, references=["tinypred"])
 

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import logging
+import random
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,20 +199,35 @@ def load(
                      meta.get("evidence", ""), ontology, meta["sha256"], db_dir)  # fmt: skip
 
 
-def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:
+def fit(
+    predictor, folder: DatasetFolder, threads: int = 2, reference: Reference | None = None,
+    sample: int | None = None,
+) -> dict:  # fmt: skip
     """Per aspect, the aligner's weight in the blend and the blend's threshold of best Fmax,
-    chosen on ``folder``'s valid split (the predictor's scores against DIAMOND transfer from
-    the training split)."""
+    chosen on ``folder``'s valid split (or ``sample`` proteins of it): the predictor's scores
+    against DIAMOND transfer from the training split, or from ``reference`` when given (a
+    protein's own entry is never its hit)."""
     onto = folder.ontology
-    train = {p: folder.annotations[p] for p in folder.ids("train") if p in folder.annotations}
     valid = {p: folder.annotations[p] for p in folder.ids("valid") if p in folder.annotations}
     if not valid:
         raise UserError(f"dataset {folder.root} has no valid proteins to choose the blend on")
+    if sample is not None and sample < len(valid):
+        valid = {p: valid[p] for p in sorted(random.Random(0).sample(sorted(valid), sample))}
     seqs = {p: clean_sequence(p, folder.sequences[p]) for p in valid}
-    results = predictor.predict(seqs, progress=True)
+    aside, predictor.homology = predictor.homology, None  # the aligner's own scores
+    try:
+        results = predictor.predict(seqs, progress=True)
+    finally:
+        predictor.homology = aside
     aligner = Predictions([r.pid for r in results], list(predictor.go_ids),
                           np.stack([r.scores for r in results]))  # fmt: skip
-    homology = diamond(folder.sequences, train, seqs, onto, DiamondOptions(threads=threads))
+    if reference is None:
+        train = {p: folder.annotations[p] for p in folder.ids("train") if p in folder.annotations}
+        homology = diamond(folder.sequences, train, seqs, onto, DiamondOptions(threads=threads))
+    else:
+        pids = list(seqs)
+        hom = reference.scores(reference.hits(seqs, threads), pids, predictor.go_ids)
+        homology = Predictions(pids, list(predictor.go_ids), hom)
     alpha, tried = choose_alpha(aligner, homology, valid, onto, ia=folder.ia)
     rows = evaluate_fast(blend(aligner, homology, alpha, onto), valid, sorted(valid), onto)
     codes = folder.info.get("provenance", {}).get("evidence_codes")
@@ -222,4 +238,27 @@ def fit(predictor, folder: DatasetFolder, threads: int = 2) -> dict:
         "valid_fmax": {r["aspect"]: round(r["fmax"], 4) for r in rows},
         "evidence": f"{folder.root.name} training proteins; evidence codes: {evidence}",
         "tried": tried,
+        "proteins": len(valid),
     }
+
+
+def refit_for(predictor, folder: DatasetFolder, threads: int = 2, sample: int = 300) -> None:
+    """After ``predictor``'s reference gained ``folder`` (``--reference``): the blend's
+    weights and thresholds chosen again, on ``sample`` valid proteins of ``folder`` against
+    the whole reference (weights chosen with a small reference under-weight a rich one).
+    Kept under the reference's DIAMOND folder by model and reference, so this runs once."""
+    ref = predictor.homology
+    key = hashlib.sha256(f"{ref.key} {predictor.model_key} {sample}".encode()).hexdigest()
+    where = Path(ref.db_dir or tempfile.gettempdir()) / f"blend-{key[:16]}.json"
+    try:
+        fitted = json.loads(where.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.info("choosing the blend's weights for the reference with %s on %d of its valid "
+                 "proteins (once)", folder.root.name, sample)  # fmt: skip
+        fitted = fit(predictor, folder, threads, ref, sample)
+        atomic_write_text(where, json.dumps(fitted, indent=1))
+    ref.alpha = {a: float(w) for a, w in fitted["alpha"].items()}
+    ref.thresholds = {a: float(t) for a, t in fitted["thresholds"].items()}
+    weights = ", ".join(f"{a} {w:.1f}" for a, w in sorted(ref.alpha.items()))
+    ref.evidence += (f"; blend weights chosen again on {fitted['proteins']} valid proteins of "
+                     f"{folder.root.name}: {weights}")  # fmt: skip

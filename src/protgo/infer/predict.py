@@ -21,6 +21,7 @@ The ``protgo predict`` command and its output files are :mod:`protgo.infer.comma
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from protgo.encoders.registry import describe_model, protein_encoder
 from protgo.errors import UserError
 from protgo.go import scoring
 from protgo.infer import bundle, calibration, homology
-from protgo.infer.homology import Reference
+from protgo.infer.homology import Reference, refit_for
 from protgo.io import progress_bar
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
@@ -92,11 +93,13 @@ class Predictor:
         if references and self.homology is None:
             raise UserError(f"--reference: model {source} carries no homology reference to add "
                             "to (or --no-homology was given)")  # fmt: skip
-        for name in references:
-            self.homology.extend(DatasetFolder.load(name, self.data_dir))
         self._store = self._open_store()
         if self.projection is None and self._store is not None and self._store.projected:
             self.projection = self._store.projection
+        for name in references:
+            self.homology.extend(DatasetFolder.load(name, self.data_dir))
+        if references:  # weights for this reference, chosen on the last dataset's valid split
+            refit_for(self, DatasetFolder.load(references[-1], self.data_dir), threads)
 
     # ---- loading ---------------------------------------------------------------------------
     def _from_checkpoint(self, path: Path, data_dir: Path | None, aspects) -> None:
@@ -125,6 +128,7 @@ class Predictor:
     ) -> None:
         self.checkpoint = b.path
         self.bundle_meta = b.meta
+        self.model_key = hashlib.sha256((b.path / "bundle.json").read_bytes()).hexdigest()
         self.cfg = b.cfg
         describe_model(self.cfg.residues)  # missing protein-encoder weights: said before any work
         # The exporting machine's data dir means nothing here: only caches go there.
