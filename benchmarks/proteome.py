@@ -96,16 +96,13 @@ def human_length_sample(n: int, seed: int, data_dir: Path | None) -> dict[str, s
         for p, s in DatasetFolder.load("swissprot-2014", data_dir).sequences.items()
         if p not in human
     )
-    lengths = [x[0] for x in pool]
+    lengths, human_lengths = [x[0] for x in pool], [len(s) for s in human.values()]
     rng = random.Random(seed)
     taken: dict[str, str] = {}
-    for length in rng.choices([len(s) for s in human.values()], k=n * 2):
-        i = min(bisect.bisect_left(lengths, length) + rng.randrange(20), len(pool) - 1)
-        _, pid, seq = pool[i]
-        if pid not in taken:
-            taken[pid] = clean_sequence(pid, seq)
-        if len(taken) == n:
-            break
+    while len(taken) < min(n, len(pool)):  # each draw: a human length, a protein near it
+        i = bisect.bisect_left(lengths, rng.choice(human_lengths)) + rng.randrange(200)
+        _, pid, seq = pool[min(i, len(pool) - 1)]
+        taken.setdefault(pid, clean_sequence(pid, seq))
     return taken
 
 
