@@ -30,6 +30,7 @@ import numpy as np
 from protgo.data.folder import TRAINED_CLASSES
 from protgo.data.ontology import Ontology
 from protgo.eval.metrics import average_precision
+from protgo.go import scoring
 
 BASELINES = ("parents", "nearest-trained")
 
@@ -84,23 +85,7 @@ def fit_conditional(
     """(a, b) maximising the likelihood of ``truth`` under ``parent * sigmoid(a * logits + b)``
     (all (N, T), flattened): how a term's text logit says which of its parent's proteins
     carry it."""
-    import torch
-
-    z, par = (torch.from_numpy(np.asarray(x, np.float64).ravel()) for x in (logits, parent))
-    y = torch.from_numpy(np.asarray(truth, np.float64).ravel())
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        p = (par * torch.sigmoid(ab[0] * z + ab[1])).clamp(1e-9, 1 - 1e-9)
-        loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = ab.detach().tolist()
-    return float(a), float(b)
+    return scoring.fit_sigmoid(logits, truth, ceiling=parent, steps=steps)
 
 
 def text_times_parents(logits: np.ndarray, parent: np.ndarray, a: float, b: float) -> np.ndarray:

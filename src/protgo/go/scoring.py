@@ -76,3 +76,35 @@ def selection_score(per_aspect: Iterable[Mapping]) -> float | None:
     :func:`protgo.eval.metrics.evaluate_fast`); None without any aspect."""
     values = [float(r["fmax"]) for r in per_aspect]
     return float(np.mean(values)) if values else None
+
+
+def fit_sigmoid(
+    x: np.ndarray, truth: np.ndarray, ceiling: np.ndarray | None = None,
+    init: tuple[float, float] = (1.0, 0.0), steps: int = 200,
+) -> tuple[float, float]:  # fmt: skip
+    """(a, b) maximising the likelihood of ``truth`` (0/1) under ``sigmoid(a * x + b)``, or
+    under ``ceiling * sigmoid(a * x + b)`` (all arrays flattened alike; L-BFGS in float64).
+    Platt calibration is the first; a zero-shot term's score under its parents' the second.
+    Positives are few, but the plain likelihood is what makes scores probabilities, so the
+    classes are not reweighted."""
+    import torch
+
+    z = torch.from_numpy(np.asarray(x, np.float64).ravel())
+    y = torch.from_numpy(np.asarray(truth, np.float64).ravel())
+    top = None if ceiling is None else torch.from_numpy(np.asarray(ceiling, np.float64).ravel())
+    ab = torch.tensor([float(v) for v in init], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        if top is None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+        else:
+            p = (top * torch.sigmoid(ab[0] * z + ab[1])).clamp(1e-9, 1 - 1e-9)
+            loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = ab.detach().tolist()
+    return float(a), float(b)

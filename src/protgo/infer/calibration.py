@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from protgo.errors import UserError
 from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
@@ -114,21 +113,6 @@ def platt(
     cos: np.ndarray, truth: np.ndarray, steps: int = 200, init: tuple[float, float] = (10, -5)
 ) -> tuple[float, float]:
     """(a, b) of ``sigmoid(a * cos + b)`` fitted to ``truth`` by logistic regression
-    (``cos``: cosines or term logits; ``init``: the starting (a, b)).
-
-    Positives are few (a protein has ~10 of thousands of terms), but the plain likelihood is
-    what makes scores probabilities, so the classes are not reweighted."""
-    x = torch.from_numpy(cos.ravel()).double()
-    y = torch.from_numpy(truth.ravel().astype(np.float64))
-    ab = torch.tensor([float(v) for v in init], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = ab.detach().tolist()
-    return float(a), float(b)
+    (``cos``: cosines or term logits; ``init``: the starting (a, b)); see
+    :func:`protgo.go.scoring.fit_sigmoid`."""
+    return scoring.fit_sigmoid(cos, truth, init=init, steps=steps)
