@@ -211,3 +211,16 @@ def test_bf16_residues_agree_with_fp32():
     assert fast.settings()["dtype"] == "bf16" != ref.settings()["dtype"]  # separate stores
     auto = ProteinEncoder(ResiduesConfig(model="protgo-esm-small")).settings()["dtype"]
     assert auto == ("bf16" if compute.native_bf16(torch.device("cpu")) else "fp32")
+
+
+def test_an_unknown_esm_model_lists_only_language_models(monkeypatch):
+    """The ESM error names the shipped protein language models, not the aligner bundles."""
+    from protgo.encoders.protein import resolve_model_dir
+    from protgo.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="protgo-esm-8m") as err:
+        resolve_model_dir("no-such-model")
+    assert "protgo-human" not in str(err.value)
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        resolve_model_dir("nobody/no-such-esm")

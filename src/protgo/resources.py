@@ -19,16 +19,17 @@ def models_dir() -> Path:
     return Path(str(resources.files("protgo") / "models"))
 
 
-def shipped_model_names() -> list[str]:
+MARKERS = {"plm": ("config.json",), "bundle": ("bundle.json",)}
+
+
+def shipped_model_names(kind: str | None = None) -> list[str]:
+    """The shipped protein language models (``kind="plm"``: a ``config.json``), aligner
+    bundles (``"bundle"``: a ``bundle.json``), or both."""
     root = models_dir()
     if not root.is_dir():
         return []
-    # protein language models (config.json) and aligner bundles (bundle.json)
-    return sorted(
-        d.name
-        for d in root.iterdir()
-        if (d / "config.json").is_file() or (d / "bundle.json").is_file()
-    )
+    markers = MARKERS[kind] if kind else MARKERS["plm"] + MARKERS["bundle"]
+    return sorted(d.name for d in root.iterdir() if any((d / m).is_file() for m in markers))
 
 
 def configs_dir() -> Path:
@@ -45,9 +46,10 @@ def shipped_config(name: str) -> Path | None:
     return configs_dir() / f"{stem}.yaml" if stem in shipped_config_names() else None
 
 
-def shipped_model(name: str) -> Path | None:
-    """The directory of the shipped model ``name`` (``protgo-esm-small``), or None."""
+def shipped_model(name: str, kind: str | None = None) -> Path | None:
+    """The directory of the shipped model ``name`` (``protgo-esm-small``) of ``kind`` (see
+    :func:`shipped_model_names`), or None."""
     name = name.removeprefix(_LEGACY_PREFIX)
-    if name in shipped_model_names():
+    if name in shipped_model_names(kind):
         return models_dir() / name
     return None

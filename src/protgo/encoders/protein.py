@@ -89,15 +89,16 @@ def resolve_model_dir(model: str) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(f"model directory {path} has no config.json; is it a checkpoint?")
         return path.resolve()
-    shipped = shipped_model(model)
+    shipped = shipped_model(model, "plm")
     if shipped is not None:
         return shipped
     if not _is_hub_id(model):
         raise UserError(
-            f"ESM model '{model}' not found: no such directory, and not a model shipped with "
-            f"protgo ({', '.join(shipped_model_names()) or 'none'}). Pass a local checkpoint "
-            "directory, a shipped model's name, a hub id such as facebook/esm2_t6_8M_UR50D, or "
-            "train the project's own model with `protgo plm pretrain`."
+            f"ESM model '{model}' not found: no such directory, and not a protein language "
+            f"model shipped with protgo ({', '.join(shipped_model_names('plm')) or 'none'}; "
+            "or unirep-64, unirep-256, unirep-1900). Pass a local checkpoint directory, a "
+            "shipped model's name, a hub id such as facebook/esm2_t6_8M_UR50D, or train the "
+            "project's own model with `protgo plm pretrain`."
         )
     from huggingface_hub import snapshot_download
 
@@ -107,16 +108,17 @@ def resolve_model_dir(model: str) -> Path:
     except Exception:
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    why = "HF_HUB_OFFLINE is set"
     if not offline:
         try:
             return Path(snapshot_download(model, allow_patterns=patterns))
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - named in the error below
+            why = f"fetching it failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     raise UserError(
         f"ESM model '{model}' not found: it is not a local directory, not a shipped model and "
-        "not in the Hugging Face cache. Pass a local checkpoint directory (--model DIR), a hub "
-        "id such as facebook/esm2_t6_8M_UR50D with internet access (HF_HUB_OFFLINE unset), or "
-        "train the project's own model with `protgo plm pretrain`."
+        f"not in the Hugging Face cache ({why}). Pass a local checkpoint directory "
+        "(--model DIR), a hub id such as facebook/esm2_t6_8M_UR50D with internet access "
+        "(HF_HUB_OFFLINE unset), or train the project's own model with `protgo plm pretrain`."
     )
 
 

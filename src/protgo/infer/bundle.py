@@ -48,7 +48,7 @@ from protgo.encoders.text import DEFAULT_ENCODER
 from protgo.errors import UserError
 from protgo.infer import calibration, homology
 from protgo.io import atomic_write_text, check_output_path, read_jsonl
-from protgo.resources import models_dir, shipped_model
+from protgo.resources import models_dir, shipped_model, shipped_model_names
 from protgo.stores.go_encode import encode_ontology
 from protgo.stores.go_vectors import LOCK, GoVectorCache, cache_dir
 from protgo.stores.projection import Projection
@@ -72,10 +72,10 @@ def resolve_model(name: str | Path) -> Path:
     path = Path(name).expanduser()
     if is_bundle(path):
         return path
-    shipped = shipped_model(str(name))
-    if shipped is not None and is_bundle(shipped):
+    shipped = shipped_model(str(name), "bundle")
+    if shipped is not None:
         return shipped
-    names = sorted(d.name for d in models_dir().iterdir() if is_bundle(d))
+    names = shipped_model_names("bundle")
     raise UserError(
         f"--model '{name}' is neither a bundle directory (with bundle.json) nor a model shipped "
         f"with protgo ({', '.join(names) or 'none'}); `protgo export` writes a bundle"
