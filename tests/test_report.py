@@ -40,29 +40,6 @@ def _eval_dir(path: Path) -> Path:
     return path
 
 
-def _run_dir(path: Path) -> Path:
-    """metrics.jsonl as the Tracker writes it: train windows, valid epochs, refresh events."""
-    path.mkdir()
-    recs = []
-    for step in range(5, 121, 5):
-        recs.append({"kind": "train", "step": step, "time": step / 3, "total": 3 - step / 80,
-                     "con": 2.8 - step / 90, "attr": 0.05, "ent": 0.02, "dag": 0.01})  # fmt: skip
-    for epoch, step in enumerate((40, 80, 120), 1):
-        recs.append({"kind": "valid", "step": step, "epoch": epoch, "fmax": 0.3 + epoch / 20,
-                     "fmax_random": 0.2})  # fmt: skip
-    recs.append(
-        {
-            "kind": "event",
-            "step": 40,
-            "event": "refresh",
-            "resource": "go_texts",
-            "reason": "epoch 1 starts text phase 1 (phases.start_epochs=[0, 1, 2])",
-        }
-    )
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
-
-
 def _attributions(path: Path) -> Path:
     rng = np.random.default_rng(0)
     doc = {}
@@ -79,12 +56,15 @@ def _attributions(path: Path) -> Path:
     return path
 
 
-def test_report_renders_every_section(tmp_path):
+def test_report_renders_every_section(trained, tmp_path):
+    """A real training run's folder (metrics.jsonl, curriculum.tsv as the trainer wrote them)
+    beside an evaluation folder."""
     from protgo.eval.report import build_report
 
+    run = trained[0].parent.parent
     cfg = load_config(CONFIGS / "demo.yaml", ["train.epochs=3"])
     out = tmp_path / "report"
-    page = build_report(_run_dir(tmp_path / "run"), _eval_dir(tmp_path / "eval"), cfg, out,
+    page = build_report(run, _eval_dir(tmp_path / "eval"), cfg, out,
                         attributions=_attributions(tmp_path / "attr.json"))  # fmt: skip
     text = page.read_text()
     import base64
@@ -101,10 +81,10 @@ def test_report_renders_every_section(tmp_path):
     assert not list(out.glob(".*.tmp*"))  # every file renamed into place
 
 
-def test_report_without_evaluation_keeps_training(tmp_path):
+def test_report_without_evaluation_keeps_training(trained, tmp_path):
     from protgo.eval.report import build_report
 
-    page = build_report(_run_dir(tmp_path / "run"), None, None, tmp_path / "r")
+    page = build_report(trained[0].parent.parent, None, None, tmp_path / "r")
     text = page.read_text()
     assert 'alt="Training"' in text and "Fmax, weighted Fmax" not in text
 

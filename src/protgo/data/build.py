@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENTAL = ("EXP", "IDA", "IPI", "IMP", "IGI", "IEP", "TAS", "IC")
 HIGH_THROUGHPUT = ("HTP", "HDA", "HMP", "HGI", "HEP")
+KEPT_EVIDENCE = EXPERIMENTAL + HIGH_THROUGHPUT  # what "experimental" datasets keep
 PROTEIN_BINDING = "GO:0005515"
 SPLITS = ("train", "valid", "test")
 
@@ -97,7 +98,7 @@ class Sources:
 def human_exp_sources(go_sqlite: Path, orghs_sqlite: Path, metastudent_dir: Path) -> Sources:
     """Human proteins with experimental GO (org.Hs.eg.db) and their Swiss-Prot 2014 sequence."""
     con = sqlite3.connect(f"file:{orghs_sqlite}?mode=ro", uri=True)
-    codes = EXPERIMENTAL + HIGH_THROUGHPUT
+    codes = KEPT_EVIDENCE
     marks = ",".join("?" * len(codes))
     rows = []
     for aspect in ("bp", "mf", "cc"):
@@ -137,7 +138,7 @@ def web_sources(paths: WebPaths, all_evidence: bool) -> Sources:
     """Reviewed UniProt entries and the current GO from ``protgo data fetch --source web``;
     experimental (and high-throughput) evidence only unless ``all_evidence``."""
     sequences, rows = read_uniprot_go_tsv(paths.uniprot_tsv)
-    codes = EXPERIMENTAL + HIGH_THROUGHPUT
+    codes = KEPT_EVIDENCE
     if not all_evidence:
         rows = [r for r in rows if r[2] in codes]
     fetched = json.loads(paths.fetch_json.read_text())
@@ -177,7 +178,7 @@ def user_sources(fasta: Path, annotations: Path, obo: Path, all_evidence: bool =
     prov = {"sequence_source": str(fasta), "annotation_source": str(path), "go_source": str(obo)}
     sequences = read_fasta(fasta)
     if _is_gaf(path):
-        rows = read_gaf(path, prov, None if all_evidence else EXPERIMENTAL + HIGH_THROUGHPUT)
+        rows = read_gaf(path, prov, None if all_evidence else KEPT_EVIDENCE)
         rows = _to_fasta_ids(rows, sequences)
     else:
         rows = _read_annotation_tsv(path, prov)

@@ -17,8 +17,6 @@ import numpy as np
 
 from protgo.extras import pyplot
 from protgo.io import atomic_write_text
-from protgo.mining.curriculum import CurriculumScheduler
-from protgo.mining.curriculum_show import plot
 
 # protgo first, then the baselines; colours fixed per method across every plot
 METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")
@@ -190,14 +188,29 @@ def _peaks(values: np.ndarray, n: int, apart: int) -> list[int]:
     return picked
 
 
-def plot_curriculum(cfg, records: list[dict], path: Path) -> Path | None:
-    """The run's curriculum schedule (the same plot as `protgo curriculum show`)."""
-    train = [r for r in records if r["kind"] == "train"]
-    if cfg is None or not train:
+def plot_curriculum(run_dir: Path | None, path: Path) -> Path | None:
+    """The curriculum the run followed, from the ``curriculum.tsv`` it wrote (one panel per
+    parameter over the steps; None when the run wrote none)."""
+    table = Path(run_dir) / "curriculum.tsv" if run_dir else None
+    if table is None or not table.is_file():
         return None
-    total = max(r["step"] for r in train)
-    per_epoch = max(1, total // max(1, cfg.train.epochs))
-    return plot(CurriculumScheduler(cfg.curriculum, cfg.stages, total, per_epoch), path)
+    head, *rows = [ln.split("\t") for ln in table.read_text().splitlines() if ln.strip()]
+    cols = {name: [r[i] for r in rows] for i, name in enumerate(head)}
+    steps = [int(x) for x in cols.pop("step")]
+    cols.pop("stage", None)
+    plt = pyplot()
+    fig, axes = plt.subplots(3, (len(cols) + 2) // 3, figsize=(12, 9), sharex=True)
+    for ax, (name, values) in zip(axes.flat, cols.items(), strict=False):
+        flags = set(values) <= {"True", "False"}
+        ys = [float(v == "True") if flags else float(v) for v in values]
+        ax.plot(steps, ys, drawstyle="steps-post")
+        ax.set_title(name)
+        if flags:
+            ax.set_yticks([0, 1], ["off", "on"])
+    for ax in list(axes.flat)[len(cols) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"curriculum as the run wrote it ({table.name}, {steps[-1]} steps)")
+    return _save(fig, Path(path))
 
 
 def _read_records(run_dir: Path | None) -> list[dict]:
@@ -347,7 +360,7 @@ def build_report(
                          plot_attributions(attr, out / "attr.png", names=names)))  # fmt: skip
     sections += [
         ("Training", "", plot_training(records, out / "training.png")),
-        ("Appendix: the curriculum", "", plot_curriculum(cfg, records, out / "curriculum.png")),
+        ("Appendix: the curriculum", "", plot_curriculum(run_dir, out / "curriculum.png")),
     ]
     body = [f"<h1>{html.escape(title)}</h1>"]
     for name, text, png in sections:

@@ -576,10 +576,11 @@ class Trainer:
 
     # ---- reporting ------------------------------------------------------------------------
     def _preview_curriculum(self) -> None:
+        """The run's whole schedule as ``curriculum.tsv`` (and W&B): 101 evenly spaced steps
+        and the end of the warm-up; the report plots it as the run wrote it."""
         names = ["step", *(k for k in self.curriculum(0).as_dict())]
-        rows = [
-            [s, *self.curriculum(s).as_dict().values()] for s in self.curriculum.default_steps()
-        ]
+        steps = self.curriculum.default_steps(101)
+        rows = [[s, *self.curriculum(s).as_dict().values()] for s in steps]
         self.tracker.table("curriculum", names, rows, self.step)
 
     def _bar(self, total: int):
