@@ -48,9 +48,9 @@ def random_corpus(n: int = 4000, seed: int = 0):
 
 def main(argv=None) -> None:
     from protgo.config import load_model
+    from protgo.plm.config import PlmConfig
     from protgo.plm.pretrain import (
         BatchStream,
-        PlmConfig,
         TrainState,
         build_model,
         make_optimizer,

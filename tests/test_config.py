@@ -18,7 +18,7 @@ def test_default_yaml_lists_every_key_with_the_code_default():
 def test_every_shipped_config_loads(path):
     """Each config the package ships loads as its kind: PLM pretraining or the aligner."""
     from protgo.config import load_model
-    from protgo.plm.pretrain import PlmConfig
+    from protgo.plm.config import PlmConfig
 
     if path.name.startswith("plm-"):
         load_model(PlmConfig, path)

@@ -12,7 +12,9 @@ import torch
 from protgo.config import ConfigError, load_model
 from protgo.errors import UserError
 from protgo.plm import corpus as mc
-from protgo.plm.pretrain import PlmConfig, load_corpus, pretrain
+from protgo.plm.config import PlmConfig
+from protgo.plm.corpus import load_corpus
+from protgo.plm.pretrain import pretrain
 
 TINY = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-tiny.yaml"
 SMALL = Path(__file__).parents[1] / "src" / "protgo" / "configs" / "plm-small.yaml"

@@ -232,7 +232,8 @@ def plm_pretrain(
 ) -> None:
     """Masked-LM pretraining of a small ESM-2-architecture model on Swiss-Prot 2014."""
     from protgo.config import load_model
-    from protgo.plm.pretrain import PlmConfig, pretrain
+    from protgo.plm.config import PlmConfig
+    from protgo.plm.pretrain import pretrain
 
     cfg = load_model(PlmConfig, config, overrides or [])
     state = pretrain(cfg, exclude_ids=exclude_ids, resume=resume)
@@ -251,7 +252,7 @@ def plm_evaluate(
     max_sequences: Annotated[int, typer.Option(help="Sequences to score at most.")] = 1000,
 ) -> None:
     """Held-out masked-token perplexity next to the amino-acid unigram perplexity."""
-    from protgo.plm.pretrain import evaluate_model_dir
+    from protgo.plm.evaluate import evaluate_model_dir
 
     typer.echo(json.dumps(evaluate_model_dir(model, fasta, max_sequences), indent=1))
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from protgo.config import default_data_dir
 from protgo.data.fasta import iter_fasta
 from protgo.encoders.esm_vocab import ESM2_VOCAB
 from protgo.errors import UserError
+from protgo.plm.config import PlmDataConfig
 
 CLS, PAD, EOS, UNK = 0, 1, 2, 3
 MASK = ESM2_VOCAB.index("<mask>")
@@ -218,3 +220,36 @@ def next_batch_ids(corpus: TokenCorpus, order: np.ndarray, pos: int, max_len: in
         longest = longest_if
         pos += 1
     return picked, pos
+
+
+@dataclass
+class Corpus:
+    train: TokenCorpus
+    heldout: TokenCorpus
+    n_excluded: int
+    source: str
+    excluded_from: list[str]
+
+
+def load_corpus(cfg: PlmDataConfig, exclude_ids: Path | None = None) -> Corpus:
+    """Corpus minus the excluded datasets (by id and sequence) and ids, split train/held-out."""
+    data_dir = cfg.data_dir.expanduser() if cfg.data_dir else default_data_dir()
+    fasta = resolve_fasta(cfg.corpus, data_dir)
+    excl_fastas = [resolve_fasta(name, data_dir) for name in cfg.exclude_datasets]
+    extra = read_id_file(exclude_ids) if exclude_ids else set()
+    exclusion = Exclusion.build(excl_fastas, extra)
+    train, held, n_ex = split_corpus(
+        fasta, exclusion, cfg.holdout_frac, cfg.holdout_min, cfg.train_sample_frac
+    )
+    sources = [_shown(p, data_dir) for p in excl_fastas]
+    sources += [str(exclude_ids)] if exclude_ids else []
+    return Corpus(train, held, n_ex, _shown(fasta, data_dir), sources)
+
+
+def _shown(path: Path, data_dir: Path) -> str:
+    """A path as the model card shows it: relative to the data directory where it lies there
+    (``<data>/datasets/swissprot-2014/proteins.fasta``), so cards do not carry home folders."""
+    try:
+        return f"<data>/{Path(path).resolve().relative_to(data_dir.resolve())}"
+    except ValueError:
+        return str(path)

@@ -12,81 +12,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm import tqdm
 
-from protgo.config import Section, TrackingConfig, default_data_dir, dump_config
-from protgo.encoders.esm_vocab import ESM2_VOCAB, make_esm2_tokenizer
+from protgo.config import TrackingConfig, dump_config
+from protgo.encoders.esm_vocab import ESM2_VOCAB
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, progress_bar
 from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
 from protgo.plm import corpus as mc
+from protgo.plm.config import PlmConfig, PlmModelConfig, PlmTrainConfig
+from protgo.plm.corpus import Corpus, load_corpus
+from protgo.plm.evaluate import evaluate_mlm
+from protgo.plm.export import export_model
 from protgo.train import distributed
 from protgo.train.optim import adamw
 from protgo.train.schedule import warmup_cosine_factor
 from protgo.train.tracking import Tracker
 
 SCHEMA_VERSION = 1
-
-
-class PlmModelConfig(Section):
-    layers: int = 4
-    hidden: int = 128
-    heads: int = 4
-    ffn: int | None = None  # None: 4 * hidden, as in ESM-2
-    max_len: int = 258  # tokens per crop, <cls> and <eos> included
-    dropout: float = 0.0  # ESM-2 trains without dropout
-
-
-class PlmDataConfig(Section):
-    corpus: str = "swissprot-2014"  # dataset name, dataset folder or FASTA file
-    exclude_datasets: list[str] = ["human-exp"]  # every protein of these, by id and sequence
-    data_dir: Path | None = None  # None: $PROTGO_DATA or ~/.cache/protgo
-    holdout_frac: float = Field(0.005, ge=0.0, lt=0.5)
-    holdout_min: int = 300
-    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
-    # Train on this hash-chosen share of the training split (the hold-out is unchanged):
-    # for a run too short to see the whole corpus, or a copy of the corpus that must be small.
-    train_sample_frac: float = Field(1.0, gt=0.0, le=1.0)
-
-
-class PlmTrainConfig(Section):
-    max_steps: int = 10000
-    stop_at_step: int | None = None  # stop early (schedule unchanged), e.g. to train in parts
-    batch_tokens: int = 8192  # token budget per batch (padding included)
-    lr: float = 1e-3
-    min_lr_frac: float = 0.1  # cosine decay ends at lr * min_lr_frac
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    threads: int | None = 2  # torch CPU threads; None leaves torch's default
-    out_dir: Path = Path("runs/plm-small")
-    export_dir: Path | None = None  # None: <out_dir>/model
-    checkpoint_every_steps: int | None = None
-    checkpoint_every_minutes: float | None = 10.0
-    log_every: int = 20
-    eval_sequences: int = 300  # held-out sequences scored at each checkpoint
-    # Continue pretraining a saved EsmForMaskedLM (a directory or hub id) instead of starting
-    # from random weights; the model section must describe its architecture.
-    init_from: str | None = None
-    compile: bool | None = None  # torch.compile the model; None: on CUDA only
-
-
-class PlmConfig(Section):
-    model: PlmModelConfig = Field(default_factory=PlmModelConfig)
-    data: PlmDataConfig = Field(default_factory=PlmDataConfig)
-    train: PlmTrainConfig = Field(default_factory=PlmTrainConfig)
 
 
 def build_model(cfg: PlmModelConfig):
@@ -156,39 +106,6 @@ def make_optimizer(model, cfg: PlmTrainConfig) -> torch.optim.AdamW:
 
 
 @dataclass
-class Corpus:
-    train: mc.TokenCorpus
-    heldout: mc.TokenCorpus
-    n_excluded: int
-    source: str
-    excluded_from: list[str]
-
-
-def load_corpus(cfg: PlmDataConfig, exclude_ids: Path | None = None) -> Corpus:
-    """Corpus minus the excluded datasets (by id and sequence) and ids, split train/held-out."""
-    data_dir = cfg.data_dir.expanduser() if cfg.data_dir else default_data_dir()
-    fasta = mc.resolve_fasta(cfg.corpus, data_dir)
-    excl_fastas = [mc.resolve_fasta(name, data_dir) for name in cfg.exclude_datasets]
-    extra = mc.read_id_file(exclude_ids) if exclude_ids else set()
-    exclusion = mc.Exclusion.build(excl_fastas, extra)
-    train, held, n_ex = mc.split_corpus(
-        fasta, exclusion, cfg.holdout_frac, cfg.holdout_min, cfg.train_sample_frac
-    )
-    sources = [_shown(p, data_dir) for p in excl_fastas]
-    sources += [str(exclude_ids)] if exclude_ids else []
-    return Corpus(train, held, n_ex, _shown(fasta, data_dir), sources)
-
-
-def _shown(path: Path, data_dir: Path) -> str:
-    """A path as the model card shows it: relative to the data directory where it lies there
-    (``<data>/datasets/swissprot-2014/proteins.fasta``), so cards do not carry home folders."""
-    try:
-        return f"<data>/{Path(path).resolve().relative_to(data_dir.resolve())}"
-    except ValueError:
-        return str(path)
-
-
-@dataclass
 class TrainState:
     """Where training stands; with the RNG states it makes a resume exact."""
 
@@ -237,51 +154,6 @@ class BatchStream:
         return mc.crop_and_wrap(self.corpus.residues(i), self.cfg.model.max_len, self.gen)
 
 
-@torch.no_grad()
-def evaluate_mlm(
-    model,
-    held: mc.TokenCorpus,
-    unigram: np.ndarray,
-    max_len: int,
-    n_seqs: int,
-    batch_tokens: int = 8192,
-    mask_prob: float = 0.15,
-) -> dict:
-    """Masked-token perplexity on held-out sequences next to the unigram perplexity.
-
-    Crops and masks come from a fixed seed, so figures from different steps compare. Every
-    chosen residue becomes <mask> (no 80/10/10 at evaluation).
-    """
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(1234)
-    device = next(model.parameters()).device
-    log_uni = torch.from_numpy(np.log(np.maximum(unigram, 1e-12)))
-    n = min(n_seqs, len(held))
-    order = np.arange(n)
-    nll = nll_uni = count = 0.0
-    pos = 0
-    while pos < n:
-        ids, pos = mc.next_batch_ids(held, order, pos, max_len, batch_tokens)
-        tokens = mc.pad_batch([mc.crop_and_wrap(held.residues(i), max_len, gen) for i in ids])
-        inputs, labels = mc.mask_tokens(tokens, gen, mask_prob, eval_mode=True)
-        attn = (tokens != mc.PAD).long()
-        logits = model(input_ids=inputs.to(device), attention_mask=attn.to(device)).logits
-        target = labels != -100  # (B, L)
-        logp = torch.log_softmax(logits.float().cpu(), dim=-1)[target]  # (T, V)
-        nll += float(-logp.gather(1, labels[target][:, None]).sum())
-        nll_uni += float(-log_uni[labels[target]].sum())
-        count += int(target.sum())
-    model.train(was_training)
-    count = max(count, 1)
-    return {
-        "heldout_ppl": math.exp(nll / count),
-        "unigram_ppl": math.exp(nll_uni / count),
-        "eval_tokens": int(count),
-        "eval_sequences": int(n),
-    }
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -316,99 +188,6 @@ def load_checkpoint(path: Path, model, optimizer, gen) -> TrainState:
     gen.set_state(ckpt["data_rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     return TrainState(**ckpt["state"])
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    threads = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}), {threads} thread(s)"
-
-
-def training_md(cfg: PlmConfig, corpus: Corpus, state: TrainState, n_params: int) -> str:
-    ev = state.last_eval or {}
-    ppl = f"{ev['heldout_ppl']:.2f}" if ev else "n/a"
-    uni = f"{ev['unigram_ppl']:.2f}" if ev else "n/a"
-    m = cfg.model
-    return f"""# protgo-esm (masked-LM pretrained by `protgo plm pretrain`)
-
-ESM-2 architecture (transformers `EsmForMaskedLM`, rotary positions, ESM-2 vocabulary and
-tokenizer): {m.layers} layers, {m.hidden} dims, {m.heads} heads, {n_params / 1e6:.2f}M parameters.
-Weights are stored in fp16; load with `EsmModel.from_pretrained(dir)` or `EsmForMaskedLM`.
-
-## Data
-- Corpus: `{corpus.source}` (`<data>`: $PROTGO_DATA or ~/.cache/protgo):
-  {len(corpus.train)} training sequences{_sampled(cfg)},
-  {len(corpus.heldout)} held out (fixed hash-based share {cfg.data.holdout_frac}).
-- Excluded by accession and by exact sequence ({corpus.n_excluded} removed):
-  {", ".join(f"`{s}`" for s in corpus.excluded_from) or "nothing"}.
-- Masking: {cfg.data.mask_prob:.0%} of residues, 80% <mask> / 10% random / 10% unchanged;
-  random crops of {m.max_len - 2} residues.
-
-## Training
-- Steps: {state.step} of {cfg.train.max_steps}; tokens seen: {state.tokens_seen:,}
-  (residues, padding excluded); epoch {state.epoch}.{_continued(cfg, state)}
-- Optimiser: AdamW lr {cfg.train.lr}, betas {tuple(cfg.train.betas)}, weight decay
-  {cfg.train.weight_decay}, {cfg.train.warmup_steps} warm-up steps then cosine decay to
-  {cfg.train.min_lr_frac} x lr; token budget {cfg.train.batch_tokens} per batch.
-- Hardware: {_hardware()}; wall time {state.wall_s / 3600:.2f} h
-  ({(state.init_wall_s + state.wall_s) / 3600:.2f} h in all).
-
-## Held-out masked-token perplexity
-- Model: {ppl}; amino-acid unigram: {uni}
-  ({ev.get("eval_tokens", 0)} masked tokens in {ev.get("eval_sequences", 0)} held-out sequences;
-  every masked residue replaced by <mask>).
-
-Reproduce: `protgo plm pretrain --config <config>`; evaluate: `protgo plm evaluate --model DIR`.
-"""
-
-
-def _sampled(cfg: PlmConfig) -> str:
-    frac = cfg.data.train_sample_frac
-    return "" if frac >= 1.0 else f" (a hash-chosen {frac:.0%} of the training split)"
-
-
-def _continued(cfg: PlmConfig, state: TrainState) -> str:
-    if not cfg.train.init_from:
-        return ""
-    return (
-        f"\n- Continued from `{cfg.train.init_from}`, which had seen {state.init_tokens:,} "
-        f"tokens:\n  {state.init_tokens + state.tokens_seen:,} tokens in all."
-    )
-
-
-def export_model(model, directory: Path, cfg: PlmConfig, corpus: Corpus, state: TrainState) -> None:
-    """Write the shippable directory next to the old one, then swap it in (never half-written)."""
-    import copy
-
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    half = copy.deepcopy(model).to("cpu", torch.float16)
-    half.save_pretrained(tmp)
-    # Weights stay fp16 on disk, but the config says fp32 so a plain from_pretrained computes
-    # in fp32 on CPU (fp16 matmuls on CPU are slow and lossy).
-    conf = json.loads((tmp / "config.json").read_text())
-    conf["dtype"] = "float32"
-    atomic_write_text(tmp / "config.json", json.dumps(conf, indent=2) + "\n")
-    make_esm2_tokenizer(tmp).save_pretrained(tmp)
-    n_params = sum(p.numel() for p in model.parameters())
-    card = training_md(cfg, corpus, state, n_params)
-    size_mb = (tmp / "model.safetensors").stat().st_size / 1e6
-    card += f"\nFiles: model.safetensors {size_mb:.1f} MB (fp16).\n"
-    atomic_write_text(tmp / "TRAINING.md", card)
-    info = {"config": cfg.model_dump(mode="json"), "state": asdict(state), "corpus": corpus.source,
-            "excluded_from": corpus.excluded_from, "n_params": n_params}  # fmt: skip
-    atomic_write_text(tmp / "training.json", json.dumps(info, indent=2) + "\n")
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- training
@@ -597,32 +376,3 @@ class _Run:
                      self.corpus, st)  # fmt: skip
         tqdm.write(f"step {st.step}: held-out ppl {st.last_eval['heldout_ppl']:.2f} "
                    f"(unigram {st.last_eval['unigram_ppl']:.2f}); exported")  # fmt: skip
-
-
-def evaluate_model_dir(
-    model_dir: Path, fasta: Path | None = None, n_seqs: int = 1000, threads: int | None = 2
-) -> dict:
-    """Held-out perplexity of a saved model next to the unigram perplexity.
-
-    Without ``fasta`` the held-out split is rebuilt from the training config the export
-    carries (training.json), with the unigram from the training split; with ``fasta`` all its
-    sequences are scored, against their own unigram (a slightly optimistic baseline).
-    """
-    from transformers import EsmForMaskedLM
-
-    model_dir = resolve_model_dir(str(model_dir))
-    if threads:
-        torch.set_num_threads(threads)
-    model = EsmForMaskedLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
-    info_path = model_dir / "training.json"
-    if fasta is not None:
-        records = list(mc.iter_fasta(fasta))
-        held = mc.TokenCorpus.from_records(records)
-        unigram, max_len = held.unigram(), 1024
-    elif info_path.is_file():
-        cfg = PlmConfig.model_validate(json.loads(info_path.read_text())["config"])
-        corpus = load_corpus(cfg.data)
-        held, unigram, max_len = corpus.heldout, corpus.train.unigram(), cfg.model.max_len
-    else:
-        raise UserError(f"{model_dir} has no training.json; pass --fasta with sequences to score")
-    return evaluate_mlm(model, held, unigram, max_len, n_seqs)
