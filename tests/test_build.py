@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from protgo.data import build
+from protgo.data import build, sources
 from protgo.data.fasta import read_fasta, write_fasta
 from protgo.data.folder import DATA_FILES, HELD_OUT, DatasetFolder
 from protgo.errors import UserError
@@ -40,7 +40,7 @@ def _family_data(tmp_path, n_families=12, per_family=4):
 @pytest.mark.parametrize("split", ["random", "cluster"])
 def test_build_own_data(tmp_path, tiny_obo, split):
     fasta, ann = _family_data(tmp_path)
-    src = build.user_sources(fasta, ann, tiny_obo)
+    src = sources.user_sources(fasta, ann, tiny_obo)
     opts = build.BuildOptions(split=split, min_seq_id=0.5, zero_shot_frac=0.5, zero_shot_min=3)
     out = tmp_path / "ds"
     info = build.build_dataset(out, src, opts, "mine")
@@ -104,7 +104,7 @@ def test_protein_binding_only_is_not_an_mf_target(tmp_path):
     write_fasta(seqs.items(), tmp_path / "s.fasta")
     rows = "".join(f"P{i}\tGO:0005515\n" for i in range(12)) + "P0\tGO:0008150\n"
     (tmp_path / "a.tsv").write_text(rows * 1)
-    src = build.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", obo)
+    src = sources.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", obo)
     with pytest.raises(UserError, match="only 1 proteins"):
         build.build_dataset(tmp_path / "o", src, build.BuildOptions(split="random"), "pb")
     opts = build.BuildOptions(split="random", drop_protein_binding_only=False)
@@ -116,7 +116,7 @@ def test_bad_annotation_row_names_file_and_line(tmp_path, tiny_obo):
     write_fasta([("P1", "MKV")], tmp_path / "s.fasta")
     (tmp_path / "a.tsv").write_text("P1\tGO:0000005\nP2 GO:0000005\n")
     with pytest.raises(UserError, match=r"a.tsv:2"):
-        build.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", tiny_obo)
+        sources.user_sources(tmp_path / "s.fasta", tmp_path / "a.tsv", tiny_obo)
 
 
 def test_fasta_errors(tmp_path):
@@ -203,7 +203,7 @@ def test_gaf_annotations_match_the_tsv(tmp_path, tiny_obo):
     """A GAF 2.2 file gives the same rows as the TSV; NOT rows and IEA are dropped (IEA kept
     with all_evidence); UniProt FASTA ids (sp|ACC|NAME) are matched by accession."""
     fasta, ann = _family_data(tmp_path)
-    want = build.user_sources(fasta, ann, tiny_obo).rows
+    want = sources.user_sources(fasta, ann, tiny_obo).rows
     records = read_fasta(fasta)
     uni = tmp_path / "uni.fasta"
     write_fasta([(f"sp|{p}|{p}_HUMAN", s) for p, s in records.items()], uni)
@@ -213,13 +213,13 @@ def test_gaf_annotations_match_the_tsv(tmp_path, tiny_obo):
     lines += [_gaf_line("P01_0", "GO:0000005", "IDA", "NOT|enables"),
               _gaf_line("P01_0", "GO:0000006", "IEA")]  # fmt: skip
     gaf.write_text("".join(lines))
-    src = build.user_sources(uni, gaf, tiny_obo)
+    src = sources.user_sources(uni, gaf, tiny_obo)
     assert [(p.split("|")[1] if "|" in p else p, g, e) for p, g, e in src.rows] == want
     assert src.provenance["gaf_version"] == "2.2"
     assert src.provenance["gaf_rows"] == {"kept": len(want), "NOT_dropped": 1,
                                           "evidence_dropped": 1}  # fmt: skip
-    every = build.user_sources(uni, gaf, tiny_obo, all_evidence=True)
+    every = sources.user_sources(uni, gaf, tiny_obo, all_evidence=True)
     assert ("sp|P01_0|P01_0_HUMAN", "GO:0000006", "IEA") in every.rows
     gaf.write_text("!gaf-version: 2.2\nUniProtKB\tP1\tonly three columns\n")
     with pytest.raises(UserError, match="not a GAF 2.x line"):
-        build.user_sources(uni, gaf, tiny_obo)
+        sources.user_sources(uni, gaf, tiny_obo)

@@ -108,7 +108,7 @@ def test_fetch_web_writes_verified_files_once(server, tmp_path):
 
 
 def test_web_sources_keep_experimental_evidence_unless_asked(server, tmp_path):
-    from protgo.data.build import web_sources
+    from protgo.data.sources import web_sources
 
     paths = _fetch(server, tmp_path)
     exp = web_sources(paths, all_evidence=False)

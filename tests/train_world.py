@@ -95,9 +95,10 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
     """Dataset ``tiny`` in ``data_dir`` with its residue store and GO caches (every phase);
     returns the config overrides (for configs/tiny.yaml) that point at it."""
     from protgo.config import load_config
-    from protgo.data.build import BuildOptions, build_dataset, user_sources
+    from protgo.data.build import BuildOptions, build_dataset
     from protgo.data.fasta import write_fasta
     from protgo.data.ontology import write_obo
+    from protgo.data.sources import user_sources
     from protgo.encoders.protein import ProteinEncoder
     from protgo.stores.go_encode import embed_go
     from protgo.stores.residues import ESMResidueStore
@@ -127,9 +128,10 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
 def build_predict_world(data_dir: Path, tiny_esm: Path, name: str):
     """Dataset ``name`` (6 motif families, one term held out as zero-shot) under
     ``data_dir``; returns (overrides for configs/tiny.yaml (64-residue windows), sequences)."""
-    from protgo.data.build import BuildOptions, build_dataset, user_sources
+    from protgo.data.build import BuildOptions, build_dataset
     from protgo.data.fasta import write_fasta
     from protgo.data.ontology import write_obo
+    from protgo.data.sources import user_sources
 
     raw = data_dir / f"raw_{name}"
     raw.mkdir(parents=True)

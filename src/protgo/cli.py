@@ -200,7 +200,7 @@ def data_build(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build a dataset folder (go.obo, proteins.fasta, annotations, splits, terms, IA)."""
-    from protgo.data import build
+    from protgo.data import build, sources
 
     build.check_dataset_name(name)
     root = _data_dir(data_dir)
@@ -212,7 +212,7 @@ def data_build(
         zero_shot_frac=zero_shot_frac,
         drop_protein_binding_only=not keep_protein_binding_only,
     )  # fmt: skip
-    src = build.select_sources(source or name, root, (fasta, annotations, obo), all_evidence)
+    src = sources.select_sources(source or name, root, (fasta, annotations, obo), all_evidence)
     out = root / "datasets" / name
     summary = build.build_dataset(out, src, opts, name)
     typer.echo(f"dataset '{name}' written to {out}")

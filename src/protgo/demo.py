@@ -28,10 +28,11 @@ from pathlib import Path
 
 from protgo.config import Config
 from protgo.data import debian
-from protgo.data.build import PROTEIN_BINDING, BuildOptions, build_dataset, human_exp_sources
+from protgo.data.build import PROTEIN_BINDING, BuildOptions, build_dataset
 from protgo.data.fasta import write_fasta
 from protgo.data.folder import DatasetFolder
 from protgo.data.ontology import Ontology
+from protgo.data.sources import human_exp_sources
 from protgo.encoders.registry import protein_encoder
 from protgo.eval.evaluate import evaluate_command, parse_baselines
 from protgo.eval.report import build_report
