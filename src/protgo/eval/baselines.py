@@ -17,12 +17,12 @@ protein model.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from protgo.config import ASPECTS
 from protgo.data.ontology import Ontology
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
 from protgo.errors import UserError
@@ -42,15 +42,17 @@ def label_space(annotations: Annotations, ontology: Ontology) -> tuple[list[str]
 
 
 def naive(train: Annotations, queries: Iterable[str], ontology: Ontology) -> Predictions:
-    """Every query gets each term's frequency among the training proteins of its aspect."""
-    terms, y = label_space(train, ontology)  # (N, T)
-    aspect = np.array([ontology.aspect(t) for t in terms])
-    freq = np.zeros(len(terms))
-    for a in ASPECTS:
-        cols = aspect == a
-        n_annotated = y[:, cols].any(axis=1).sum()  # proteins with any term in this aspect
-        if n_annotated:
-            freq[cols] = y[:, cols].sum(axis=0) / n_annotated
+    """Every query gets each term's frequency among the training proteins annotated in its
+    aspect (propagated). Counted protein by protein: no (proteins x terms) matrix, which for
+    Swiss-Prot's 413k training proteins was 9 GB."""
+    counts: Counter[str] = Counter()
+    annotated: Counter[str] = Counter()  # aspect -> proteins with any term in it
+    for p in sorted(train):
+        terms = ontology.propagate(train[p])
+        counts.update(terms)
+        annotated.update({ontology.aspect(t) for t in terms})
+    terms = sorted(counts)
+    freq = np.array([counts[t] / annotated[ontology.aspect(t)] for t in terms])
     queries = sorted(queries)
     return Predictions(queries, terms, np.tile(freq, (len(queries), 1)))
 
