@@ -106,13 +106,17 @@ def test_tracker_wandb_offline(tmp_path, monkeypatch):
     from protgo.config import TrackingConfig
 
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
     tr = Tracker(tmp_path, TrackingConfig(wandb="offline"), {"train": {"lr": 1e-3}})
+    # offline, W&B's host is this machine while the run lasts (no DNS query leaves it)
+    assert os.environ["WANDB_BASE_URL"] == "http://127.0.0.1"
     calls, real = [], tr.wandb.log
     tr.wandb.log = lambda data, **kw: (calls.append(kw.get("step")), real(data, **kw))
     tr.table("curriculum", ["step", "k_hard"], [[0, 4]], 0)  # the trainer's order at start
     tr.event("go_texts", "start", 0)
     tr.log({"loss": 0.5}, 1)
     tr.close()
+    assert "WANDB_BASE_URL" not in os.environ  # and only then
     # W&B drops a record whose step is below one it has seen: each call names a step, in order
     assert calls == [0, 0, 1]
     run_id = (tmp_path / "wandb_id.txt").read_text().strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from protgo.extras import need
 from protgo.io import read_jsonl, truncate_jsonl
 
 log = logging.getLogger("protgo.train")
+
+BASE_URL = "WANDB_BASE_URL"
+OFFLINE_BASE_URL = "http://127.0.0.1"  # offline runs: any W&B host lookup stays here
 
 
 class Tracker:
@@ -31,6 +35,7 @@ class Tracker:
         self.run_dir, self.cfg, self.rank = Path(run_dir), cfg, rank
         self.path = self.run_dir / "metrics.jsonl"
         self.wandb = None
+        self._own_base_url = False  # WANDB_BASE_URL set by this tracker (offline), unset at close
         self.start = time.time()
         if rank != 0:
             return
@@ -61,6 +66,12 @@ class Tracker:
     def _init_wandb(self, config: dict, resume: bool) -> None:
         wandb = need("wandb", "train", f"tracking.wandb={self.cfg.wandb} (or set "
                      "tracking.wandb=disabled)")  # fmt: skip
+        if self.cfg.wandb == "offline" and BASE_URL not in os.environ:
+            # An offline run still looked up W&B's default host (a DNS query; seen with
+            # strace, wandb 0.31); with the base URL on this machine nothing leaves it. The
+            # offline files do not record it, so `wandb sync` later uses its own.
+            os.environ[BASE_URL] = OFFLINE_BASE_URL
+            self._own_base_url = True
 
         self.wandb = wandb.init(
             project=self.cfg.project, name=self.cfg.run_name, mode=self.cfg.wandb,
@@ -118,6 +129,9 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+        if self._own_base_url:
+            os.environ.pop(BASE_URL, None)
+            self._own_base_url = False
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
