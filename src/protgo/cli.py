@@ -317,19 +317,31 @@ def embed_fasta(
         str | None,
         typer.Option(help="unirep-1900/256/64, a shipped ESM, a directory or a hub id."),
     ] = None,
-    layer: Annotated[int | None, typer.Option(help="ESM layer (-1: the last).")] = None,
+    layer: Annotated[
+        int | None,
+        typer.Option(
+            "--layer", "--repr-layers", "--repr_layers", help="ESM layer (-1: the last); one layer."
+        ),
+    ] = None,  # fmt: skip
     include: Annotated[
-        list[str] | None, typer.Option(help="mean and/or per_tok (repeat the option).")
+        list[str] | None,
+        typer.Option(help="mean and/or per_tok (repeat the option, or mean,per_tok)."),
     ] = None,
     toks_per_batch: Annotated[
-        int | None, typer.Option(help="Residues per batch (residues.batch_tokens).")
-    ] = None,
+        int | None,
+        typer.Option(
+            "--toks-per-batch",
+            "--toks_per_batch",
+            help="Residues per batch (residues.batch_tokens).",
+        ),
+    ] = None,  # fmt: skip
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Per-protein embedding files in the layout of ESM's extract.py (`representations`,
     `mean_representations` by layer), for use outside protgo; any length (stitched windows).
+    ESM's option spellings work too (--repr_layers, --toks_per_batch).
     Read them with torch.load(path, weights_only=True). Resumes: existing files are kept."""
     from protgo.config import load_config, updated
     from protgo.encoders.extract import extract_fasta
@@ -337,7 +349,8 @@ def embed_fasta(
     full = load_config(config, overrides or [])
     cfg = updated(full.residues, "residues", model=model, layer=layer,
                   batch_tokens=toks_per_batch, device=device)  # fmt: skip
-    info = extract_fasta(fasta, out_dir, cfg, include or ["mean", "per_tok"])
+    parts = [x.strip() for item in include or [] for x in item.split(",") if x.strip()]
+    info = extract_fasta(fasta, out_dir, cfg, parts or ["mean", "per_tok"])
     typer.echo(json.dumps(info))
 
 
