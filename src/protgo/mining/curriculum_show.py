@@ -9,6 +9,7 @@ from pathlib import Path
 from protgo.data.folder import DatasetFolder
 from protgo.errors import UserError
 from protgo.mining.curriculum import STAGES, CurriculumParams, CurriculumScheduler
+from protgo.mining.dataset import epoch_steps
 
 
 def table(sched: CurriculumScheduler, steps: Sequence[int]) -> str:
@@ -76,9 +77,14 @@ def show_schedule(
     cfg, steps_per_epoch: int | None, at: str | None, png: Path | None, data_dir: Path
 ) -> tuple[str, Path]:
     """``protgo curriculum show``: (header + table, plot path) for a whole ``Config``."""
-    if steps_per_epoch is None:
-        n_train = len(DatasetFolder.load(cfg.data.dataset, data_dir).ids("train"))
-        steps_per_epoch = max(1, n_train // cfg.train.batch_size)
+    if steps_per_epoch is None:  # the training proteins with a term of the run's aspects
+        folder = DatasetFolder.load(cfg.data.dataset, data_dir)
+        onto, aspects = folder.ontology, set(cfg.data.aspects)
+        n_train = sum(
+            any(onto.aspect(t) in aspects for t in folder.annotations.get(p, ()) if t in onto)
+            for p in folder.ids("train")
+        )  # fmt: skip
+        steps_per_epoch = max(1, epoch_steps(n_train, cfg.train.batch_size))
     sched = CurriculumScheduler(
         cfg.curriculum, cfg.stages, cfg.train.epochs * steps_per_epoch, steps_per_epoch
     )

@@ -153,6 +153,12 @@ class ProteinEmbDataset:
         return sum(g in self.fewzero.few for g in pos), len(pos)
 
 
+def epoch_steps(n_proteins: int, batch_size: int) -> int:
+    """Steps in an epoch of ``n_proteins`` training proteins in batches of ``batch_size`` (all
+    ranks together): full batches only. The trainer and `curriculum show` both count so."""
+    return n_proteins // batch_size
+
+
 class FewShotBatchSampler:
     """Batches of indices in which few-shot terms make up ``share`` of the positive pairs.
 
@@ -178,7 +184,7 @@ class FewShotBatchSampler:
         is_few = pairs[:, 0] > 0
         self.few_pool = np.flatnonzero(is_few)
         self.other_pool = np.flatnonzero(~is_few)
-        self.n_batches = len(pairs) // batch_size
+        self.n_batches = epoch_steps(len(pairs), batch_size)
         self.q = self._few_protein_share(pairs, is_few, share)
 
     @classmethod
