@@ -653,7 +653,7 @@ def demo(
     if max_proteins is not None and max_proteins < 1:
         raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
     cfg = load_config(config or Path("demo"), overrides or [])
-    root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
+    root = _data_dir(data_dir, cfg)
     table, report = Demo(cfg, root, max_proteins, baselines).run_all()
     typer.echo(table)
     typer.echo(f"report: {report}")
@@ -684,7 +684,7 @@ def ablate(
 
     cfg_path = config or Path("ablate")
     cfg = load_config(cfg_path, overrides or [])
-    root = data_dir.expanduser() if data_dir else cfg.data.resolved_data_dir()
+    root = _data_dir(data_dir, cfg)
     run = Ablation(cfg_path, overrides or [], out, parse_variants(variants), parse_seeds(seeds),
                    root, deletion_proteins)  # fmt: skip
     table, path = run.run()

@@ -32,6 +32,11 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "protgo"
 
 
+def resolve_data_dir(given: Path | None) -> Path:
+    """The data directory a config or option names, else :func:`default_data_dir`."""
+    return Path(given).expanduser() if given else default_data_dir()
+
+
 Aspect = Literal["BP", "MF", "CC"]
 ASPECTS: tuple[str, ...] = get_args(Aspect)  # the one home of the three GO aspects
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]  # a probability or share, in [0, 1]
@@ -68,7 +73,7 @@ class DataConfig(Section):
     max_proteins: Pos | None = None
 
     def resolved_data_dir(self) -> Path:
-        return self.data_dir.expanduser() if self.data_dir else default_data_dir()
+        return resolve_data_dir(self.data_dir)
 
 
 class ResiduesConfig(Section):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protgo.config import default_data_dir
+from protgo.config import resolve_data_dir
 from protgo.data.fasta import iter_fasta
 from protgo.encoders.esm_vocab import ESM2_VOCAB
 from protgo.errors import UserError
@@ -233,7 +233,7 @@ class Corpus:
 
 def load_corpus(cfg: PlmDataConfig, exclude_ids: Path | None = None) -> Corpus:
     """Corpus minus the excluded datasets (by id and sequence) and ids, split train/held-out."""
-    data_dir = cfg.data_dir.expanduser() if cfg.data_dir else default_data_dir()
+    data_dir = resolve_data_dir(cfg.data_dir)
     fasta = resolve_fasta(cfg.corpus, data_dir)
     excl_fastas = [resolve_fasta(name, data_dir) for name in cfg.exclude_datasets]
     extra = read_id_file(exclude_ids) if exclude_ids else set()
