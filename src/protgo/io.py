@@ -64,6 +64,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A new folder beside ``final`` to fill; when the block ends without an error it is
+    renamed to ``final`` (which must be missing or an empty folder), else removed: a reader
+    sees the whole folder or none of it."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
+    try:
+        yield stage
+        if final.exists():
+            final.rmdir()
+        stage.rename(final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -33,7 +33,6 @@ import gzip
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from protgo.data.ontology import Ontology
 from protgo.encoders.text import DEFAULT_ENCODER
 from protgo.errors import UserError
 from protgo.infer import calibration, homology
-from protgo.io import atomic_write_text, check_output_path, read_jsonl
+from protgo.io import atomic_write_text, check_output_path, read_jsonl, staged_dir
 from protgo.resources import models_dir, shipped_model, shipped_model_names
 from protgo.stores.go_encode import encode_ontology
 from protgo.stores.go_vectors import LOCK, GoVectorCache, cache_dir
@@ -283,9 +282,7 @@ def export(
             "metrics": metrics or {},
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with staged_dir(out) as stage:
         state = {
             k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
             for k, v in predictor.model.state_dict().items()
@@ -305,8 +302,6 @@ def export(
         if fitted is not None:
             meta["homology"] = homology.write(stage, folder, fitted)
         _finish(stage, out, meta)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 
@@ -332,15 +327,12 @@ def _new_dir(out: Path) -> Path:
 
 
 def _finish(stage: Path, out: Path, meta: dict) -> None:
-    """Write the card and ``bundle.json`` into ``stage``, then rename it to ``out``."""
+    """Write the card and ``bundle.json`` into ``stage`` (renamed to ``out`` after)."""
     atomic_write_text(stage / "README.md", model_card(out.name, meta))
     atomic_write_text(stage / "bundle.json", json.dumps(meta, indent=1, default=str) + "\n")
     for f in stage.rglob("*"):  # mkdtemp and safetensors make owner-only files
         f.chmod(0o755 if f.is_dir() else 0o644)
     stage.chmod(0o755)
-    if out.exists():
-        out.rmdir()
-    stage.rename(out)
 
 
 def copy_bundle(
@@ -368,17 +360,13 @@ def copy_bundle(
         meta["provenance"] = {**meta["provenance"], "evaluations": kept + evaluations}
     if costs:
         meta["provenance"] = {**meta["provenance"], "costs": costs}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with staged_dir(out) as stage:
         shutil.copytree(predictor.checkpoint, stage, dirs_exist_ok=True)
         if vectors:
             meta["go_vectors"] = _write_vectors(predictor, stage)
         if fitted is not None:
             meta["homology"] = homology.write(stage, folder, fitted)
         _finish(stage, out, meta)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 

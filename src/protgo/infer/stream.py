@@ -15,12 +15,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from protgo.errors import UserError
-from protgo.io import write_json
+from protgo.io import staged_dir, write_json
 
 PARTIAL = "partial"
 STATE = "run.json"
@@ -58,7 +57,7 @@ class ChunkedRun:
             if old != key:
                 shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
-        for left in root.glob(".chunk-*"):  # staging a killed run left behind
+        for left in root.glob(".chunk-*"):  # staging a killed run left behind (staged_dir)
             shutil.rmtree(left, ignore_errors=True)
         if not state.is_file():
             write_json(state, {"key": key, "chunks": n_chunks}, indent=1)
@@ -75,17 +74,13 @@ class ChunkedRun:
 
     def write(self, k: int, files: Mapping[str, str], info: dict) -> None:
         """Chunk ``k``'s ``files`` and ``info``, renamed into place together."""
-        stage = Path(tempfile.mkdtemp(dir=self.root, prefix=".chunk-"))
-        try:
+        with staged_dir(self._dir(k)) as stage:
             for name, text in files.items():
                 (stage / name).write_text(text)
             (stage / INFO).write_text(json.dumps(info))
             for f in stage.iterdir():
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())
-            os.rename(stage, self._dir(k))
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
 
     def info(self, k: int) -> dict:
         return json.loads((self._dir(k) / INFO).read_text())
