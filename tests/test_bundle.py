@@ -334,6 +334,11 @@ def test_a_dataset_added_to_the_reference_is_searched_and_its_database_kept(trai
     again = Predictor(bundles[1], data_dir, references=["tinypred"])
     assert again.predict(query)[0].hits[0][0] == test and db.stat().st_mtime_ns == made
     assert fitted.stat().st_mtime_ns == chosen and again.homology.alpha == wide.homology.alpha
+    # a kept choice that was edited (here: a weight for an aspect the model lacks, out of
+    # [0, 1]) is chosen again, never used
+    fitted.write_text(fitted.read_text().replace('"alpha": {', '"alpha": {"x": 5.0, ', 1))
+    third = Predictor(bundles[1], data_dir, references=["tinypred"])
+    assert third.homology.alpha == wide.homology.alpha and '"x"' not in fitted.read_text()
     with pytest.raises(UserError, match="--reference"):
         Predictor(bundles[1], data_dir, homology=False, references=["tinypred"])
 

@@ -230,7 +230,7 @@ def run_predict(
     if done:
         log.info("resuming: %d of %d chunks were done in %s", len(done), len(chunks), run.root)
     t0 = time.perf_counter()
-    todo = [k for k in range(len(chunks)) if k not in set(done)]
+    todo = sorted(set(range(len(chunks))) - set(done))
     try:
         first = sum(len(chunks[k]) for k in done)
         with progress_bar(total=len(pids), initial=first, desc="predict", unit="protein",

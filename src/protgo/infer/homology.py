@@ -101,10 +101,8 @@ class Reference:
         self.labels = Propagated(self.direct, self.ontology)
         codes = folder.info.get("provenance", {}).get("annotation_source", "?")
         self.evidence += f"; + {added} proteins of dataset {folder.root.name} ({codes})"
-        self.key = hashlib.sha256(
-            f"{self.key} {folder.root.name} {folder.path('annotations.tsv').stat().st_size}"
-            f" {json.dumps(folder.info.get('files', {}), sort_keys=True)}".encode()
-        ).hexdigest()
+        files = json.dumps(folder.info.get("files", {}), sort_keys=True)  # their sha256s
+        self.key = hashlib.sha256(f"{self.key} {folder.root.name} {files}".encode()).hexdigest()
         self._db = None
 
     def database(self, opts: DiamondOptions) -> Path:
@@ -242,6 +240,17 @@ def fit(
     }
 
 
+def _checked_fit(fitted: dict, aspects: set[str]) -> dict:
+    """A kept blend choice, if whole: a weight and a threshold in [0, 1] for every aspect of
+    the reference (else ValueError: it is chosen again, never used damaged)."""
+    for part in ("alpha", "thresholds"):
+        values = {a: float(v) for a, v in fitted[part].items()}
+        if set(values) != aspects or not all(0.0 <= v <= 1.0 for v in values.values()):
+            raise ValueError(f"{part} {values}")
+    int(fitted["proteins"])
+    return fitted
+
+
 def refit_for(predictor, folder: DatasetFolder, threads: int = 2, sample: int = 300) -> None:
     """After ``predictor``'s reference gained ``folder`` (``--reference``): the blend's
     weights and thresholds chosen again, on ``sample`` valid proteins of ``folder`` against
@@ -251,8 +260,8 @@ def refit_for(predictor, folder: DatasetFolder, threads: int = 2, sample: int = 
     key = hashlib.sha256(f"{ref.key} {predictor.model_key} {sample}".encode()).hexdigest()
     where = Path(ref.db_dir or tempfile.gettempdir()) / f"blend-{key[:16]}.json"
     try:
-        fitted = json.loads(where.read_text())
-    except (OSError, json.JSONDecodeError):
+        fitted = _checked_fit(json.loads(where.read_text()), set(ref.alpha))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         log.info("choosing the blend's weights for the reference with %s on %d of its valid "
                  "proteins (once)", folder.root.name, sample)  # fmt: skip
         fitted = fit(predictor, folder, threads, ref, sample)

@@ -96,10 +96,11 @@ class Predictor:
         self._store = self._open_store()
         if self.projection is None and self._store is not None and self._store.projected:
             self.projection = self._store.projection
-        for name in references:
-            self.homology.extend(DatasetFolder.load(name, self.data_dir))
-        if references:  # weights for this reference, chosen on the last dataset's valid split
-            refit_for(self, DatasetFolder.load(references[-1], self.data_dir), threads)
+        added = [DatasetFolder.load(name, self.data_dir) for name in references]
+        for folder in added:
+            self.homology.extend(folder)
+        if added:  # weights for this reference, chosen on the last dataset's valid split
+            refit_for(self, added[-1], threads)
 
     # ---- loading ---------------------------------------------------------------------------
     def _from_checkpoint(self, path: Path, data_dir: Path | None, aspects) -> None:
