@@ -17,6 +17,7 @@ import numpy as np
 
 from protgo.extras import pyplot
 from protgo.io import atomic_write_text
+from protgo.mining.curriculum_show import plot_panels
 
 # protgo first, then the baselines; colours fixed per method across every plot
 METHOD_ORDER = ("protgo", "blend", "diamond", "knn", "mlp", "naive")
@@ -195,22 +196,15 @@ def plot_curriculum(run_dir: Path | None, path: Path) -> Path | None:
     if table is None or not table.is_file():
         return None
     head, *rows = [ln.split("\t") for ln in table.read_text().splitlines() if ln.strip()]
-    cols = {name: [r[i] for r in rows] for i, name in enumerate(head)}
-    steps = [int(x) for x in cols.pop("step")]
-    cols.pop("stage", None)
-    plt = pyplot()
-    fig, axes = plt.subplots(3, (len(cols) + 2) // 3, figsize=(12, 9), sharex=True)
-    for ax, (name, values) in zip(axes.flat, cols.items(), strict=False):
-        flags = set(values) <= {"True", "False"}
-        ys = [float(v == "True") if flags else float(v) for v in values]
-        ax.plot(steps, ys, drawstyle="steps-post")
-        ax.set_title(name)
-        if flags:
-            ax.set_yticks([0, 1], ["off", "on"])
-    for ax in list(axes.flat)[len(cols) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"curriculum as the run wrote it ({table.name}, {steps[-1]} steps)")
-    return _save(fig, Path(path))
+    cols = {name: [_cell(r[i]) for r in rows] for i, name in enumerate(head) if name != "stage"}
+    steps = [int(s) for s in cols.pop("step")]
+    title = f"curriculum as the run wrote it ({table.name}, {steps[-1]} steps)"
+    return plot_panels(steps, cols, Path(path), title)
+
+
+def _cell(text: str):
+    """A curriculum.tsv value: True / False, else a number."""
+    return text == "True" if text in ("True", "False") else float(text)
 
 
 def _read_records(run_dir: Path | None) -> list[dict]:

@@ -25,24 +25,43 @@ def table(sched: CurriculumScheduler, steps: Sequence[int]) -> str:
 
 def plot(sched: CurriculumScheduler, path: Path, n_points: int = 400) -> Path:
     """A PNG with one panel per parameter over all steps (written atomically)."""
-    from protgo.extras import pyplot
-
-    plt = pyplot()
     steps = sorted({round(i * sched.last_step / (n_points - 1)) for i in range(n_points)})
     params = [sched(s).as_dict() for s in steps]
     names = [k for k in CurriculumParams.__dataclass_fields__ if k != "stage"]
-    fig, axes = plt.subplots(3, 3, figsize=(12, 9), sharex=True)
-    for ax, name in zip(axes.flat, names, strict=True):
-        ax.plot(steps, [float(p[name]) for p in params], drawstyle="steps-post")
-        ax.axvline(sched.warmup_steps, color="grey", lw=0.8, ls="--")
+    title = (f"curriculum ({sched.cfg.schedule}; dashed: end of warm-up; "
+             f"{sched.total_steps} steps)")  # fmt: skip
+
+    def marks(panels: dict) -> None:
+        for ax in panels.values():
+            ax.axvline(sched.warmup_steps, color="grey", lw=0.8, ls="--")
+        _mark_stages(sched, panels["lambda_attr"])
+
+    return plot_panels(steps, {n: [p[n] for p in params] for n in names}, path, title, marks)
+
+
+def plot_panels(steps: Sequence[int], columns: dict[str, list], path: Path, title: str,
+                marks=None) -> Path:  # fmt: skip
+    """One step-line panel per column over ``steps`` (booleans drawn off / on), 3 rows, as a
+    PNG written atomically; ``marks(panels)`` may draw on the panels by name first. Used by
+    `curriculum show` and by the report (from the ``curriculum.tsv`` a run wrote)."""
+    from protgo.extras import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(3, (len(columns) + 2) // 3, figsize=(12, 9), sharex=True)
+    panels = dict(zip(columns, axes.flat, strict=False))
+    for name, ax in panels.items():
+        values = columns[name]
+        ax.plot(steps, [float(v) for v in values], drawstyle="steps-post")
         ax.set_title(name)
-        if isinstance(params[0][name], bool):
+        if all(isinstance(v, bool) for v in values):
             ax.set_yticks([0, 1], ["off", "on"])
-    _mark_stages(sched, axes.flat[names.index("lambda_attr")])
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle(f"curriculum ({sched.cfg.schedule}; dashed: end of warm-up; "
-                 f"{sched.total_steps} steps)")  # fmt: skip
+    if marks is not None:
+        marks(panels)
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
