@@ -44,10 +44,13 @@ def test_embed_fasta_writes_esm_extract_files(tiny_esm, tmp_path):
     assert isinstance(other.exception, UserError) and "other model" in str(other.exception)
     bad = CliRunner().invoke(app, [*args, "--include", "bos"])
     assert isinstance(bad.exception, UserError) and "--include" in str(bad.exception)
-    # ESM extract.py's spellings: --repr_layers, --toks_per_batch; --include as a comma list
-    esm = [*args[:3], str(tmp_path / "esm"), *args[4:], "--repr_layers", "1", "--toks_per_batch",
-           "512", "--include", "mean,per_tok"]  # fmt: skip
-    res = CliRunner().invoke(app, esm)
-    assert res.exit_code == 0, res.output
-    got = torch.load(tmp_path / "esm" / "Q2.pt", weights_only=True)
-    assert set(got["representations"]) == {1} and set(got["mean_representations"]) == {1}
+    # ESM extract.py's spellings: --repr_layers, --toks_per_batch, --include mean per_tok
+    for n, include in enumerate([["mean,per_tok"], ["mean", "per_tok"]]):
+        esm = [*args[:3], str(tmp_path / f"esm{n}"), *args[4:], "--repr_layers", "1",
+               "--toks_per_batch", "512", "--include", *include]  # fmt: skip
+        res = CliRunner().invoke(app, esm)
+        assert res.exit_code == 0, res.output
+        got = torch.load(tmp_path / f"esm{n}" / "Q2.pt", weights_only=True)
+        assert set(got["representations"]) == {1} and set(got["mean_representations"]) == {1}
+    stray = CliRunner().invoke(app, [*args, "--include", "mean", "contacts"])
+    assert isinstance(stray.exception, UserError) and "contacts" in str(stray.exception)

@@ -157,6 +157,21 @@ def test_window_limits(tiny_esm):
         encoder(tiny_esm, win_size=10, win_stride=20)
 
 
+def test_default_window_is_the_pretraining_crop(tiny_esm, tmp_path):
+    """A protgo-trained ESM runs in windows of the crops it was trained on by default (its
+    training.json), and still takes any window up to its position limit when asked."""
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_esm, tmp_path / "trained")
+    (model / "training.json").write_text(json.dumps({"config": {"model": {"max_len": 66}}}))
+    assert (encoder(model).win_size, encoder(model).win_stride) == (64, 48)
+    assert encoder(model, win_size=1022).win_size == 1022
+    (model / "training.json").write_text('{"config": {"model": {')
+    with pytest.raises(UserError, match="training.json is damaged"):
+        encoder(model)
+
+
 def test_missing_model_says_how_to_get_one(tmp_path):
     with pytest.raises(UserError, match="protgo plm pretrain") as err:
         resolve_model_dir(str(tmp_path / "no-such-model"))
@@ -187,8 +202,10 @@ def test_shipped_model_resolves_from_any_folder_without_network(tmp_path, monkey
         assert resolve_model_dir(name) == models_dir() / "protgo-esm-small"
     model_dir, settings = describe_model(ResiduesConfig(model="protgo-esm-small"))
     assert (model_dir / "model.safetensors").is_file() and settings["dim"] == 128
+    assert settings["win_size"] == 256  # its pretraining crops
     model_dir, settings = describe_model(ResiduesConfig(model="protgo-esm-8m"))
     assert model_dir == models_dir() / "protgo-esm-8m" and settings["dim"] == 320
+    assert settings["win_size"] == 512
     with pytest.raises(UserError, match="shipped with protgo"):
         resolve_model_dir("models/no-such-model/x")  # a path, not a hub id: never the hub
 

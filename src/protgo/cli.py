@@ -309,8 +309,9 @@ def embed_residues(
         report.residues / max(report.seconds, 1e-9))}))  # fmt: skip
 
 
-@embed_app.command("fasta")
+@embed_app.command("fasta", context_settings={"allow_extra_args": True})
 def embed_fasta(
+    ctx: typer.Context,
     fasta: Annotated[Path, typer.Argument(help="Protein sequences (FASTA).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for one <label>.pt per protein.")],
     model: Annotated[
@@ -325,7 +326,7 @@ def embed_fasta(
     ] = None,  # fmt: skip
     include: Annotated[
         list[str] | None,
-        typer.Option(help="mean and/or per_tok (repeat the option, or mean,per_tok)."),
+        typer.Option(help="mean and/or per_tok: --include mean per_tok, or mean,per_tok."),
     ] = None,
     toks_per_batch: Annotated[
         int | None,
@@ -341,7 +342,7 @@ def embed_fasta(
 ) -> None:
     """Per-protein embedding files in the layout of ESM's extract.py (`representations`,
     `mean_representations` by layer), for use outside protgo; any length (stitched windows).
-    ESM's option spellings work too (--repr_layers, --toks_per_batch).
+    ESM's spellings work too (--repr_layers, --toks_per_batch, --include mean per_tok).
     Read them with torch.load(path, weights_only=True). Resumes: existing files are kept."""
     from protgo.config import load_config, updated
     from protgo.encoders.extract import extract_fasta
@@ -349,7 +350,9 @@ def embed_fasta(
     full = load_config(config, overrides or [])
     cfg = updated(full.residues, "residues", model=model, layer=layer,
                   batch_tokens=toks_per_batch, device=device)  # fmt: skip
-    parts = [x.strip() for item in include or [] for x in item.split(",") if x.strip()]
+    # ESM's `--include mean per_tok`: the second value arrives as an extra argument
+    given = [*(include or []), *ctx.args]
+    parts = [x.strip() for item in given for x in item.split(",") if x.strip()]
     info = extract_fasta(fasta, out_dir, cfg, parts or ["mean", "per_tok"])
     typer.echo(json.dumps(info))
 

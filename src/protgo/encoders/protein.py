@@ -13,6 +13,7 @@ Residues are checked and cleaned by :func:`protgo.data.sequence.clean_sequence` 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,19 @@ def model_window(config) -> int:
     return config.max_position_embeddings - config.pad_token_id - 1 - 2
 
 
+def trained_window(model_dir: Path, limit: int) -> int:
+    """The default window: the residues per crop a protgo-trained ESM saw in pretraining
+    (``training.json`` beside its weights), else the model's whole ``limit``."""
+    record = model_dir / "training.json"
+    if not record.is_file():
+        return limit
+    try:
+        max_len = json.loads(record.read_text())["config"]["model"]["max_len"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{record} is damaged: copy the model folder again") from None
+    return min(limit, int(max_len) - 2)
+
+
 def describe_esm(cfg: ResiduesConfig) -> tuple[Path, dict]:
     """(ESM model directory, settings the vectors depend on), read from files without loading
     weights (:func:`protgo.encoders.registry.describe_model` dispatches here)."""
@@ -161,7 +175,8 @@ def describe_esm(cfg: ResiduesConfig) -> tuple[Path, dict]:
 
     model_dir = resolve_model_dir(cfg.model)
     config = EsmConfig.from_pretrained(model_dir)
-    win_size, win_stride = resolve_window(cfg, model_window(config))
+    limit = model_window(config)
+    win_size, win_stride = resolve_window(cfg, limit, trained_window(model_dir, limit))
     return model_dir, {
         "model": cfg.model,
         "fingerprint": model_fingerprint(model_dir),
@@ -312,8 +327,8 @@ def resolve_layer(layer: int, n_layers: int) -> int:
     return resolved
 
 
-def resolve_window(cfg: ResiduesConfig, limit: int) -> tuple[int, int]:
-    size = cfg.win_size or limit
+def resolve_window(cfg: ResiduesConfig, limit: int, default: int) -> tuple[int, int]:
+    size = cfg.win_size or default
     if not 1 <= size <= limit:
         raise UserError(f"residues.win_size={size} must be between 1 and the model's {limit}")
     stride = cfg.win_stride or max(1, size * 3 // 4)
