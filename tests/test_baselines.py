@@ -275,6 +275,47 @@ def test_evaluate_command_runs_baselines_and_scores_files(tiny_obo, tmp_path):
     assert isinstance(res.exception, UserError) and "bad.tsv:2" in str(res.exception)
 
 
+def test_evaluate_a_users_ground_truth_scores_as_the_dataset_split(tiny_obo, tmp_path):
+    """--ground-truth with --obo/--ia: the test split written as the user's own file gives the
+    dataset split's Fmax, weighted Fmax and Smin; a bad line or GO id is one error."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from protgo.cli import app
+    from protgo.data.folder import DatasetFolder
+
+    ds = _tiny_dataset(tmp_path / "tiny", tiny_obo)
+    folder = DatasetFolder.load(ds)
+    truth = tmp_path / "truth.tsv"
+    truth.write_text(
+        "EntryID\tterm\n"
+        + "".join(
+            f"{p}\t{t}\tBPO\n" for p in folder.ids("test") for t in sorted(folder.annotations[p])
+        )
+    )
+    mine = tmp_path / "mine.tsv"
+    mine.write_text(f"tA\t{GO[4]}\t0.9\ntB\t{GO[3]}\t0.8\ntX\t{GO[7]}\t0.2\ntD\t{GO[11]}\t0.6\n")
+    runs = {}
+    for name, extra in (("split", ["--dataset", str(ds)]),
+                        ("file", ["--ground-truth", str(truth), "--obo", str(ds / "go.obo"),
+                                  "--ia", str(ds / "ia.tsv")])):  # fmt: skip
+        res = CliRunner().invoke(
+            app, ["evaluate", *extra, "--pred", str(mine), "--out", str(tmp_path / name)]
+        )
+        assert res.exit_code == 0, res.output
+        table = pd.read_csv(tmp_path / name / "results.tsv", sep="\t").set_index("aspect")
+        runs[name] = table.loc["BP", ["fmax", "wfmax", "smin"]].astype(float)
+    pd.testing.assert_series_equal(runs["file"], runs["split"])
+    assert 0 < runs["file"]["fmax"] < 1
+
+    truth.write_text(f"tA\t{GO[4]}\ntB\tGO:7777777\n")
+    res = CliRunner().invoke(app, ["evaluate", "--ground-truth", str(truth), "--dataset",
+                                   str(ds), "--pred", str(mine)])  # fmt: skip
+    assert isinstance(res.exception, UserError) and "truth.tsv:2" in str(res.exception)
+    res = CliRunner().invoke(app, ["evaluate", "--ground-truth", str(truth), "--pred", str(mine)])
+    assert isinstance(res.exception, UserError) and "--obo" in str(res.exception)
+
+
 def test_evaluate_command_embedding_baselines_from_a_residue_store(tiny_obo, tiny_esm, tmp_path):
     import pandas as pd
     from typer.testing import CliRunner

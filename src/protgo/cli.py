@@ -392,7 +392,27 @@ def embed_go_texts(
 
 @app.command("evaluate")
 def evaluate(
-    dataset: Annotated[str, typer.Option(help="Dataset name or folder (datasets/<name>).")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name or folder (datasets/<name>).")
+    ] = None,
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own benchmark instead of a dataset split: protein<TAB>GO:id "
+            "lines; scores --pred files on every protein listed."
+        ),
+    ] = None,  # fmt: skip
+    obo: Annotated[
+        Path | None,
+        typer.Option(help="With --ground-truth: its GO release (default: the --dataset's)."),
+    ] = None,
+    ia: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --ground-truth: information accretion (term<TAB>value) for "
+            "weighted Fmax and Smin (default: the --dataset's, else none)."
+        ),
+    ] = None,  # fmt: skip
     split: Annotated[str, typer.Option(help="Split to score: test or valid.")] = "test",
     pred: Annotated[
         list[Path] | None,
@@ -433,7 +453,8 @@ def evaluate(
     per aspect, plus zero-/few-shot term AUC from the files (pairs a file leaves out score 0).
     Writes results.tsv and curves.tsv. With --model, also zero_shot.tsv: zero-/few-shot term
     AUC from the model's complete score matrix, and the same for two baselines that need no
-    text training (a term's best parent; the trained term with the nearest text)."""
+    text training (a term's best parent; the trained term with the nearest text).
+    With --ground-truth (and --obo, optionally --ia): --pred files on your own benchmark."""
     from protgo.config import load_config
     from protgo.data.folder import DatasetFolder
     from protgo.eval.evaluate import evaluate_command
@@ -442,6 +463,25 @@ def evaluate(
 
     cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set
     root = _data_dir(data_dir, cfg)
+    if ground_truth is not None:
+        typer.echo(
+            _evaluate_truth(
+                ground_truth,
+                obo,
+                ia,
+                dataset,
+                root,
+                pred,
+                out,
+                threads,
+                asked=bool(baselines or model or proteins or valid_pred),
+            )
+        )
+        return  # fmt: skip
+    if dataset is None:
+        raise UserError("give --dataset (a built dataset's split) or --ground-truth (a file)")
+    if obo is not None or ia is not None:
+        raise UserError("--obo and --ia go with --ground-truth (a dataset has its own)")
     folder = DatasetFolder.load(dataset, root)
     if proteins is not None:
         folder = folder.restricted(split, proteins)
@@ -460,6 +500,29 @@ def evaluate(
     if model is not None:
         typer.echo(zero_shot_command(model, folder, split, root, out, min_positives))
     typer.echo(f"results in {out}")
+
+
+def _evaluate_truth(truth, obo, ia, dataset, root, pred, out, threads, asked: bool) -> str:
+    """`evaluate --ground-truth`: --pred files on a user's benchmark; the GO release and IA
+    from --obo / --ia, else from --dataset."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.eval.evaluate import evaluate_truth
+    from protgo.eval.truth import GroundTruth
+    from protgo.io import check_output_path
+
+    if asked:
+        raise UserError("--ground-truth scores --pred files only: baselines, --model, "
+                        "--proteins and --valid-pred need a dataset's splits")  # fmt: skip
+    if dataset is not None:
+        folder = DatasetFolder.load(dataset, root)
+        obo, ia = obo or folder.obo_path, ia or folder.ia_path
+    if obo is None:
+        raise UserError("--ground-truth needs the GO release it was made with: --obo go.obo "
+                        "(or --dataset NAME to use that dataset's)")  # fmt: skip
+    out = check_output_path(out or Path("runs") / f"evaluate-{Path(truth).stem}", "--out",
+                            folder=True)  # fmt: skip
+    table = evaluate_truth(GroundTruth(truth, obo, ia), list(pred or []), out, threads)
+    return f"{table}\nresults in {out}"
 
 
 @app.command("predict")

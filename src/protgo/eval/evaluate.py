@@ -24,6 +24,7 @@ from protgo.eval.baselines import (
 )
 from protgo.eval.cafa import evaluate_split
 from protgo.eval.predictions import Predictions, read_predictions
+from protgo.eval.truth import GroundTruth
 from protgo.io import atomic_write_text
 from protgo.stores.residues import ESMResidueStore
 
@@ -168,6 +169,21 @@ def evaluate_command(
     table, _ = evaluate_split(folder, split, files, out, threads)
     timings["evaluation"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=1) + "\n")
+    return _printable(table)
+
+
+def evaluate_truth(truth: GroundTruth, preds: list[Path], out: Path, threads: int = 2) -> str:
+    """`protgo evaluate --ground-truth`: score prediction files on a user's own benchmark
+    (every protein of the truth file); returns the printable table (also ``results.tsv``)."""
+    files = {p.stem: p for p in preds}
+    if not files or len(files) < len(preds):
+        raise UserError("--ground-truth scores --pred files: give one or more, with distinct "
+                        "names (methods are named by file stem)")  # fmt: skip
+    table, _ = evaluate_split(truth, "truth", files, out, threads)
+    return _printable(table)
+
+
+def _printable(table) -> str:
     cols = [c for c in ("method", "aspect", "fmax", "tau", "coverage", "wfmax", "smin",
                         "zero_auc", "few_auc") if c in table]  # fmt: skip
     return table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
