@@ -106,6 +106,20 @@ def test_resume_after_interruption_gives_identical_store(tmp_path, enc, seqs, re
     assert tree(store.root) == tree(reference.root)
 
 
+def test_damaged_manifest_is_rebuilt_by_embed_without_recomputing(tmp_path, enc, seqs, reference):
+    """A cut manifest.json is one error for readers; `embed` rebuilds it from the shards'
+    records, keeps every vector and gives the reference store's manifest back."""
+    root = store_dir(tmp_path, enc.settings())
+    shutil.copytree(reference.root, root)
+    manifest = root / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    with pytest.raises(UserError, match="embed residues"):
+        ESMResidueStore(root)
+    store, report = embed(tmp_path, enc, seqs)
+    assert report.written_shards == 0 and report.merged
+    assert tree(store.root) == tree(reference.root)
+
+
 def test_two_ranks_give_the_single_process_store(tmp_path, enc, seqs, reference):
     _, r0 = embed(tmp_path, enc, seqs, rank=0, world_size=2)
     assert not r0.merged  # rank 1's shards are still missing

@@ -49,7 +49,14 @@ from protgo.errors import UserError
 from protgo.io import atomic_write_text, file_lock, progress_bar, write_json
 from protgo.stores.projection import Projection, resolve_project_dim, sample_for_fit
 from protgo.stores.residue_plan import Plan, make_plan, merge_into
-from protgo.stores.shards import check_shard, is_complete, lock_path, shard_paths, write_shard
+from protgo.stores.shards import (
+    check_shard,
+    is_complete,
+    lock_path,
+    read_sidecar,
+    shard_paths,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,31 @@ class EmbedReport:
     residues: int  # residues this call embedded
     seconds: float
     merged: bool  # whether this call merged the plan into the manifest
+
+
+class DamagedManifest(UserError):
+    """An unreadable ``manifest.json``: `protgo embed residues` rebuilds it."""
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(f"{what}: run `protgo embed residues` again to rebuild it from the "
+                         "shards (their vectors are kept)")  # fmt: skip
+
+
+def rebuild_manifest(root: Path) -> None:
+    """A manifest holding every shard whose sidecar is readable (embed then checks each one's
+    checksums). Protein ids are not in the sidecars: they come back as the proteins are
+    embedded again, each found by its sequence without being computed again."""
+    manifest: dict = {"shards": {}, "entries": {}, "proteins": {}}
+    with file_lock(Path(root) / ".lock"):  # the lock of ESMResidueStore.locked
+        for sidecar in sorted((Path(root) / "shards").glob("*.json")):
+            info = read_sidecar(root, sidecar.stem)
+            if info is None:
+                continue
+            for h, row, length, mean_row in info.pop("entries"):
+                manifest["entries"][h] = [sidecar.stem, row, length, mean_row]
+            manifest["shards"][sidecar.stem] = info
+        write_json(Path(root) / "manifest.json", manifest)
 
 
 class ESMResidueStore:
@@ -126,7 +158,12 @@ class ESMResidueStore:
             raise UserError(f"{meta} holds other settings than requested; remove {root}")
         if not (root / "manifest.json").is_file():
             write_json(root / "manifest.json", {"shards": {}, "entries": {}, "proteins": {}})
-        return cls(root, **kw)
+        try:
+            return cls(root, **kw)
+        except DamagedManifest as exc:
+            log.warning("%s; rebuilding it from the shards' own records", exc.what)
+            rebuild_manifest(root)
+            return cls(root, **kw)
 
     @classmethod
     def for_encoder(cls, data_dir: Path, encoder, **kw) -> ESMResidueStore:
@@ -161,10 +198,8 @@ class ESMResidueStore:
             m = json.loads(path.read_text())
             self.shards: dict[str, dict] = m["shards"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(
-                f"residue store manifest {path} is damaged ({type(exc).__name__}: {exc}): "
-                f"delete the store {self.root} and run `protgo embed residues` again"
-            ) from None
+            raise DamagedManifest(f"residue store manifest {path} is damaged "
+                                  f"({type(exc).__name__}: {exc})") from None  # fmt: skip
         self.entries: dict[str, list] = m["entries"]
         self.proteins: dict[str, str] = m["proteins"]
         self._maps.clear()
