@@ -261,9 +261,11 @@ def test_crafted_plm_checkpoint_and_npy_never_run_code(tmp_path):
     from protgo.stores.go_vectors import GoVectorCache
 
     marker = tmp_path / "pwned"
-    torch.save({"schema_version": 1, "model": Evil(marker)}, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"schema_version": 1, "model": Evil(marker)}, tmp_path / "checkpoints" / "a.pt")
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"file": "a.pt"}')
     with pytest.raises(UserError, match="refuses"):
-        load_plm(tmp_path / "checkpoint.pt", None, None, None)
+        load_plm(tmp_path, None, None, None)
     # .npy files are read with allow_pickle=False: an object array is refused, never run
     cache = GoVectorCache(["GO:1"], ["MF"], np.ones((1, 2), np.float32), {})
     cache.save(tmp_path / "c")

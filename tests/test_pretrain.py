@@ -11,6 +11,7 @@ import torch
 
 from protgo.config import ConfigError, load_model
 from protgo.errors import UserError
+from protgo.model.checkpoints import load_checkpoint
 from protgo.plm import corpus as mc
 from protgo.plm.config import PlmConfig
 from protgo.plm.corpus import load_corpus
@@ -82,8 +83,9 @@ def test_resume_equals_straight_run(tmp_path, corpus_fasta):
     assert pretrain(half).step == 10
     resumed = pretrain(tiny_cfg(tmp_path, corpus_fasta, "parts"), resume=True)
     assert resumed.step == 20
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "straight", trainer="plm")  # the aligner trainer's format
+    b = load_checkpoint(tmp_path / "parts", trainer="plm")
+    assert a["trainer"] == "plm" and a["step"] == b["step"] == 20
     assert a["state"]["tokens_seen"] == b["state"]["tokens_seen"]
     assert (a["state"]["epoch"], a["state"]["pos"]) == (b["state"]["epoch"], b["state"]["pos"])
     for key, val in a["model"].items():
@@ -91,6 +93,8 @@ def test_resume_equals_straight_run(tmp_path, corpus_fasta):
     la = [r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r]
     lb = [r["loss"] for r in read_metrics(tmp_path / "parts") if "loss" in r]
     assert la == pytest.approx(lb, abs=1e-4)  # and the log holds each step once
+    with pytest.raises(UserError, match="not of `protgo train`"):
+        load_checkpoint(tmp_path / "parts")  # the aligner's loaders refuse a PLM run
 
 
 def test_continue_from_an_exported_model(tmp_path, corpus_fasta):

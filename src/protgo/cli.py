@@ -228,7 +228,9 @@ def plm_pretrain(
     exclude_ids: Annotated[
         Path | None, typer.Option(help="File of protein ids never to train on (one per line).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from <out_dir>/checkpoint.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from <out_dir>/checkpoints (the latest).")
+    ] = False,
 ) -> None:
     """Masked-LM pretraining of a small ESM-2-architecture model on Swiss-Prot 2014."""
     from protgo.config import load_model

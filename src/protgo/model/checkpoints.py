@@ -16,7 +16,8 @@ Loading never runs code: files are read with ``torch.load(weights_only=True)``, 
 tensors and plain Python data only, so every state is stored as such (RNG states as tensors,
 lists and ints). A file that holds anything else (a pickle crafted to run code, or a file of
 another program) is refused with one error. Both trainers (the aligner's and the PLM
-pretraining) save and load through this module.
+pretraining) save and load through this module, in one format and folder layout; a PLM
+checkpoint is marked ``"trainer": "plm"`` so neither trainer takes the other's.
 """
 
 from __future__ import annotations
@@ -114,22 +115,30 @@ def safe_torch_load(path: Path, what: str, map_location: str | torch.device = "c
         ) from None
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint file, or the latest readable one of a run or checkpoint folder.
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", trainer: str = "aligner"
+) -> dict:
+    """A checkpoint file, or the latest readable one of a run or checkpoint folder, written
+    by ``trainer`` (``aligner``: `protgo train`; ``plm``: `protgo plm pretrain`).
 
     Given a folder, a newest checkpoint that cannot be read (cut short, corrupt) is skipped
     for the previous one, and the fallback is printed; a file given by name must be good."""
     path = Path(path)
-    if path.is_file():
-        return _load_one(path, map_location)
-    candidates = _candidates(path)
+    candidates = [path] if path.is_file() else _candidates(path)
     for cand, fallback in zip(candidates, [*candidates[1:], None], strict=True):
         try:
-            return _load_one(cand, map_location)
+            state = _load_one(cand, map_location)
+            break
         except UserError as err:
             if fallback is None:
                 raise
             log.warning("%s; falling back to %s", err, fallback)
+    wrote = state.get("trainer", "aligner")  # aligner checkpoints carry no mark
+    if wrote != trainer:
+        names = {"aligner": "`protgo train`", "plm": "`protgo plm pretrain`"}
+        raise UserError(f"{path} holds a checkpoint of {names.get(wrote, wrote)}, not of "
+                        f"{names[trainer]}: give a checkpoint that command wrote")  # fmt: skip
+    return state
 
 
 def _load_one(path: Path, map_location) -> dict:

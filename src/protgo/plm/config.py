@@ -47,6 +47,7 @@ class PlmTrainConfig(Section):
     export_dir: Path | None = None  # None: <out_dir>/model
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 10.0
+    keep_last: int = 2  # step checkpoints kept in <out_dir>/checkpoints
     log_every: int = 20
     eval_sequences: int = 300  # held-out sequences scored at each checkpoint
     # Continue pretraining a saved EsmForMaskedLM (a directory or hub id) instead of starting

@@ -25,7 +25,8 @@ from protgo.encoders.esm_vocab import ESM2_VOCAB
 from protgo.encoders.protein import resolve_model_dir
 from protgo.errors import UserError
 from protgo.io import atomic_write_text, progress_bar
-from protgo.model.checkpoints import atomic_torch_save, safe_torch_load
+from protgo.model.checkpoints import CheckpointManager, rng_state, set_rng_state
+from protgo.model.checkpoints import load_checkpoint as read_checkpoint
 from protgo.plm import corpus as mc
 from protgo.plm.config import PlmConfig, PlmModelConfig, PlmTrainConfig
 from protgo.plm.corpus import Corpus, load_corpus
@@ -35,8 +36,6 @@ from protgo.train import distributed
 from protgo.train.optim import adamw
 from protgo.train.schedule import warmup_cosine_factor
 from protgo.train.tracking import Tracker
-
-SCHEMA_VERSION = 1
 
 
 def build_model(cfg: PlmModelConfig):
@@ -157,36 +156,45 @@ class BatchStream:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model, optimizer, state: TrainState, gen, cfg: PlmConfig) -> None:
-    atomic_torch_save(
+def save_checkpoint(
+    manager: CheckpointManager, model, optimizer, state: TrainState, gen, cfg: PlmConfig
+) -> Path:
+    """The run's resumable state in the aligner trainer's checkpoint format
+    (:class:`protgo.model.checkpoints.CheckpointManager`: ``checkpoints/step-N.pt`` and
+    ``latest.json``), plus the PLM's own ``state`` and data-order generator."""
+    return manager.save(
         {
-            "schema_version": SCHEMA_VERSION,
+            "trainer": "plm",
+            "step": state.step,
+            "epoch": state.epoch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": {"step": state.step},  # the lr is a pure function of the step
-            "state": asdict(state),
+            "rng": rng_state(),
             "data_rng": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "state": asdict(state),
             "config": cfg.model_dump(mode="json"),
         },
-        path,
+        "step",
     )
 
 
-def load_checkpoint(path: Path, model, optimizer, gen) -> TrainState:
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
-    ckpt = safe_torch_load(path, "PLM checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(
-            f"checkpoint {path} has schema "
-            f"{ckpt.get('schema_version') if isinstance(ckpt, dict) else None}, "
-            f"expected {SCHEMA_VERSION}; start a new run in another out_dir"
+def load_checkpoint(out_dir: Path, model, optimizer, gen) -> TrainState:
+    """Resume from the run folder's latest readable checkpoint (an unreadable newest one is
+    skipped for the one before, as for the aligner)."""
+    if not (Path(out_dir) / "checkpoints" / "latest.json").is_file():
+        old = (
+            " (its checkpoint.pt is an older protgo's: continue it with train.init_from="
+            f"{Path(out_dir) / 'model'})"
+            if (Path(out_dir) / "checkpoint.pt").is_file()
+            else ""
         )
+        raise UserError(f"--resume: no checkpoint in {out_dir}{old}; start without --resume")
+    ckpt = read_checkpoint(out_dir, trainer="plm")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     gen.set_state(ckpt["data_rng"])
-    torch.set_rng_state(ckpt["torch_rng"])
+    set_rng_state(ckpt["rng"])
     return TrainState(**ckpt["state"])
 
 
@@ -263,7 +271,8 @@ class Window:
 
 def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = False) -> TrainState:
     """Train (or resume) per ``cfg``; returns the final state. Writes into ``cfg.train.out_dir``:
-    checkpoint.pt, metrics.jsonl, config.yaml; and the shippable model into the export dir."""
+    checkpoints/ (the aligner's format), metrics.jsonl, config.yaml; and the shippable model
+    into the export dir."""
     rt = setup_runtime(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     corpus = load_corpus(cfg.data, exclude_ids)
@@ -274,9 +283,8 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     gen = torch.Generator().manual_seed(cfg.train.seed + rt.rank)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
     if resume:
-        state = load_checkpoint(ckpt, model, optimizer, gen)
+        state = load_checkpoint(out, model, optimizer, gen)
     else:
         state = TrainState()
         if init:
@@ -297,7 +305,8 @@ def pretrain(cfg: PlmConfig, exclude_ids: Path | None = None, resume: bool = Fal
     log = Tracker(out, TrackingConfig(wandb="disabled"), rank=rt.rank,
                   resume_step=state.step if resume else None)  # fmt: skip
     fwd = wrap_for_speed(model, rt, cfg.train.compile)
-    run = _Run(cfg, model, fwd, optimizer, corpus, gen, state, rt, log)
+    manager = CheckpointManager(out / "checkpoints", cfg.train.keep_last)
+    run = _Run(cfg, model, fwd, optimizer, corpus, gen, state, rt, log, manager)
     try:
         run.loop()
     finally:
@@ -316,6 +325,7 @@ class _Run:
     state: TrainState
     rt: Runtime
     log: Tracker
+    manager: CheckpointManager
 
     def loop(self) -> None:
         t, st = self.cfg.train, self.state
@@ -370,8 +380,7 @@ class _Run:
             t.eval_sequences, t.batch_tokens, self.cfg.data.mask_prob,
         )  # fmt: skip
         self.log.log({"tokens_seen": st.tokens_seen, **st.last_eval}, st.step, kind="valid")
-        save_checkpoint(Path(t.out_dir) / "checkpoint.pt", self.model, self.optimizer, st,
-                        self.gen, self.cfg)  # fmt: skip
+        save_checkpoint(self.manager, self.model, self.optimizer, st, self.gen, self.cfg)
         export_model(self.model, t.export_dir or Path(t.out_dir) / "model", self.cfg,
                      self.corpus, st)  # fmt: skip
         tqdm.write(f"step {st.step}: held-out ppl {st.last_eval['heldout_ppl']:.2f} "
