@@ -4,7 +4,7 @@ Both paths run in fresh subprocesses (so each peak RSS is its own) on the same r
 some longer than the window, with the same model and the same padded batches:
 
 * bare:  ``model(input_ids, attention_mask)`` on batches prepared beforehand (untimed);
-* store: ``ESMResidueStore.embed`` (cleaning, planning, tokenising, batching, forward,
+* store: ``ResidueStore.embed`` (cleaning, planning, tokenising, batching, forward,
   stitching, fp16 memmap writes, checksums, fsync, manifest merge).
 
 The model is the shipped ``protgo-esm-small`` unless ``--random-init``: a random-init ESM-2 8M
@@ -117,13 +117,13 @@ def run_bare(args) -> dict:
 def run_store(args) -> dict:
     import torch
 
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     enc = encoder(args)
     seqs = pick_proteins(args)
     with torch.inference_mode():  # same warm-up as the bare path
         enc.forward_windows([enc.tokenize("MKV")])
-    store = ESMResidueStore.create(Path(tempfile.mkdtemp(dir=args.work)), enc.settings())
+    store = ResidueStore.create(Path(tempfile.mkdtemp(dir=args.work)), enc.settings())
     t0, c0 = time.perf_counter(), time.process_time()
     report = store.embed(enc, seqs, batch_tokens=args.batch_tokens, progress=False)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -65,20 +65,20 @@ def pick_store(cfg, data_dir: Path, args) -> tuple[object, str]:
     """(store, description) following the order in the module docstring."""
     from protgo.data.folder import DatasetFolder
     from protgo.errors import UserError
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     if not args.random_residues:
         if args.store is not None:
-            return ESMResidueStore(args.store), f"residue store {args.store}"
+            return ResidueStore(args.store), f"residue store {args.store}"
         try:
-            store = ESMResidueStore.for_config(cfg.residues, data_dir)
+            store = ResidueStore.for_config(cfg.residues, data_dir)
             return store, f"residue store {store.root.name} (this model's)"
         except UserError:
             name = Path(cfg.residues.model).name
             others = sorted((data_dir / "stores" / "residues").glob(f"{name}-*/manifest.json"))
             if others:
                 root = others[-1].parent
-                return ESMResidueStore(root), (
+                return ResidueStore(root), (
                     f"residue store {root.name} (an earlier export of {name}: same shapes; the "
                     "current export has no store yet)"
                 )

@@ -80,7 +80,7 @@ def trained(tmp_path_factory, tiny_esm):
     from protgo.config import load_config
     from protgo.encoders.protein import ProteinEncoder
     from protgo.stores.go_encode import embed_go
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
     from protgo.train.trainer import Trainer
 
     data_dir = tmp_path_factory.mktemp("predict_data")
@@ -89,7 +89,7 @@ def trained(tmp_path_factory, tiny_esm):
             "model.term_residual=true"]  # fmt: skip
     cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
     enc = ProteinEncoder(cfg.residues)
-    ESMResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)
+    ResidueStore.create(data_dir, enc.settings()).embed(enc, seqs, progress=False)
     embed_go("tinypred", 0, ["MF"], data_dir, cfg.go_text, progress=False)
     Trainer(cfg, progress=False).fit()
     return data_dir / "run" / "checkpoints" / "final.pt", data_dir, seqs

@@ -324,11 +324,11 @@ def test_evaluate_command_embedding_baselines_from_a_residue_store(tiny_obo, tin
     from protgo.config import ResiduesConfig
     from protgo.data.folder import DatasetFolder
     from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     ds = _tiny_dataset(tmp_path / "tiny", tiny_obo)
     enc = ProteinEncoder(ResiduesConfig(model=str(tiny_esm), win_size=64, win_stride=48))
-    store = ESMResidueStore.create(tmp_path / "data", enc.settings())
+    store = ResidueStore.create(tmp_path / "data", enc.settings())
     store.embed(enc, DatasetFolder.load(ds).sequences)
     out = tmp_path / "out"
     args = [

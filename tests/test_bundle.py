@@ -264,7 +264,7 @@ def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(ti
     from protgo.config import load_config
     from protgo.encoders.protein import ProteinEncoder
     from protgo.stores.go_encode import embed_go
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
     from protgo.train.trainer import Trainer
 
     data_dir = tmp_path / "data"
@@ -273,7 +273,7 @@ def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(ti
             "residues.project_dim=8", "residues.dtype=fp32"]  # fmt: skip
     cfg = load_config(CONFIGS / "tiny.yaml", overrides + more)
     enc = ProteinEncoder(cfg.residues)
-    store = ESMResidueStore.for_encoder(data_dir, enc)
+    store = ResidueStore.for_encoder(data_dir, enc)
     store.embed(enc, seqs, progress=False)
     embed_go("tinyproj", 0, ["MF"], data_dir, cfg.go_text, progress=False)
     Trainer(cfg, progress=False).fit()

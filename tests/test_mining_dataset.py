@@ -121,7 +121,7 @@ def test_few_shot_sampler_on_human_exp(real_data_dir):
 def small_world(tiny_esm, tmp_path, tiny_obo):
     """A real residue store of a few proteins and annotations on tiny.obo."""
     from protgo.encoders.protein import ProteinEncoder
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     onto = Ontology.from_obo(tiny_obo)
     ids = sorted(onto.ids())
@@ -129,7 +129,7 @@ def small_world(tiny_esm, tmp_path, tiny_obo):
     seqs = {f"P{i}": "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 10 + 3 * i))
             for i in range(8)}  # fmt: skip
     enc = ProteinEncoder(ResiduesConfig(model=str(tiny_esm), batch_tokens=512))
-    store = ESMResidueStore.create(tmp_path, enc.settings())
+    store = ResidueStore.create(tmp_path, enc.settings())
     store.embed(enc, seqs, progress=False)
     store.reload()
     ann = {p: set(rng.choice(ids, size=2, replace=False)) for p in seqs}

@@ -14,7 +14,7 @@ import torch
 from protgo.config import ResiduesConfig
 from protgo.encoders.protein import ProteinEncoder
 from protgo.errors import UserError
-from protgo.stores.residues import ESMResidueStore, store_dir
+from protgo.stores.residues import ResidueStore, store_dir
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 SHARD_BYTES = 2 * 32 * 120  # about 120 residues per shard: several shards from a few proteins
@@ -40,8 +40,8 @@ def seqs() -> dict[str, str]:
     return out
 
 
-def embed(data_dir: Path, enc, seqs, **kw) -> tuple[ESMResidueStore, object]:
-    store = ESMResidueStore.create(data_dir, enc.settings())
+def embed(data_dir: Path, enc, seqs, **kw) -> tuple[ResidueStore, object]:
+    store = ResidueStore.create(data_dir, enc.settings())
     report = store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False, **kw)
     store.reload()
     return store, report
@@ -54,7 +54,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, enc, seqs) -> ESMResidueStore:
+def reference(tmp_path_factory, enc, seqs) -> ResidueStore:
     """One uninterrupted single-process run: the store every other way must reproduce."""
     store, report = embed(tmp_path_factory.mktemp("ref"), enc, seqs)
     assert report.merged and report.written_shards == report.planned_shards > 3
@@ -84,7 +84,7 @@ def test_second_run_embeds_nothing(reference, enc, seqs):
 
 
 def test_resume_after_interruption_gives_identical_store(tmp_path, enc, seqs, reference):
-    store = ESMResidueStore.create(tmp_path, enc.settings())
+    store = ResidueStore.create(tmp_path, enc.settings())
     real_forward, calls = enc.forward_windows, []
 
     def dies_after_five_batches(windows):
@@ -114,7 +114,7 @@ def test_damaged_manifest_is_rebuilt_by_embed_without_recomputing(tmp_path, enc,
     manifest = root / "manifest.json"
     manifest.write_text(manifest.read_text()[:50])
     with pytest.raises(UserError, match="embed residues"):
-        ESMResidueStore(root)
+        ResidueStore(root)
     store, report = embed(tmp_path, enc, seqs)
     assert report.written_shards == 0 and report.merged
     assert tree(store.root) == tree(reference.root)
@@ -137,13 +137,13 @@ def test_corrupt_or_truncated_shard_is_detected_and_re_embedded(tmp_path, enc, s
     data[-5] ^= 0xFF  # one flipped bit pattern in the vectors, same size
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="fails its checksum"):
-        ESMResidueStore(root).get("P10")
-    assert set(ESMResidueStore(root).verify()) == {shard}
+        ResidueStore(root).get("P10")
+    assert set(ResidueStore(root).verify()) == {shard}
     other, *_ = reference.entries[reference.proteins["P20"]]
     other_path = root / "shards" / f"{other}.npy"
     other_path.write_bytes(other_path.read_bytes()[:-100])
     with pytest.raises(UserError, match="truncated"):
-        ESMResidueStore(root, verify="size").get("P20")
+        ResidueStore(root, verify="size").get("P20")
     # A new run drops both shards from the manifest and embeds their proteins again.
     store, report = embed(tmp_path, enc, seqs)
     assert report.written_shards >= 1 and store.verify() == {}
@@ -170,7 +170,7 @@ def test_changed_model_or_layer_never_reuses_vectors(tmp_path, tiny_esm, enc, se
     b = ProteinEncoder(ResiduesConfig(model=str(retrained)))
     assert a.settings()["fingerprint"] != b.settings()["fingerprint"]
     # A store opened for one encoder refuses another's vectors.
-    store = ESMResidueStore.create(tmp_path, enc.settings())
+    store = ResidueStore.create(tmp_path, enc.settings())
     with pytest.raises(UserError, match="encoder settings differ"):
         store.embed(layer1, seqs, progress=False)
 
@@ -178,9 +178,9 @@ def test_changed_model_or_layer_never_reuses_vectors(tmp_path, tiny_esm, enc, se
 def test_for_config_finds_the_store_without_the_model(reference, tiny_esm, tmp_path):
     data_dir = reference.root.parents[2]
     cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, dtype="fp32")
-    assert ESMResidueStore.for_config(cfg, data_dir).root == reference.root
+    assert ResidueStore.for_config(cfg, data_dir).root == reference.root
     with pytest.raises(UserError, match="run `protgo embed residues` first") as err:
-        ESMResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
+        ResidueStore.for_config(cfg.model_copy(update={"layer": 1}), data_dir)
     assert "model changed" not in str(err.value)  # another layer is not another model
     # The same model directory retrained since it was embedded: the error says so.
     from transformers import EsmForMaskedLM
@@ -192,11 +192,11 @@ def test_for_config_finds_the_store_without_the_model(reference, tiny_esm, tmp_p
         model.esm.encoder.layer[0].intermediate.dense.weight.add_(0.01)
     model.save_pretrained(changed)
     with pytest.raises(UserError, match="the model changed since it was embedded"):
-        ESMResidueStore.for_config(cfg.model_copy(update={"model": str(changed)}), data_dir)
+        ResidueStore.for_config(cfg.model_copy(update={"model": str(changed)}), data_dir)
 
 
 def test_bad_sequence_fails_before_any_work(tmp_path, enc):
-    store = ESMResidueStore.create(tmp_path, enc.settings())
+    store = ResidueStore.create(tmp_path, enc.settings())
     with pytest.raises(UserError, match=r"protein 'bad', position 4:"):
         store.embed(enc, {"ok": "MKVL", "bad": "MKV1L"}, progress=False)
     assert not any(store.root.glob("shards/*"))
@@ -207,14 +207,14 @@ import json, sys, time
 from pathlib import Path
 from protgo.config import ResiduesConfig
 from protgo.encoders.protein import ProteinEncoder
-from protgo.stores.residues import ESMResidueStore
+from protgo.stores.residues import ResidueStore
 model, data_dir, seqs_file, go, shard_bytes = sys.argv[1:]
 enc = ProteinEncoder(ResiduesConfig(model=model, win_size=24, win_stride=16, batch_tokens=160,
                                     dtype="fp32"))
 seqs = json.loads(Path(seqs_file).read_text())
 while not Path(go).exists():  # start both runs at the same moment
     time.sleep(0.005)
-store = ESMResidueStore.create(Path(data_dir), enc.settings())
+store = ResidueStore.create(Path(data_dir), enc.settings())
 print(json.dumps(store.embed(enc, seqs, shard_bytes=int(shard_bytes), progress=False).__dict__))
 """
 
@@ -237,7 +237,7 @@ def test_two_concurrent_runs_on_one_store_end_valid(tmp_path, tiny_esm, enc, seq
     # each shard written once: by either run (a run that starts after the other merged plans
     # nothing and writes nothing)
     assert sum(r["written_shards"] for r in reports) == max(r["planned_shards"] for r in reports)
-    store = ESMResidueStore(store_dir(tmp_path / "d", enc.settings()))
+    store = ResidueStore(store_dir(tmp_path / "d", enc.settings()))
     assert store.verify() == {} and len(store) == len(reference)
     assert tree(store.root) == tree(reference.root)
 
@@ -248,7 +248,7 @@ def test_zero_length_shard_is_reported_and_repaired(tmp_path, enc, seqs, referen
     shard, *_ = reference.entries[reference.proteins["P05"]]
     (root / "shards" / f"{shard}.npy").write_bytes(b"")
     with pytest.raises(UserError, match="truncated"):
-        ESMResidueStore(root).get("P05")
+        ResidueStore(root).get("P05")
     store, report = embed(tmp_path, enc, seqs)  # the command that repairs it
     assert report.written_shards == 1 and store.verify() == {}
     np.testing.assert_array_equal(store.get("P05"), reference.get("P05"))
@@ -260,14 +260,14 @@ def test_checksum_is_verified_once_per_process_and_again_after_a_rewrite(tmp_pat
     root = store_dir(tmp_path, enc.settings())
     shutil.copytree(reference.root, root)
     shard, *_ = reference.entries[reference.proteins["P07"]]
-    np.testing.assert_array_equal(ESMResidueStore(root).get("P07"), reference.get("P07"))
+    np.testing.assert_array_equal(ResidueStore(root).get("P07"), reference.get("P07"))
     path = root / "shards" / f"{shard}.npy"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     time.sleep(0.01)  # a later mtime, as any real rewrite has
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="fails its checksum"):
-        ESMResidueStore(root).get("P07")
+        ResidueStore(root).get("P07")
 
 
 def test_projection_fit_matches_a_reference_pca():
@@ -293,7 +293,7 @@ def test_projected_store_keeps_full_means_and_projects_residues(tmp_path, tiny_e
     cfg = ResiduesConfig(model=str(tiny_esm), win_size=24, win_stride=16, batch_tokens=160,
                          dtype="fp32", project_dim=8)  # fmt: skip
     enc = ProteinEncoder(cfg)
-    store = ESMResidueStore.for_encoder(tmp_path, enc)
+    store = ResidueStore.for_encoder(tmp_path, enc)
     assert "-p8-" in store.root.name and store.dim == 8 and store.mean_dim == enc.dim
     store.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False)
     store.reload()
@@ -305,7 +305,7 @@ def test_projected_store_keeps_full_means_and_projects_residues(tmp_path, tiny_e
                                    atol=5e-3, rtol=2e-3)  # fmt: skip
         np.testing.assert_allclose(store.mean(pid), full.mean(0), atol=1e-5)
     # found again from the config; a second run neither refits nor re-embeds
-    again = ESMResidueStore.for_config(cfg, tmp_path)
+    again = ResidueStore.for_config(cfg, tmp_path)
     assert again.root == store.root
     before = store.projection_path.read_bytes()
     assert again.embed(enc, seqs, shard_bytes=SHARD_BYTES, progress=False).residues == 0
@@ -315,5 +315,5 @@ def test_projected_store_keeps_full_means_and_projects_residues(tmp_path, tiny_e
     with pytest.raises(UserError, match="fails its checksum"):
         Projection.load(store.projection_path)
     with pytest.raises(UserError, match="not below the model's"):
-        ESMResidueStore.for_encoder(tmp_path, ProteinEncoder(cfg.model_copy(
+        ResidueStore.for_encoder(tmp_path, ProteinEncoder(cfg.model_copy(
             update={"project_dim": enc.dim})))  # fmt: skip

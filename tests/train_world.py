@@ -101,7 +101,7 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
     from protgo.data.sources import user_sources
     from protgo.encoders.protein import ProteinEncoder
     from protgo.stores.go_encode import embed_go
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     raw = Path(data_dir) / "raw_tiny"
     raw.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def build_tiny_world(data_dir: Path, tiny_esm: Path) -> list[str]:
                  "phases.start_epochs=[0,1]", f"go_text.max_length={TEXT_MAX_TOKENS}"]  # fmt: skip
     cfg = load_config(CONFIGS / "tiny.yaml", overrides)
     enc = ProteinEncoder(cfg.residues)
-    store = ESMResidueStore.create(Path(data_dir), enc.settings())
+    store = ResidueStore.create(Path(data_dir), enc.settings())
     store.embed(enc, seqs, progress=False)
     for phase in range(len(cfg.go_text.phase_relations)):
         embed_go("tiny", phase, ["MF"], Path(data_dir), cfg.go_text, progress=False)

@@ -288,7 +288,7 @@ def embed_residues(
     from protgo.config import load_config, updated
     from protgo.data.folder import DatasetFolder
     from protgo.encoders.registry import protein_encoder
-    from protgo.stores.residues import ESMResidueStore
+    from protgo.stores.residues import ResidueStore
 
     if max_proteins is not None and max_proteins < 1:
         raise UserError(f"--max-proteins must be at least 1, got {max_proteins}")
@@ -303,7 +303,7 @@ def embed_residues(
     if max_proteins is not None:
         seqs = {pid: seqs[pid] for pid in sorted(seqs)[:max_proteins]}
     encoder = protein_encoder(cfg)
-    store = ESMResidueStore.for_encoder(root, encoder)
+    store = ResidueStore.for_encoder(root, encoder)
     shard_bytes = cfg.shard_mb << 20
     report = store.embed(encoder, seqs, rank=rank, world_size=world, shard_bytes=shard_bytes)
     typer.echo(f"residue store {store.root}")
@@ -428,7 +428,7 @@ def evaluate(
         typer.Option(help="The first --pred's method on the valid split (for the blend's alpha)."),
     ] = None,
     store: Annotated[
-        Path | None, typer.Option(help="Residue store folder (mean ESM vectors for knn, mlp).")
+        Path | None, typer.Option(help="Residue store folder (mean protein vectors for knn, mlp).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     threads: Annotated[int, typer.Option(help="Threads for DIAMOND, cafaeval, torch.")] = 2,

@@ -40,7 +40,7 @@ from protgo.infer.command import run_predict
 from protgo.io import atomic_write_text
 from protgo.model.checkpoints import CheckpointManager
 from protgo.stores.go_encode import embed_go
-from protgo.stores.residues import ESMResidueStore
+from protgo.stores.residues import ResidueStore
 from protgo.train.trainer import Trainer
 
 STAGES = ("fetch", "build", "residues", "go", "train", "predict", "evaluate", "report")
@@ -98,7 +98,7 @@ class Demo:
 
         seqs = DatasetFolder.load(self.cfg.data.dataset, self.data_dir).sequences
         enc = protein_encoder(self.cfg.residues)
-        store = ESMResidueStore.for_encoder(self.data_dir, enc)
+        store = ResidueStore.for_encoder(self.data_dir, enc)
         rep = store.embed(enc, seqs, shard_bytes=self.cfg.residues.shard_mb << 20)
         print(f"  {len(store)} proteins in {store.root} ({rep.residues} residues embedded now, "
               f"{rep.residues / max(rep.seconds, 1e-9):.0f} residues/s)", flush=True)  # fmt: skip
@@ -137,7 +137,7 @@ class Demo:
     def evaluate(self) -> None:
 
         folder = DatasetFolder.load(self.cfg.data.dataset, self.data_dir)
-        store = ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
+        store = ResidueStore.for_config(self.cfg.residues, self.data_dir)
         pred = self.run / "predict"
         evaluate_command(folder, "test", [pred / "test" / "protgo.tsv"], self.baselines,
                          self.run / "eval", valid_pred=pred / "valid" / "protgo.tsv",

@@ -3,8 +3,8 @@
 - :func:`naive`: term frequency among training proteins annotated in the term's aspect.
 - :func:`diamond`: DIAMOND label transfer with DeepGOPlus' DiamondScore,
   ``score(q, t) = sum of bitscores of q's hits annotated with t / sum of all q's bitscores``.
-- :func:`knn`: cosine k-nearest neighbours on mean ESM embeddings, similarity-weighted vote.
-- :func:`mlp`: a multi-label MLP on mean ESM embeddings; closed vocabulary (training terms),
+- :func:`knn`: cosine k-nearest neighbours on mean residue vectors, similarity-weighted vote.
+- :func:`mlp`: a multi-label MLP on mean residue vectors; closed vocabulary (training terms),
   so zero-shot terms score 0; early stopping on validation Fmax.
 - :func:`blend`: ``alpha * a + (1 - alpha) * b``, alpha chosen per aspect by
   :func:`choose_alpha` on validation Fmax (protgo with DIAMOND, as ``predict`` gives it).

@@ -26,7 +26,7 @@ from protgo.eval.cafa import evaluate_split
 from protgo.eval.predictions import Predictions, read_predictions
 from protgo.eval.truth import GroundTruth
 from protgo.io import atomic_write_text
-from protgo.stores.residues import ESMResidueStore
+from protgo.stores.residues import ResidueStore
 
 BASELINES = ("naive", "diamond", "knn", "mlp")
 
@@ -60,7 +60,7 @@ def run_baseline(
         raise UserError(f"unknown baseline '{name}'; choose from {', '.join(BASELINES)}")
     if embeddings is None:
         raise UserError(
-            f"baseline '{name}' needs mean ESM embeddings: give a residue store "
+            f"baseline '{name}' needs mean protein vectors: give a residue store "
             "(--store) embedded with `protgo embed residues`"
         )
     q_emb = {p: embeddings[p] for p in queries if p in embeddings}
@@ -119,9 +119,9 @@ def _mean_embeddings(
     """Mean vectors of ``pids`` from the store folder ``store``, else the store of the
     ``ResiduesConfig`` ``residues``."""
     if store is not None:
-        st = ESMResidueStore(store)
+        st = ResidueStore(store)
     else:
-        st = ESMResidueStore.for_config(residues or ResiduesConfig(), data_dir)
+        st = ResidueStore.for_config(residues or ResiduesConfig(), data_dir)
     have = [p for p in pids if p in st]
     if len(have) < len(pids):
         raise UserError(

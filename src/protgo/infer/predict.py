@@ -46,7 +46,7 @@ from protgo.model.pooling import pad_residues
 from protgo.stores.go_encode import embed_go
 from protgo.stores.go_vectors import GoVectorCache, cache_dir
 from protgo.stores.projection import Projection, resolve_project_dim
-from protgo.stores.residues import ESMResidueStore
+from protgo.stores.residues import ResidueStore
 
 
 @dataclass
@@ -215,7 +215,7 @@ class Predictor:
         """The residue store of the checkpoint's ESM settings, or None if there is none."""
         try:
             # Each shard read is checked against its checksum once per process.
-            return ESMResidueStore.for_config(self.cfg.residues, self.data_dir)
+            return ResidueStore.for_config(self.cfg.residues, self.data_dir)
         except UserError:
             return None
 

@@ -104,7 +104,7 @@ class ProteinEmbDataset:
     """``dataset[i]`` -> ``{"pid", "residues" (L, D) fp16, "positives": {go: weight}}``.
 
     ``store`` is anything with ``get(pid) -> (L, D) array`` and ``length(pid)`` (the
-    :class:`~protgo.stores.residues.ESMResidueStore`). Proteins without any positive left
+    :class:`~protgo.stores.residues.ResidueStore`). Proteins without any positive left
     (e.g. annotated only to zero-shot terms) are dropped.
     """
 

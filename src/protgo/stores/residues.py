@@ -1,4 +1,4 @@
-"""ESMResidueStore: every residue of every protein embedded once, in fp16 memory-mapped shards.
+"""ResidueStore: every residue of every protein embedded once, in fp16 memory-mapped shards.
 
 Layout of ``<data_dir>/stores/residues/<key>/`` (the key names model, weights fingerprint,
 layer, window and dtype, so a changed model or setting gets a new directory, never stale
@@ -109,7 +109,7 @@ def rebuild_manifest(root: Path) -> None:
     checksums). Protein ids are not in the sidecars: they come back as the proteins are
     embedded again, each found by its sequence without being computed again."""
     manifest: dict = {"shards": {}, "entries": {}, "proteins": {}}
-    with file_lock(Path(root) / ".lock"):  # the lock of ESMResidueStore.locked
+    with file_lock(Path(root) / ".lock"):  # the lock of ResidueStore.locked
         for sidecar in sorted((Path(root) / "shards").glob("*.json")):
             info = read_sidecar(root, sidecar.stem)
             if info is None:
@@ -120,7 +120,7 @@ def rebuild_manifest(root: Path) -> None:
         write_json(Path(root) / "manifest.json", manifest)
 
 
-class ESMResidueStore:
+class ResidueStore:
     """Read side: ``get(pid)`` -> (L, D) fp16 without loading whole shards; write side:
     ``embed(encoder, sequences)``."""
 
@@ -146,7 +146,7 @@ class ESMResidueStore:
 
     # ----- opening -----
     @classmethod
-    def create(cls, data_dir: Path, settings: Mapping, **kw) -> ESMResidueStore:
+    def create(cls, data_dir: Path, settings: Mapping, **kw) -> ResidueStore:
         """The store for these settings under ``data_dir``, made empty if it does not exist."""
         root = store_dir(data_dir, settings)
         (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -166,13 +166,13 @@ class ESMResidueStore:
             return cls(root, **kw)
 
     @classmethod
-    def for_encoder(cls, data_dir: Path, encoder, **kw) -> ESMResidueStore:
+    def for_encoder(cls, data_dir: Path, encoder, **kw) -> ResidueStore:
         """The store ``encoder`` (with its ``residues`` config) writes into, made if new."""
         return cls.create(data_dir, store_settings(encoder.settings(), encoder.cfg.project_dim),
                           **kw)  # fmt: skip
 
     @classmethod
-    def for_config(cls, cfg, data_dir: Path, **kw) -> ESMResidueStore:
+    def for_config(cls, cfg, data_dir: Path, **kw) -> ResidueStore:
         """The store of a ``ResiduesConfig`` without loading the model (only its files)."""
         root = store_dir(data_dir, store_settings(describe_model(cfg)[1], cfg.project_dim))
         if not (root / "manifest.json").is_file():

@@ -54,7 +54,7 @@ from protgo.model.losses import (
     multi_positive_info_nce,
 )
 from protgo.model.pooling import pad_residues
-from protgo.stores.residues import ESMResidueStore
+from protgo.stores.residues import ResidueStore
 from protgo.train import distributed
 from protgo.train.optim import adamw
 from protgo.train.phases import PhaseManager, go_cache
@@ -117,7 +117,7 @@ class Trainer:
         self.folder = DatasetFolder.load(cfg.data.dataset, self.data_dir)
         self.folder.check_aspects(cfg.data.aspects, "data.aspects")
         self.ontology = self.folder.ontology
-        store = store or ESMResidueStore.for_config(cfg.residues, self.data_dir)
+        store = store or ResidueStore.for_config(cfg.residues, self.data_dir)
         self.train_ds, self.valid_ds = self._datasets(store)
         cache0 = go_cache(cfg, self.data_dir, 0)[0]
         trained = [g for g in cache0.ids if self.folder.term_class.get(g) in TRAINED_CLASSES]
