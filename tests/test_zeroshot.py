@@ -12,10 +12,9 @@ from protgo.eval.zeroshot import (
     complete_term_metrics,
     fit_conditional,
     nearest_trained_scores,
-    parent_scores,
-    text_times_parents,
     zero_shot_table,
 )
+from protgo.go.scoring import parent_scores, text_times_parents
 
 
 def test_column_auc_equals_a_per_term_loop_with_ties():

@@ -31,6 +31,7 @@ from protgo.data.folder import TRAINED_CLASSES
 from protgo.data.ontology import Ontology
 from protgo.eval.metrics import average_precision
 from protgo.go import scoring
+from protgo.go.scoring import parent_scores, text_times_parents
 
 BASELINES = ("parents", "nearest-trained")
 
@@ -46,18 +47,6 @@ def column_auc(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = ((ranks * truth).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def parent_scores(scores: np.ndarray, terms: Sequence[str], ontology: Ontology) -> np.ndarray:
-    """(N, T) propagated scores -> (N, T): each term's best direct parent's score (parents
-    outside ``terms``, such as a root, are skipped; a term without one scores 0)."""
-    col = {t: j for j, t in enumerate(terms)}
-    out = np.zeros_like(scores)
-    for j, t in enumerate(terms):
-        idx = [col[p] for p in ontology.parents(t) if p in col]
-        if idx:
-            out[:, j] = scores[:, idx].max(axis=1)
-    return out
 
 
 def nearest_trained_scores(
@@ -86,11 +75,6 @@ def fit_conditional(
     (all (N, T), flattened): how a term's text logit says which of its parent's proteins
     carry it."""
     return scoring.fit_sigmoid(logits, truth, ceiling=parent, steps=steps)
-
-
-def text_times_parents(logits: np.ndarray, parent: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``parent * sigmoid(a * logits + b)``: never above the parent's score."""
-    return parent * (1.0 / (1.0 + np.exp(-(a * logits + b))))
 
 
 def complete_term_metrics(

@@ -11,6 +11,10 @@ teacher all call these functions, so a score means the same everywhere.
   with a fitted ``sigmoid(a * logit + b)`` per aspect.
 * **Propagation**: a parent scores at least its best descendant over ``is_a`` / ``part_of``
   (:meth:`protgo.data.ontology.Ontology.propagate_matrix`).
+* **Terms without a training positive** (held out, or never annotated): with a fitted
+  conditional (calibration), ``P(term) = P(best direct parent) x sigmoid(a * logit + b)``, as
+  ProtBoost scored its untrained terms: a term is never more likely than its parent, and its
+  text says which of the parent's proteins carry it (:func:`under_parents`).
 * **Homology transfer** (DeepGOPlus' DiamondScore): ``score(q, t) = sum_h bits_h [t in
   ann(h)] / sum_h bits_h`` over the hits h of q, annotations propagated.
 * **Model selection**: the mean over aspects of the per-aspect Fmax, as every reported table
@@ -49,6 +53,58 @@ def to_scores(values: np.ndarray, kind: ScoreInput) -> np.ndarray:
 def propagate(scores: np.ndarray, ids: list[str], ontology: Ontology) -> np.ndarray:
     """(N, T) scores over ``ids`` made DAG-consistent (a parent >= its best child)."""
     return ontology.propagate_matrix(scores, ids)
+
+
+class ParentIndex:
+    """The direct ``is_a`` / ``part_of`` parents of chosen columns of a term list, for a
+    vectorised best-parent lookup. Parents outside the list (such as a root) are skipped;
+    ``cols`` keeps only the chosen columns with at least one parent inside it."""
+
+    def __init__(self, ids: Sequence[str], ontology: Ontology, cols: Iterable[int] | None = None):
+        col = {t: j for j, t in enumerate(ids)}
+        keep, flat, starts = [], [], []
+        for j in range(len(ids)) if cols is None else cols:
+            idx = [col[p] for p in ontology.parents(ids[j]) if p in col]
+            if idx:
+                keep.append(j)
+                starts.append(len(flat))
+                flat += idx
+        self.cols = np.asarray(keep, dtype=np.int64)
+        self._flat, self._starts = np.asarray(flat, np.int64), np.asarray(starts, np.int64)
+
+    def best(self, scores: np.ndarray) -> np.ndarray:
+        """(N, T) scores -> (N, len(cols)): each kept column's best parent score."""
+        if not len(self.cols):
+            return np.zeros((scores.shape[0], 0), scores.dtype)
+        return np.maximum.reduceat(scores[:, self._flat], self._starts, axis=1)
+
+
+def parent_scores(scores: np.ndarray, ids: Sequence[str], ontology: Ontology) -> np.ndarray:
+    """(N, T) propagated scores -> (N, T): each term's best direct parent's score (0 for a
+    term without a parent in ``ids``)."""
+    index = ParentIndex(ids, ontology)
+    out = np.zeros_like(scores)
+    out[:, index.cols] = index.best(scores)
+    return out
+
+
+def text_times_parents(logits: np.ndarray, parent: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``parent * sigmoid(a * logits + b)``: never above the parent's score."""
+    return parent * (1.0 / (1.0 + np.exp(-(a * logits + b))))
+
+
+def under_parents(
+    scores: np.ndarray, logits: np.ndarray, ids: list[str], ontology: Ontology,
+    unseen: Mapping[str, tuple[ParentIndex, float, float]],
+) -> np.ndarray:  # fmt: skip
+    """Propagated (N, T) ``scores`` with each unseen term's column (per aspect: its
+    :class:`ParentIndex` and conditional ``(a, b)``) replaced by :func:`text_times_parents` of
+    its raw ``logits`` and its best parent's score, then propagated again."""
+    out = scores.copy()
+    for index, a, b in unseen.values():
+        parent = index.best(scores)
+        out[:, index.cols] = text_times_parents(logits[:, index.cols], parent, a, b)
+    return propagate(out, ids, ontology)
 
 
 def transfer_scores(

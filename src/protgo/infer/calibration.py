@@ -1,8 +1,10 @@
 """Calibration of a checkpoint's scores (``predict --calibrate`` / ``--threshold auto``).
 
 Per aspect, logistic ``sigmoid(a * logit + b)`` (Platt scaling) on the validation split's
-(protein, term) pairs, and the threshold that gives the best validation Fmax on the
-calibrated, propagated scores. Stored next to the checkpoint as
+(protein, term) pairs, the threshold that gives the best validation Fmax on the calibrated,
+propagated scores, and the conditional that scores terms without a training positive under
+their parents (:func:`protgo.go.scoring.under_parents`), fitted on the valid proteins of the
+held-out (zero-shot) terms. Stored next to the checkpoint as
 ``<checkpoint>.calibration.json``, keyed by the checkpoint's sha256 and the score input, and
 sealed by the sha256 of its own content (``sha256``): a calibration edited or damaged after
 protgo wrote it (a threshold raised, a Platt slope's sign flipped) is refused, in a run folder
@@ -20,6 +22,7 @@ import numpy as np
 
 from protgo.errors import UserError
 from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
+from protgo.eval.zeroshot import fit_conditional
 from protgo.go import scoring
 from protgo.io import atomic_write_text, file_sha256
 
@@ -41,8 +44,8 @@ def sealed(cal: dict) -> dict:
 
 def check(cal, where: str, fix: str) -> dict:
     """``cal`` when it is a calibration as protgo wrote it: sealed by its checksum, each
-    aspect a finite Platt ``[a, b]`` with ``a > 0`` and a threshold in (0, 1); else one
-    UserError naming ``where`` and the ``fix``."""
+    aspect a finite Platt ``[a, b]`` with ``a > 0``, a threshold in (0, 1) and, when present,
+    a finite conditional ``[a, b]``; else one UserError naming ``where`` and the ``fix``."""
     problem = None
     if not isinstance(cal, dict) or not isinstance(cal.get("aspects"), dict):
         problem = "is not a calibration (no 'aspects')"
@@ -51,15 +54,21 @@ def check(cal, where: str, fix: str) -> dict:
     else:
         for aspect, fitted in cal["aspects"].items():
             ab, tau = fitted.get("platt"), fitted.get("threshold")
-            ok_ab = (isinstance(ab, list) and len(ab) == 2
-                     and all(isinstance(v, int | float) and math.isfinite(v) for v in ab)
-                     and ab[0] > 0)  # fmt: skip
-            if not ok_ab or not (isinstance(tau, int | float) and 0 < tau < 1):
-                problem = f"holds an impossible fit for {aspect} (platt {ab}, threshold {tau})"
+            ok_ab = _finite_pair(ab) and ab[0] > 0
+            ok_tau = isinstance(tau, int | float) and 0 < tau < 1
+            cond = fitted.get("conditional", [0.0, 0.0])  # optional: zero-shot terms' fit
+            if not (ok_ab and ok_tau and _finite_pair(cond)):
+                problem = (f"holds an impossible fit for {aspect} (platt {ab}, threshold {tau}"
+                           f", conditional {cond})")  # fmt: skip
                 break
     if problem:
         raise UserError(f"calibration {where} {problem}: {fix}")
     return cal
+
+
+def _finite_pair(v) -> bool:
+    return (isinstance(v, list) and len(v) == 2
+            and all(isinstance(x, int | float) and math.isfinite(x) for x in v))  # fmt: skip
 
 
 def read(checkpoint: Path, logit_input: str) -> dict | None:
@@ -104,6 +113,11 @@ def fit(pred, max_proteins: int = 2000) -> dict:
         best = fmax_smin(probs, truth)
         result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                      "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
+        zero = [k for k, t in enumerate(terms) if pred.term_class(t) == "zero"]
+        if zero and truth[:, zero].any():  # held-out terms with a valid positive
+            parent = scoring.parent_scores(probs, terms, onto)[:, zero]
+            ab = fit_conditional(logit[:, zero], parent, truth[:, zero])
+            result["aspects"][aspect] |= {"conditional": list(ab), "zero_terms": len(zero)}
     result = sealed(result)
     atomic_write_text(path_for(pred.checkpoint), json.dumps(result, indent=1) + "\n")
     return result

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from protgo.config import ASPECTS, Config, default_data_dir
-from protgo.data.folder import DatasetFolder
+from protgo.data.folder import TRAINED_CLASSES, DatasetFolder
 from protgo.data.ontology import Ontology
 from protgo.encoders.protein import embed_arrays, pack_by_tokens
 from protgo.encoders.registry import describe_model, protein_encoder
@@ -186,6 +186,7 @@ class Predictor:
             self.go = self.model.encode_go(self.go_text)  # (T, A) unit vectors
         self.residual_rows = self.model.residual_rows(self.go_ids)  # None without residuals
         self._columns: dict[tuple[str, frozenset[str]], np.ndarray] = {}
+        self._unseen: dict | None = None
 
     def columns(self, aspect: str, leave_out: frozenset[str] = frozenset()) -> np.ndarray:
         """The columns of ``aspect``'s terms (ascending), but those in ``leave_out``."""
@@ -300,9 +301,32 @@ class Predictor:
         return out.cpu().numpy().astype(np.float64)
 
     def scores(self, vecs: torch.Tensor, propagate: bool = True) -> np.ndarray:
-        """(N, A) protein vectors -> (N, T) scores in [0, 1] over ``go_ids``."""
-        out = self.calibrate_logits(self.logits(vecs))
-        return scoring.propagate(out, self.go_ids, self.ontology) if propagate else out
+        """(N, A) protein vectors -> (N, T) scores in [0, 1] over ``go_ids``; propagated, a
+        term without a training positive scored under its parents where the calibration holds
+        a conditional for its aspect (:func:`protgo.go.scoring.under_parents`)."""
+        logit = self.logits(vecs)
+        out = self.calibrate_logits(logit)
+        if not propagate:
+            return out
+        out = scoring.propagate(out, self.go_ids, self.ontology)
+        unseen = self._unseen_terms()
+        return scoring.under_parents(out, logit, self.go_ids, self.ontology, unseen) if unseen \
+            else out  # fmt: skip
+
+    def _unseen_terms(self) -> dict[str, tuple[scoring.ParentIndex, float, float]]:
+        """{aspect: (parents of its terms without a training positive, a, b)} for the aspects
+        whose calibration holds a conditional; built once."""
+        if self._unseen is None:
+            fitted = (self.calibration or {}).get("aspects", {})
+            self._unseen = {}
+            for aspect, fit in fitted.items():
+                if fit.get("conditional") is None:
+                    continue
+                cols = [j for j in self.columns(aspect)
+                        if self.term_class(self.go_ids[j]) not in TRAINED_CLASSES]  # fmt: skip
+                index = scoring.ParentIndex(self.go_ids, self.ontology, cols)
+                self._unseen[aspect] = (index, *fit["conditional"])
+        return self._unseen
 
     def calibrate_logits(self, logit: np.ndarray) -> np.ndarray:
         """Scores in [0, 1]: Platt-calibrated for the aspects the calibration covers, else

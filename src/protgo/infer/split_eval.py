@@ -11,7 +11,7 @@ import numpy as np
 from protgo.data.folder import DatasetFolder
 from protgo.data.sequence import clean_sequence
 from protgo.eval.metrics import truth_matrix
-from protgo.eval.zeroshot import aspect_rows, fit_conditional, parent_scores, zero_shot_table
+from protgo.eval.zeroshot import aspect_rows, fit_conditional, zero_shot_table
 from protgo.go import scoring
 from protgo.infer import bundle
 from protgo.infer.predict import Predictor
@@ -79,7 +79,7 @@ def zero_shot_rows(
     onto, cls = folder.ontology, folder.term_class
     other = "valid" if split == "test" else "test"
     terms, keep, scores, logits, truth = _problem(pred, folder, other, progress)
-    parents = parent_scores(scores, terms, onto)
+    parents = scoring.parent_scores(scores, terms, onto)
     aspects = np.array([onto.aspect(t) for t in terms])
     conditional = {}
     for aspect in np.unique(aspects):
