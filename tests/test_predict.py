@@ -158,6 +158,11 @@ def test_an_interrupted_predict_resumes_to_the_same_files(trained, tmp_path, mon
     assert not (out / "protgo.tsv").exists()
     with pytest.raises(UserError, match="unfinished run of other sequences or options"):
         run_predict(ckpt, fasta, out, **{**kw, "top_k": 4})
+    from protgo.io import file_lock
+
+    busy = pytest.raises(UserError, match="in use by another `protgo predict`")
+    with file_lock(out / ".lock"), busy:  # another predict is writing into the folder
+        run_predict(ckpt, fasta, out, **kw)
     info = run_predict(ckpt, fasta, out, **kw)
     assert info["resumed_chunks"] == 1 and not (out / "partial").exists()
     for name in OUTPUT_FILES:

@@ -6,6 +6,7 @@ once, through a staging folder): ``protgo.tsv`` (CAFA format), ``predictions.tsv
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from protgo.errors import UserError
 from protgo.infer.attribution import explain
 from protgo.infer.predict import Predictor, ProteinResult
 from protgo.infer.stream import ChunkedRun, run_key
-from protgo.io import check_output_path, progress_bar
+from protgo.io import check_output_path, file_lock, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,31 @@ def cafa_lines(
     return "".join(lines)
 
 
+def _one_run_per_out(run):
+    """``run`` with its ``out`` folder claimed: ``out/.lock`` held throughout, so a second
+    `protgo predict` into the same folder is refused while one runs (the kernel drops the lock
+    when the process dies); a folder made here is removed again when the run leaves nothing."""
+
+    @functools.wraps(run)
+    def claimed(checkpoint, fasta, out, *args, **kwargs):
+        out = Path(out)
+        check_out(out, kwargs.get("overwrite", False))
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with file_lock(out / ".lock", blocking=False) as taken:
+                if not taken:
+                    raise UserError(f"--out {out} is in use by another `protgo predict`: wait "
+                                    "for it to end, or give another --out")  # fmt: skip
+                return run(checkpoint, fasta, out, *args, **kwargs)
+        finally:
+            if created and [p.name for p in out.iterdir()] == [".lock"]:
+                shutil.rmtree(out, ignore_errors=True)
+
+    return claimed
+
+
+@_one_run_per_out
 def run_predict(
     checkpoint: Path, fasta: Path, out: Path, top_k: int = 20,
     aspects: Iterable[str] | None = None, attributions: bool = False, propagate: bool = True,
@@ -202,7 +228,6 @@ def run_predict(
     CLI help). ``checkpoint``: a training checkpoint or run folder, or a bundle directory."""
     if top_k < 1 or batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be at least 1, got {top_k}, {batch_size}")
-    check_out(out, overwrite)
     cut = parse_threshold(threshold)
     seqs = read_query_fasta(fasta)
     pred = Predictor(checkpoint, data_dir, aspects, device, obo, homology, threads,
@@ -224,7 +249,6 @@ def run_predict(
                "most_specific": most_specific, "batch_size": batch_size}  # fmt: skip
     key = run_key({"sequences": list(seqs.items()), "model": _model_identity(pred),
                    "options": options, "version": protgo.__version__})  # fmt: skip
-    created = not Path(out).exists()
     run = ChunkedRun.open(Path(out), key, len(chunks), overwrite)
     done = run.finished()
     if done:
@@ -248,8 +272,6 @@ def run_predict(
     except BaseException:
         if not run.finished():  # nothing worth resuming: leave no trace of this run
             run.remove()
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
     files = {"protgo.tsv": run.pieces("protgo.tsv"),
