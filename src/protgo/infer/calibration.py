@@ -113,8 +113,9 @@ def fit(pred, max_proteins: int = 2000) -> dict:
         best = fmax_smin(probs, truth)
         result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                      "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
-        zero = [k for k, t in enumerate(terms) if pred.term_class(t) == "zero"]
-        if zero and truth[:, zero].any():  # held-out terms with a valid positive
+        held_out = pred.folder.term_class  # zero: annotated, but held out of training
+        zero = [k for k, t in enumerate(terms) if held_out.get(t) == "zero"]
+        if zero and truth[:, zero].any():
             parent = scoring.parent_scores(probs, terms, onto)[:, zero]
             ab = fit_conditional(logit[:, zero], parent, truth[:, zero])
             result["aspects"][aspect] |= {"conditional": list(ab), "zero_terms": len(zero)}
