@@ -254,7 +254,9 @@ def test_the_shipped_model_loads_from_its_name(name, encoder):
     assert b.meta["calibration"]["aspects"].keys() == {"BP", "MF", "CC"}
     assert {"protgo", "naive", "diamond"} <= set(b.meta["provenance"]["metrics"])
     assert len(b.ontology.terms) > 40_000 and b.terms
-    assert (path / "README.md").read_text().count("| protgo |") == 3  # one row per aspect
+    card = (path / "README.md").read_text()
+    assert card.count("| protgo |") == 3  # one row per aspect
+    assert card.startswith(f"# {name}\n") and f"--model {name} " in card  # its own name
 
 
 def test_a_model_on_projected_residues_predicts_new_sequences_from_its_bundle(tiny_esm, tmp_path):
