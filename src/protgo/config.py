@@ -220,7 +220,7 @@ class PhasesConfig(Section):
 class TrainConfig(Section):
     # Each epoch ends with validation: Fmax per aspect of data.aspects, scored and evaluated as
     # `protgo predict` / `protgo evaluate` do; best.pt is the epoch with the best mean of them.
-    epochs: Pos = 6
+    epochs: Pos = 10
     batch_size: Pos = 32
     lr: Annotated[float, Field(gt=0.0)] = 3e-4
     weight_decay: NonNeg = 0.01
