@@ -8,6 +8,7 @@ equals GO.db's ``go_*_offspring`` tables.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -164,6 +165,7 @@ class Ontology:
             for a in t.alt_ids:
                 self.alt_map[a] = t.id
         self._children: dict[str, dict[str, list[str]]] = {}
+        self._plans: dict[tuple[str, ...], list] = {}  # propagate_matrix's, by term list
         # Edges to terms not in the ontology (dropped; counted for dataset.json)
         self.dangling: dict[str, int] = {}
         for t in self.terms.values():
@@ -336,23 +338,34 @@ class Ontology:
         """Vectorised :meth:`propagate_scores` for a (N, T) score matrix over terms ``ids``.
 
         Only edges among ``ids`` are used, so ``ids`` should be closed upward (as the terms of
-        a dataset are). Edges are applied children-first by height, so one pass suffices.
-        """
-        col = {g: i for i, g in enumerate(ids)}
-        height = self._heights(ids)
-        edges = [(height[c], col[c], col[p]) for c in ids for p in self.parents(c) if p in col]
-        edges.sort()
+        a dataset are). Edges are applied children-first by height, so one pass suffices; the
+        plan of a term list is built once (:meth:`_propagation_plan`)."""
         st = np.ascontiguousarray(scores.T.copy())  # (T, N): rows are terms
-        i = 0
-        while i < len(edges):
-            j = i
-            while j < len(edges) and edges[j][0] == edges[i][0]:
-                j += 1
-            child = np.array([e[1] for e in edges[i:j]])
-            parent = np.array([e[2] for e in edges[i:j]])
-            np.maximum.at(st, parent, st[child])
-            i = j
+        for child, parent, starts in self._propagation_plan(tuple(ids)):
+            best = np.maximum.reduceat(st[child], starts, axis=0)  # per parent, its best child
+            st[parent] = np.maximum(st[parent], best)
         return st.T
+
+    def _propagation_plan(self, ids: tuple[str, ...]) -> list[tuple[np.ndarray, ...]]:
+        """Per height level, children first: (child rows grouped by parent, each group's
+        parent row, each group's start). A parent is above all of its children, so within a
+        level no row is read after it is written."""
+        plan = self._plans.get(ids)
+        if plan is not None:
+            return plan
+        col = {g: i for i, g in enumerate(ids)}
+        height = self._heights(list(ids))
+        edges = sorted((height[c], col[p], col[c]) for c in ids for p in self.parents(c)
+                       if p in col)  # fmt: skip
+        plan = []
+        for _, group in itertools.groupby(edges, key=lambda e: e[0]):
+            level = np.array([(p, c) for _, p, c in group], dtype=np.int64)
+            starts = np.flatnonzero(np.r_[True, level[1:, 0] != level[:-1, 0]])
+            plan.append((level[:, 1], level[starts, 0], starts))
+        if len(self._plans) >= 8:  # a few term lists per process: the aspects, all terms
+            self._plans.clear()
+        self._plans[ids] = plan
+        return plan
 
     def _heights(self, ids: list[str]) -> dict[str, int]:
         """Longest path down to a leaf within ``ids``."""
