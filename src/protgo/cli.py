@@ -466,20 +466,10 @@ def evaluate(
     cfg = load_config(config, overrides or [])  # fails now on a bad -c or --set
     root = _data_dir(data_dir, cfg)
     if ground_truth is not None:
-        typer.echo(
-            _evaluate_truth(
-                ground_truth,
-                obo,
-                ia,
-                dataset,
-                root,
-                pred,
-                out,
-                threads,
-                asked=bool(baselines or model or proteins or valid_pred),
-            )
-        )
-        return  # fmt: skip
+        asked = bool(baselines or model or proteins or valid_pred)
+        typer.echo(_evaluate_truth(ground_truth, obo, ia, dataset, root, pred, out, threads,
+                                   asked))  # fmt: skip
+        return
     if dataset is None:
         raise UserError("give --dataset (a built dataset's split) or --ground-truth (a file)")
     if obo is not None or ia is not None:

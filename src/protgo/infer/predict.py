@@ -310,8 +310,9 @@ class Predictor:
             return out
         out = scoring.propagate(out, self.go_ids, self.ontology)
         unseen = self._unseen_terms()
-        return scoring.under_parents(out, logit, self.go_ids, self.ontology, unseen) if unseen \
-            else out  # fmt: skip
+        if unseen:
+            out = scoring.under_parents(out, logit, self.go_ids, self.ontology, unseen)
+        return out
 
     def _unseen_terms(self) -> dict[str, tuple[scoring.ParentIndex, float, float]]:
         """{aspect: (parents of its terms without a training positive, a, b)} for the aspects
