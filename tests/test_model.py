@@ -183,3 +183,46 @@ def test_each_rank_takes_the_gpu_of_its_local_rank(requested, world, local, want
     else:
         monkeypatch.setenv("LOCAL_RANK", local)
     assert distributed.device_for(requested, world) == torch.device(want)
+
+
+def test_term_head_refit_fits_only_the_residual_table():
+    """The head stage lowers the binary loss of the refitted terms, touches nothing but the
+    residuals and offsets, and leaves a term without a residual scored from its text."""
+    from protgo.model.losses import binary_term_loss
+    from protgo.train.head import refit_term_head
+
+    torch.manual_seed(5)
+    cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, term_residual=True)
+    trained = ["GO:0000002", "GO:0000003", "GO:0000004"]
+    model = ProtGoAligner(cfg, residue_dim=8, go_dim=6, residual_terms=trained).eval()
+    ids = ["GO:0000001", *trained]  # GO:0000001: no training positive
+    text = torch.randn(4, 6)
+    proteins = torch.nn.functional.normalize(torch.randn(96, 10), dim=-1)
+    truth = proteins[:, :3] > 0.1  # learnable from the protein vectors
+    positives = [torch.nonzero(t).squeeze(1).numpy() for t in truth]
+    rows = model.residual_rows(ids)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss() -> float:
+        with torch.no_grad():
+            go = model.encode_go(text[1:])
+            return float(binary_term_loss(model.term_logits(proteins, go, text[1:], rows[1:]),
+                                          truth))  # fmt: skip
+
+    with torch.no_grad():
+        unseen = model.term_logits(proteins, model.encode_go(text), text, rows)[:, 0]
+    start, passes = loss(), []
+    refit_term_head(model, proteins, positives, text[1:], rows[1:], epochs=30, lr=0.05,
+                    weight_decay=0.01, batch_size=32, after_epoch=passes.append)  # fmt: skip
+    assert passes == list(range(1, 31))
+    assert loss() < 0.8 * start
+    for name, value in model.state_dict().items():
+        changed = not torch.equal(value, before[name])
+        assert changed == (name in ("term_residual", "term_offset")), name
+    assert all(p.requires_grad for p in model.parameters())  # given back trainable
+    with torch.no_grad():
+        again = model.term_logits(proteins, model.encode_go(text), text, rows)[:, 0]
+    assert torch.equal(again, unseen)
+    with pytest.raises(ValueError, match="row in the residual table"):
+        refit_term_head(model, proteins, positives, text, rows, epochs=1, lr=0.05,
+                        weight_decay=0.0)  # fmt: skip

@@ -142,3 +142,30 @@ def test_bf16_training_step_agrees_with_fp32(tiny_world, tmp_path):
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
     cos = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
     assert cos > 0.99, cos
+
+
+def test_head_stage_keeps_the_best_pass_and_runs_once(tiny_world, tmp_path):
+    """After the last epoch the term-head stage validates each pass; best.pt is the best of
+    epochs and passes, final.pt keeps the last epoch's weights, and resuming the finished run
+    does not refit again."""
+    from protgo.model.checkpoints import load_checkpoint
+    from protgo.train.tracking import read_metrics
+    from protgo.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_world, run, "train.epochs=2", "train.head_epochs=3", "train.lr=3e-3",
+               "train.head_lr=3e-2", "phases.start_epochs=[0]")  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    valid = read_metrics(run, "valid")
+    assert [r.get("head_epoch") for r in valid] == [None, None, 1, 2, 3]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    final = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert best["best"] == max(r["fmax"] for r in valid)
+    assert final["head_done"] and best["head_done"] == (best["best"] > max(
+        r["fmax"] for r in valid[:2]))  # fmt: skip
+    last_epoch = load_checkpoint(run / "checkpoints" / "epoch-0002.pt")["model"]
+    for name, value in final["model"].items():
+        assert torch.equal(value, last_epoch[name]), name
+    Trainer(cfg, progress=False).fit(resume=run)
+    assert len(read_metrics(run, "valid")) == len(valid)

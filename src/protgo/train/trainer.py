@@ -56,6 +56,7 @@ from protgo.model.losses import (
 from protgo.model.pooling import pad_residues
 from protgo.stores.residues import ResidueStore
 from protgo.train import distributed
+from protgo.train.head import refit_term_head
 from protgo.train.optim import adamw
 from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.schedule import warmup_cosine
@@ -156,6 +157,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_last)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
+        self.head_done = False  # the term-head stage (train.head_epochs) has run
         self.seen: set[str] = set()
         # running sums since the last log (tensors on the device, floats after a resume)
         self.window: dict = defaultdict(float)
@@ -261,7 +263,10 @@ class Trainer:
                 break  # max_steps reached
             last = self._end_epoch()
         if self.epoch >= self.cfg.train.epochs and self.rank == 0:
+            if not self.head_done:
+                last = self._head_stage() or last
             self.checkpoints.save(self.state(), "final")
+        distributed.barrier(self.world)
         self.tracker.close()
         return last
 
@@ -453,6 +458,57 @@ class Trainer:
                 self.checkpoints.save(self.state(), "best")
         return metrics
 
+    def _head_stage(self) -> dict | None:
+        """``train.head_epochs`` passes of :func:`protgo.train.head.refit_term_head` from the
+        best epoch's weights, each validated; ``best.pt`` becomes the best pass where it beats
+        the best epoch. Written once, at the end: an interrupted stage starts again from the
+        same weights, and a best.pt that holds the stage's result is not refitted twice. The
+        model is given back the last epoch's weights (what ``final.pt`` holds)."""
+        epochs = self.cfg.train.head_epochs
+        if epochs == 0 or self.model.term_residual is None:
+            self.head_done = True
+            return None
+        best_path = self.checkpoints.directory / "best.pt"
+        state = load_checkpoint(best_path, self.device) if best_path.exists() else self.state()
+        self.head_done = True
+        if state.get("head_done"):  # the stage ran and wrote best.pt; final.pt did not follow
+            return None
+        last_epoch = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        cache = self.phases.cache
+        rows = self.model.residual_rows(cache.ids)
+        keep = torch.nonzero(rows >= 0).squeeze(1).cpu()
+        terms = [cache.ids[j] for j in keep.tolist()]
+        col = {g: j for j, g in enumerate(terms)}
+        pids = self.train_ds.pids
+        positives = [np.array([col[g] for g in self.ontology.propagate(self.annotations.get(p, ()))
+                               if g in col], dtype=np.int64) for p in pids]  # fmt: skip
+        with torch.no_grad():
+            _, vecs = self.encode_proteins(pids)
+        kept, records = None, []
+
+        def after(k: int) -> None:
+            nonlocal kept
+            metrics = self.validate() | {"head_epoch": k}
+            self.tracker.log(metrics, self.step, kind="valid")
+            records.append(metrics)
+            if metrics["fmax"] is not None and (self.best is None or metrics["fmax"] > self.best):
+                self.best = metrics["fmax"]
+                kept = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+        refit_term_head(
+            self.model, vecs, positives, cache.matrix[keep].to(self.device), rows[keep],
+            epochs=epochs, lr=self.cfg.train.head_lr, weight_decay=self.cfg.train.weight_decay,
+            seed=self.cfg.train.seed, after_epoch=after,
+        )  # fmt: skip
+        if kept is not None:
+            self.model.load_state_dict(kept)
+            self.checkpoints.save(self.state(), "best")
+        self.model.load_state_dict(last_epoch)
+        self.model.train()
+        return records[-1] if records else None
+
     def _rebuild_loaders(self) -> None:
         """Loaders are made per epoch from the sampler; a new collator drops worker copies."""
         state = self.collator.rng.bit_generator.state
@@ -518,7 +574,7 @@ class Trainer:
             **self.phases.state_dict(),
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
             "rng": rng_state(), "collator_rng": self.collator.rng.bit_generator.state,
-            "best": self.best,
+            "best": self.best, "head_done": self.head_done,
             "seen": sorted(self.seen), "window": {k: float(v) for k, v in self.window.items()},
             "config": self.cfg.model_dump(mode="json"),
         }  # fmt: skip
@@ -566,6 +622,7 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best = state["batch_in_epoch"], state["best"]
+        self.head_done = state.get("head_done", False)  # absent: saved before the stage existed
         self.seen, self.window = set(state["seen"]), defaultdict(float, state["window"])
         if state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])

@@ -1,0 +1,73 @@
+"""The term-head stage: every trained term's residual and offset refitted on frozen proteins.
+
+During the main epochs the binary loss scores ``loss.bce_max_terms`` terms a step (the batch's
+own and a random sample of the rest), so a term's residual is pushed towards its negatives in a
+fraction of the steps only. After the last epoch, with the encoders frozen at the best epoch,
+the protein vectors of the training proteins are fixed: this stage then fits the per-term
+residuals and offsets (:class:`protgo.model.aligner.ProtGoAligner`) with binary cross-entropy
+over every trained term at every step, a few passes of AdamW, the residuals decayed towards
+zero as in training. It is a linear probe on the aligned space, started from the jointly
+trained head; terms without a training positive have no residual and are untouched, so the
+zero-shot scores do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from protgo.model.aligner import ProtGoAligner
+from protgo.model.losses import binary_term_loss
+from protgo.train.optim import adamw
+
+
+def refit_term_head(
+    model: ProtGoAligner,
+    proteins: torch.Tensor,
+    positives: Sequence[np.ndarray],
+    go_text: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int = 256,
+    seed: int = 0,
+    after_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Fit ``model``'s residuals and offsets in place.
+
+    ``proteins`` (N, A): the training proteins' aligned vectors (eval mode); ``positives``:
+    per protein, the columns of its propagated annotations among the terms; ``go_text``
+    (T, Dt): the terms' text vectors; ``rows`` (T,): their rows in the residual table (every
+    one >= 0). ``after_epoch(k)`` runs after pass ``k`` (1-based)."""
+    if model.term_residual is None:
+        raise ValueError("the model has no per-term residuals (model.term_residual)")
+    if bool((rows < 0).any()):
+        raise ValueError("every refitted term needs a row in the residual table")
+    device = model.term_residual.device
+    frozen = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(p is model.term_residual or p is model.term_offset)
+    optimizer = adamw(model, lr, weight_decay)  # decay on the residual matrix, not the offsets
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            go = model.encode_go(go_text.to(device))  # (T, A), fixed: the GO head is frozen
+        for k in range(1, epochs + 1):
+            for idx in torch.randperm(len(proteins), generator=gen).split(batch_size):
+                truth = torch.zeros(len(idx), len(rows), dtype=torch.bool)
+                for b, i in enumerate(idx.tolist()):
+                    truth[b, positives[i]] = True
+                logits = model.term_logits(proteins[idx].to(device), go, go_text, rows)
+                loss = binary_term_loss(logits, truth.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if after_epoch is not None:
+                after_epoch(k)
+    finally:
+        for p, was in frozen.items():
+            p.requires_grad_(was)
