@@ -237,11 +237,14 @@ class TrainConfig(Section):
     # stay fp32). Measured faster where the hardware has native bf16, not yet checked for
     # quality on full data, so fp32 is the default (docs/architecture.md, "Step cost").
     dtype: Literal["fp32", "bf16"] = "fp32"
-    # After the last epoch: passes of the term-head stage (protgo.train.head), every trained
-    # term's residual and offset refitted on the best epoch's frozen protein vectors, each pass
-    # validated; 0 turns it off. Needs model.term_residual.
+    # After the last epoch: passes of the term-head stage (protgo.train.head), the residuals
+    # and offsets of head_terms refitted on the best epoch's frozen protein vectors, each pass
+    # validated; 0 turns it off. Needs model.term_residual. head_terms: "common" (more
+    # training proteins than data's few-shot limit; few-shot terms keep the residuals learnt
+    # with the encoders, nearer their text) or "trained" (every term with a positive).
     head_epochs: Annotated[int, Field(ge=0)] = 6
     head_lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    head_terms: Literal["common", "trained"] = "common"
 
 
 class TrackingConfig(Section):

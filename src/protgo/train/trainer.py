@@ -459,11 +459,12 @@ class Trainer:
         return metrics
 
     def _head_stage(self) -> dict | None:
-        """``train.head_epochs`` passes of :func:`protgo.train.head.refit_term_head` from the
-        best epoch's weights, each validated; ``best.pt`` becomes the best pass where it beats
-        the best epoch. Written once, at the end: an interrupted stage starts again from the
-        same weights, and a best.pt that holds the stage's result is not refitted twice. The
-        model is given back the last epoch's weights (what ``final.pt`` holds)."""
+        """``train.head_epochs`` passes of :func:`protgo.train.head.refit_term_head` over the
+        terms of ``train.head_terms`` from the best epoch's weights, each validated;
+        ``best.pt`` becomes the best pass where it beats the best epoch. Written once, at the
+        end: an interrupted stage starts again from the same weights, and a best.pt that holds
+        the stage's result is not refitted twice. The model is given back the last epoch's
+        weights (what ``final.pt`` holds)."""
         epochs = self.cfg.train.head_epochs
         if epochs == 0 or self.model.term_residual is None:
             self.head_done = True
@@ -478,8 +479,11 @@ class Trainer:
         self.model.eval()
         cache = self.phases.cache
         rows = self.model.residual_rows(cache.ids)
-        keep = torch.nonzero(rows >= 0).squeeze(1).cpu()
-        terms = [cache.ids[j] for j in keep.tolist()]
+        classes = {"common"} if self.cfg.train.head_terms == "common" else TRAINED_CLASSES
+        refit = [j for j, g in enumerate(cache.ids)
+                 if rows[j] >= 0 and self.folder.term_class.get(g) in classes]  # fmt: skip
+        keep = torch.tensor(refit, dtype=torch.long)
+        terms = [cache.ids[j] for j in refit]
         col = {g: j for j, g in enumerate(terms)}
         pids = self.train_ds.pids
         positives = [np.array([col[g] for g in self.ontology.propagate(self.annotations.get(p, ()))
@@ -487,6 +491,7 @@ class Trainer:
         with torch.no_grad():
             _, vecs = self.encode_proteins(pids)
         kept, records = None, []
+        bar = progress_bar(total=epochs, desc="term head", unit="pass", disable=not self.progress)
 
         def after(k: int) -> None:
             nonlocal kept
@@ -495,13 +500,16 @@ class Trainer:
             records.append(metrics)
             if metrics["fmax"] is not None and (self.best is None or metrics["fmax"] > self.best):
                 self.best = metrics["fmax"]
-                kept = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                kept = {n: v.detach().clone() for n, v in self.model.state_dict().items()}
+            bar.update()
+            bar.set_postfix(valid_fmax=metrics["fmax"], best=self.best)
 
         refit_term_head(
             self.model, vecs, positives, cache.matrix[keep].to(self.device), rows[keep],
             epochs=epochs, lr=self.cfg.train.head_lr, weight_decay=self.cfg.train.weight_decay,
             seed=self.cfg.train.seed, after_epoch=after,
         )  # fmt: skip
+        bar.close()
         if kept is not None:
             self.model.load_state_dict(kept)
             self.checkpoints.save(self.state(), "best")
