@@ -193,9 +193,11 @@ def test_term_head_refit_fits_only_the_residual_table():
 
     torch.manual_seed(5)
     cfg = ModelConfig(align_dim=10, n_queries=2, n_heads=2, dropout=0.0, term_residual=True)
-    trained = ["GO:0000002", "GO:0000003", "GO:0000004"]
+    trained = ["GO:0000002", "GO:0000003", "GO:0000004", "GO:0000005"]  # 5: not refitted
     model = ProtGoAligner(cfg, residue_dim=8, go_dim=6, residual_terms=trained).eval()
-    ids = ["GO:0000001", *trained]  # GO:0000001: no training positive
+    with torch.no_grad():
+        model.term_residual[3] = 1.0
+    ids = ["GO:0000001", *trained[:3]]  # GO:0000001: no training positive
     text = torch.randn(4, 6)
     proteins = torch.nn.functional.normalize(torch.randn(96, 10), dim=-1)
     truth = proteins[:, :3] > 0.1  # learnable from the protein vectors
@@ -219,6 +221,8 @@ def test_term_head_refit_fits_only_the_residual_table():
     for name, value in model.state_dict().items():
         changed = not torch.equal(value, before[name])
         assert changed == (name in ("term_residual", "term_offset")), name
+    assert torch.equal(model.term_residual[3], before["term_residual"][3])  # decayed? no
+    assert model.term_offset[3] == before["term_offset"][3]
     assert all(p.requires_grad for p in model.parameters())  # given back trainable
     with torch.no_grad():
         again = model.term_logits(proteins, model.encode_go(text), text, rows)[:, 0]

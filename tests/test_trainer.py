@@ -148,6 +148,7 @@ def test_head_stage_keeps_the_best_pass_and_runs_once(tiny_world, tmp_path):
     """After the last epoch the term-head stage validates each pass; best.pt is the best of
     epochs and passes, final.pt keeps the last epoch's weights, and resuming the finished run
     does not refit again."""
+    from protgo.model.aligner import residual_terms
     from protgo.model.checkpoints import load_checkpoint
     from protgo.train.tracking import read_metrics
     from protgo.train.trainer import Trainer
@@ -167,5 +168,15 @@ def test_head_stage_keeps_the_best_pass_and_runs_once(tiny_world, tmp_path):
     last_epoch = load_checkpoint(run / "checkpoints" / "epoch-0002.pt")["model"]
     for name, value in final["model"].items():
         assert torch.equal(value, last_epoch[name]), name
+    # train.head_terms "common": few-shot terms keep the residuals learnt in the epochs
+    k = max((1, 2), key=lambda e: valid[e - 1]["fmax"])
+    epoch = load_checkpoint(run / "checkpoints" / f"epoch-{k:04d}.pt")["model"]
+    classes = trainer.folder.term_class
+    table = residual_terms(best["model"])
+    few = [i for i, g in enumerate(table) if classes.get(g) == "few"]
+    common = [i for i, g in enumerate(table) if classes.get(g) == "common"]
+    assert few and common
+    moved = (best["model"]["term_residual"] != epoch["term_residual"]).any(dim=1)
+    assert not moved[few].any() and moved[common].any() == best["head_done"]
     Trainer(cfg, progress=False).fit(resume=run)
     assert len(read_metrics(run, "valid")) == len(valid)

@@ -20,7 +20,6 @@ import torch
 
 from protgo.model.aligner import ProtGoAligner
 from protgo.model.losses import binary_term_loss
-from protgo.train.optim import adamw
 
 
 def refit_term_head(
@@ -51,7 +50,12 @@ def refit_term_head(
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(p is model.term_residual or p is model.term_offset)
-    optimizer = adamw(model, lr, weight_decay)  # decay on the residual matrix, not the offsets
+    rows = rows.to(device)
+    # AdamW's decay, applied by hand to the refitted rows only (the optimiser's own would
+    # shrink every row of the table, the terms left out included); none on the offsets
+    optimizer = torch.optim.AdamW([model.term_residual, model.term_offset], lr=lr,
+                                  weight_decay=0.0)  # fmt: skip
+    decay = 1.0 - lr * weight_decay
     gen = torch.Generator().manual_seed(seed)
     try:
         with torch.no_grad():
@@ -66,6 +70,8 @@ def refit_term_head(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    model.term_residual[rows] *= decay
             if after_epoch is not None:
                 after_epoch(k)
     finally:
