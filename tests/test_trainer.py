@@ -69,6 +69,8 @@ def test_exact_resume(tiny_world, tmp_path, backend):
     ma, mb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
     assert [r["step"] for r in ma] == [r["step"] for r in mb]
     assert [r["total"] for r in ma] == pytest.approx([r["total"] for r in mb], rel=1e-5)
+    times = [r["time"] for r in read_metrics(tmp_path / "b")]  # summed over the resume
+    assert times == sorted(times)
 
 
 def test_forced_faiss_failure_falls_back(tiny_world, tmp_path, monkeypatch):

@@ -42,6 +42,9 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             self._drop_after(resume_step)
+            # a record's time counts the run's training seconds, summed over its resumes
+            rows = read_jsonl(self.path)[0] if self.path.is_file() else []
+            self.start -= float(rows[-1].get("time", 0.0)) if rows else 0.0
         self._fh = self.path.open("a")
         self._add_log_file()
         if cfg.wandb != "disabled":
