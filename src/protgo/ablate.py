@@ -320,7 +320,11 @@ class Ablation:
         sims = (vecs @ vecs.T).numpy()
         n = len(sims)
         mean_cos = float((sims.sum() - np.trace(sims)) / max(n * (n - 1), 1))
-        valid = [r for r in read_jsonl(where / "run" / "metrics.jsonl")[0] if r["kind"] == "valid"]
+        valid = [
+            r
+            for r in read_jsonl(where / "run" / "metrics.jsonl")[0]
+            if r["kind"] == "valid" and "head_epoch" not in r
+        ]  # per epoch
         return {
             "aspects": aspects,
             "valid_fmax": valid[-1]["fmax"] if valid else None,

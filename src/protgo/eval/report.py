@@ -113,9 +113,11 @@ def plot_term_auc(results, path: Path) -> Path | None:
 
 
 def plot_training(records: list[dict], path: Path) -> Path | None:
-    """Loss parts over steps, validation Fmax per epoch, text-phase changes as lines."""
+    """Loss parts over steps, validation Fmax per epoch (and per pass of the term-head
+    stage, at the last step), text-phase changes as lines."""
     train = [r for r in records if r["kind"] == "train"]
-    valid = [r for r in records if r["kind"] == "valid"]
+    valid = [r for r in records if r["kind"] == "valid" and "head_epoch" not in r]
+    head = [r for r in records if r["kind"] == "valid" and "head_epoch" in r]
     if not train:
         return None
     plt = pyplot()
@@ -139,6 +141,9 @@ def plot_training(records: list[dict], path: Path) -> Path | None:
         if "fmax_random" in valid[0]:
             ax2.plot(vs, [r["fmax_random"] for r in valid], "s--", color="grey",
                      label="random scores")  # fmt: skip
+        if head:
+            ax2.plot([r["step"] for r in head], [r["fmax"] for r in head], "x", color="tab:blue",
+                     label="term-head passes")  # fmt: skip
         ax2.legend(fontsize=8)
     ax2.set(xlabel="step", ylabel="Fmax", title="validation (retrieval over all GO terms)")
     return _save(fig, path)
