@@ -79,7 +79,7 @@ VARIANTS = {
                 lambda cfg: ["loss.lambda_bce=0", "model.term_bias=false"]),
         Variant("no-term-residual", "per-term residuals: seen terms as a classifier scores them",
                 lambda cfg: ["model.term_residual=false"]),
-        Variant("no-term-head", "the term-head stage: every trained term refitted at the end",
+        Variant("no-term-head", "the term-head stage: common terms refitted at the end",
                 lambda cfg: ["train.head_epochs=0"]),
         Variant("mean-pooling", "attention pooling", lambda cfg: ["model.pooling=mean"]),
     )

@@ -1,14 +1,14 @@
-"""The term-head stage: every trained term's residual and offset refitted on frozen proteins.
+"""The term-head stage: per-term residuals and offsets refitted on frozen proteins.
 
 During the main epochs the binary loss scores ``loss.bce_max_terms`` terms a step (the batch's
 own and a random sample of the rest), so a term's residual is pushed towards its negatives in a
 fraction of the steps only. After the last epoch, with the encoders frozen at the best epoch,
-the protein vectors of the training proteins are fixed: this stage then fits the per-term
-residuals and offsets (:class:`protgo.model.aligner.ProtGoAligner`) with binary cross-entropy
-over every trained term at every step, a few passes of AdamW, the residuals decayed towards
-zero as in training. It is a linear probe on the aligned space, started from the jointly
-trained head; terms without a training positive have no residual and are untouched, so the
-zero-shot scores do not change.
+the protein vectors of the training proteins are fixed: this stage then fits the residuals and
+offsets (:class:`protgo.model.aligner.ProtGoAligner`) of the chosen terms (the trainer's
+``train.head_terms``) with binary cross-entropy over all of them at every step, a few passes
+of Adam, their residuals decayed towards zero as AdamW would. It is a linear probe on the
+aligned space, started from the jointly trained head. Every other row of the table is left as
+it is, and terms without a training positive have no row, so zero-shot scores do not change.
 """
 
 from __future__ import annotations

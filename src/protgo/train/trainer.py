@@ -479,9 +479,10 @@ class Trainer:
         self.model.eval()
         cache = self.phases.cache
         rows = self.model.residual_rows(cache.ids)
+        has_row = (rows >= 0).tolist()
         classes = {"common"} if self.cfg.train.head_terms == "common" else TRAINED_CLASSES
         refit = [j for j, g in enumerate(cache.ids)
-                 if rows[j] >= 0 and self.folder.term_class.get(g) in classes]  # fmt: skip
+                 if has_row[j] and self.folder.term_class.get(g) in classes]  # fmt: skip
         keep = torch.tensor(refit, dtype=torch.long)
         terms = [cache.ids[j] for j in refit]
         col = {g: j for j, g in enumerate(terms)}
