@@ -303,16 +303,20 @@ def embed_arrays(encoder, cleans: Sequence[str], batch_tokens: int, progress=Non
     return arrays
 
 
-def pack_by_tokens(items: Sequence, batch_tokens: int, key) -> Iterator[list]:
-    """Consecutive batches whose padded size (count x longest) stays within ``batch_tokens``.
+def pack_by_tokens(items: Sequence, batch_tokens: int, key, padded: bool = True) -> Iterator[list]:
+    """Consecutive batches whose padded size (count x longest) stays within ``batch_tokens``,
+    or with ``padded=False`` their summed size (for models that read packed batches).
 
     ``items`` are sorted by ``key`` ascending; an item longer than the budget goes alone."""
     batch: list = []
+    total = 0
     for item in items:
-        if batch and (len(batch) + 1) * key(item) > batch_tokens:
+        size = (len(batch) + 1) * key(item) if padded else total + key(item)
+        if batch and size > batch_tokens:
             yield batch
-            batch = []
+            batch, total = [], 0
         batch.append(item)
+        total += key(item)
     if batch:
         yield batch
 

@@ -18,8 +18,10 @@ layer, ``unirep-256`` and ``unirep-64`` four stacked layers (no residual connect
 input is the start token then the residues; the vector of residue i is the last layer's
 ``h`` after reading it, so a protein of L residues gives L vectors, and residue i has seen
 residues 1..i only (the model reads one way). No windows are needed: the state carries over
-any length, and long proteins are read in chunks that carry ``(h, c)`` (same result as one
-pass). Right padding leaves the real positions unchanged.
+any length. Proteins of different lengths are read together packed, longest first (as
+PyTorch's packed sequences are): step t computes only the proteins longer than t, so a batch
+costs its residues, not its count times its longest, and passes of a bounded number of
+positions carry ``(h, c)`` (same result as one pass).
 
 ``dtype="bf16"`` runs the widest matmul (``m Wh``) in bfloat16 (fp32 accumulation), everything
 else in fp32: on a CPU with AVX512-BF16 1.9x faster for unirep-1900 and 1.6x for unirep-256
@@ -62,8 +64,7 @@ LICENCE = (
     "non-commercial use only, with attribution. Licence-free alternatives: protgo-esm-8m, "
     "protgo-esm-small, or ESM-2 hub ids (MIT)."
 )
-CHUNK = 2048  # positions read per pass; (h, c) carry over between chunks
-BATCH_BYTES = 1 << 29  # input projections (positions x 4d fp32) per batch, at most
+BATCH_BYTES = 1 << 29  # input projections (positions x 4d fp32) per pass, at most
 _noticed = False
 
 
@@ -112,24 +113,28 @@ class MLSTMLayer(nn.Module):
         self.b = nn.Parameter(torch.from_numpy(z[p + "b"]).float(), requires_grad=False)
         self.dim = self.wmh.shape[0]
 
-    def forward(self, x: torch.Tensor, state, mm_dtype: torch.dtype):
-        """(B, T, in) -> (B, T, d) hidden states; ``state`` (h, c) in and out, fp32."""
-        B, T, _ = x.shape
+    def forward(self, x: torch.Tensor, sizes: Sequence[int], state, mm_dtype: torch.dtype):
+        """Packed (N, in) inputs, step by step: step t is the next ``sizes[t]`` rows (non-
+        increasing), read by the first ``sizes[t]`` states -> (N, d) hidden states, and the
+        state (h, c) of the rows still reading after the last step, fp32."""
         # input projections for all positions at once (one fp32 GEMM each)
-        xw = x @ self.wx + self.b  # (B, T, 4d)
-        xm = x @ self.wmx  # (B, T, d)
+        xw = x @ self.wx + self.b  # (N, 4d)
+        xm = x @ self.wmx  # (N, d)
         # only the widest matmul (m Wh, d x 4d) in mm_dtype: the multiplicative path h Wmh
         # stays fp32, as bf16 there drifts over long proteins
         wh = self.wh.to(mm_dtype)
         h, c = state
-        out = torch.empty(B, T, self.dim)
-        for t in range(T):
-            m = xm[:, t] * (h @ self.wmh)
-            z = xw[:, t] + (m.to(mm_dtype) @ wh).float()
+        out = torch.empty(x.shape[0], self.dim)
+        lo = 0
+        for n in sizes:
+            h, c, hi = h[:n], c[:n], lo + n  # rows that ended drop out of the state
+            m = xm[lo:hi] * (h @ self.wmh)
+            z = xw[lo:hi] + (m.to(mm_dtype) @ wh).float()
             i, f, o, u = z.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(u)
             h = torch.sigmoid(o) * torch.tanh(c)
-            out[:, t] = h
+            out[lo:hi] = h
+            lo = hi
         return out, (h, c)
 
 
@@ -152,18 +157,41 @@ class UniRep(nn.Module):
                 for layer in self.layers]  # fmt: skip
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, dtype: str = "fp32", chunk: int = CHUNK):
-        """(B, T) token ids (right-padded) -> (B, T, d) last-layer states, read in chunks of
-        ``chunk`` positions that carry the state."""
+    def read(self, rows: Sequence[Sequence[int]], dtype: str = "fp32",
+             chunk: int | None = None) -> list[torch.Tensor]:  # fmt: skip
+        """Token rows of any lengths -> each row's (len, d) last-layer states.
+
+        The rows are read together, packed time-major with the longest first: step t computes
+        only the rows longer than t, so a batch of mixed lengths costs no padding. Read in
+        passes of at most ``chunk`` positions (at least one step; default: as many as
+        ``BATCH_BYTES`` of input projections hold) that carry the state."""
+        chunk = chunk or BATCH_BYTES // (16 * self.dim)
         mm = torch.bfloat16 if dtype == "bf16" else torch.float32
-        state = self.init_state(tokens.shape[0])
-        parts = []
-        for lo in range(0, tokens.shape[1], chunk):
-            x = self.embed(tokens[:, lo : lo + chunk])
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        lens = np.array([len(rows[i]) for i in order])
+        # sizes[t]: rows longer than t; row b's step t sits at starts[t] + b
+        sizes = len(lens) - np.searchsorted(lens[::-1], np.arange(lens[0]), side="right")
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        packed = torch.empty(int(starts[-1]), dtype=torch.long)
+        where = [torch.from_numpy(starts[:n] + b) for b, n in enumerate(lens)]
+        for b, i in enumerate(order):
+            packed[where[b]] = torch.as_tensor(rows[i], dtype=torch.long)
+        state = self.init_state(len(rows))
+        parts, t = [], 0
+        while t < len(sizes):  # passes of whole steps, up to ``chunk`` positions
+            end = max(t + 1, int(np.searchsorted(starts, starts[t] + chunk, side="right")) - 1)
+            x = self.embed(packed[starts[t] : starts[end]])
             for k, layer in enumerate(self.layers):
-                x, state[k] = layer(x, state[k], mm)
+                x, state[k] = layer(x, sizes[t:end].tolist(), state[k], mm)
             parts.append(x)
-        return torch.cat(parts, dim=1)
+            t = end
+        out = torch.cat(parts)
+        got = [out[w] for w in where]
+        return [got[b] for b in np.argsort(order)]
+
+    def forward(self, tokens: torch.Tensor, dtype: str = "fp32", chunk: int | None = None):
+        """(B, T) token ids -> (B, T, d) last-layer states, every position read as a token."""
+        return torch.stack(self.read(tokens.tolist(), dtype, chunk))
 
     def next_residue_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., d) states -> (..., 25) logits over tokens 1..25 (the next token)."""
@@ -202,26 +230,21 @@ class UniRepEncoder:
         return self.forward([clean])[0]
 
     def forward(self, cleans: Sequence[str]) -> list[torch.Tensor]:
-        """One right-padded batch -> each sequence's (L, d) residue vectors, fp32."""
-        toks = [tokenize(c) for c in cleans]
-        ids = torch.full((len(toks), max(map(len, toks))), PAD, dtype=torch.long)
-        for i, t in enumerate(toks):
-            ids[i, : len(t)] = torch.as_tensor(t)
-        # (B, T, d); position 0 reads the start token
-        hidden = self.model(ids, self.settings()["dtype"])
-        return [hidden[i, 1 : len(t)] for i, t in enumerate(toks)]
+        """One batch of any lengths -> each sequence's (L, d) residue vectors, fp32."""
+        hidden = self.model.read([tokenize(c) for c in cleans], self.settings()["dtype"])
+        return [h[1:] for h in hidden]  # position 0 reads the start token
 
     def embed_batched(
         self, cleans: Sequence[str], batch_tokens: int, progress=None
     ) -> Iterator[tuple[int, object, torch.Tensor]]:
         """Yield (sequence index, segment (the whole protein), (L, d) vectors), batches sorted
-        by length and packed up to ``batch_tokens`` padded positions, or more: a recurrent
-        step costs about the same for 8 rows as for 100, so batches are as wide as the input
-        projections' memory allows (about 512 MB: 17k positions for unirep-1900, 131k for
-        unirep-256)."""
+        by length and holding up to ``batch_tokens`` positions, or more: batches are read
+        packed (no padding), and a recurrent step costs about the same for 8 rows as for 100,
+        so they are as wide as the input projections' memory allows (about 512 MB: 17k
+        positions for unirep-1900, 131k for unirep-256)."""
         budget = max(batch_tokens, BATCH_BYTES // (16 * self.dim))
         order = sorted(range(len(cleans)), key=lambda i: len(cleans[i]))
-        for batch in pack_by_tokens(order, budget, key=lambda i: len(cleans[i]) + 1):
+        for batch in pack_by_tokens(order, budget, lambda i: len(cleans[i]) + 1, padded=False):
             for i, vecs in zip(batch, self.forward([cleans[i] for i in batch]), strict=True):
                 yield i, Segment(0, 0, len(cleans[i])), vecs
             if progress is not None:
