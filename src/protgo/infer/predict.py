@@ -33,7 +33,7 @@ import torch
 from protgo.config import ASPECTS, Config, default_data_dir
 from protgo.data.folder import TRAINED_CLASSES, DatasetFolder
 from protgo.data.ontology import Ontology
-from protgo.encoders.protein import embed_arrays, pack_by_tokens
+from protgo.encoders.protein import embed_arrays
 from protgo.encoders.registry import describe_model, protein_encoder
 from protgo.errors import UserError
 from protgo.go import scoring
@@ -42,7 +42,7 @@ from protgo.infer.homology import Reference, refit_for
 from protgo.io import progress_bar
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
-from protgo.model.pooling import pad_residues
+from protgo.model.pooling import BATCH_RESIDUES, length_batches, pad_residues
 from protgo.stores.go_encode import embed_go
 from protgo.stores.go_vectors import GoVectorCache, cache_dir
 from protgo.stores.projection import Projection, resolve_project_dim
@@ -271,15 +271,14 @@ class Predictor:
 
     @torch.no_grad()
     def protein_vectors(
-        self, arrays: list[np.ndarray], batch_residues: int = 16384
+        self, arrays: list[np.ndarray], batch_residues: int = BATCH_RESIDUES
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """((N, A) unit vectors, per-protein attention (L,)), in the order of ``arrays``.
 
         Proteins are sorted by length and packed up to ``batch_residues`` padded residues."""
-        order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))
         vecs = torch.empty(len(arrays), self.go.shape[1])
         attn: list[torch.Tensor | None] = [None] * len(arrays)
-        for batch in pack_by_tokens(order, batch_residues, key=lambda i: len(arrays[i])):
+        for batch in length_batches([len(a) for a in arrays], batch_residues):
             x, mask = pad_residues([arrays[i] for i in batch], self.device)
             out = self.model.encode_protein(x, mask)
             vecs[batch] = out["protein"].float().cpu()

@@ -20,10 +20,13 @@ stitched sliding-window output.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from protgo.encoders.protein import pack_by_tokens
 
 
 class AttentionPooling(nn.Module):
@@ -92,6 +95,17 @@ class MeanPooling(nn.Module):
         weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)  # (B, L)
         pooled = torch.einsum("bl,bld->bd", weights, x.float())
         return {"pooled": pooled, "attn": weights, "attn_heads": weights[:, None]}
+
+
+BATCH_RESIDUES = 16384  # padded residues a batch pools outside training (validation, predict)
+
+
+def length_batches(lengths: Sequence[int], batch_residues: int = BATCH_RESIDUES
+                   ) -> Iterator[list[int]]:  # fmt: skip
+    """Protein indices sorted by length and packed up to ``batch_residues`` padded residues,
+    so that pooling a batch pads little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return pack_by_tokens(order, batch_residues, key=lengths.__getitem__)
 
 
 def pad_residues(arrays: list[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ from protgo.model.losses import (
     dag_pairs,
     multi_positive_info_nce,
 )
-from protgo.model.pooling import pad_residues
+from protgo.model.pooling import length_batches, pad_residues
 from protgo.stores.residues import ResidueStore
 from protgo.train import distributed
 from protgo.train.head import refit_term_head
@@ -564,13 +564,13 @@ class Trainer:
 
     @torch.no_grad()
     def encode_proteins(self, pids: list[str]) -> tuple[list[str], torch.Tensor]:
-        """(pids, (N, A) unit vectors), padded batches of ``train.batch_size``."""
-        store, out = self.valid_ds.store, []
-        for i in range(0, len(pids), self.cfg.train.batch_size):
-            arrays = [store.get(p) for p in pids[i : i + self.cfg.train.batch_size]]
-            x, mask = pad_residues(arrays, self.device)
-            out.append(self.model.encode_protein(x, mask)["protein"])
-        return pids, torch.cat(out)
+        """(pids, (N, A) unit vectors), in batches sorted by length (as ``predict`` pools)."""
+        store, out = self.valid_ds.store, [None] * len(pids)
+        for batch in length_batches([store.length(p) for p in pids]):
+            x, mask = pad_residues([store.get(pids[i]) for i in batch], self.device)
+            for i, v in zip(batch, self.model.encode_protein(x, mask)["protein"], strict=True):
+                out[i] = v
+        return pids, torch.stack(out)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict:
