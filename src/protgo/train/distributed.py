@@ -10,6 +10,7 @@ parameters.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,10 @@ def init() -> tuple[int, int]:
     ``WORLD_SIZE`` > 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # rank 0 validates and runs the term-head stage alone while the others wait at a
+        # barrier: on a CPU that outlasts NCCL's 10-minute default, so wait up to 2 hours
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(hours=2))  # fmt: skip
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
