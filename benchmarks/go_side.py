@@ -43,6 +43,11 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument(
+        "--encoder",
+        default="all-MiniLM-L6-v2",
+        help="text encoder: the packaged default, a local directory or a hub id",
+    )
+    p.add_argument(
         "--dtypes",
         default="fp32,bf16-autocast,bf16",
         help="encoder dtypes, fp32 the reference; bf16-autocast: bf16 under autocast even where "
@@ -69,13 +74,14 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: int, max_length):
+def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: int, max_length,
+                    encoder: str):  # fmt: skip
     """(vectors, seconds, tokens) for ``ids`` at ``phase`` with one encoder variant."""
     from protgo.encoders.text import load_text_encoder
     from protgo.stores.go_text import GoTextStore
 
     enc = load_text_encoder(
-        max_length=max_length, quantize_int8=int8, dtype=dtype.removesuffix("-autocast")
+        encoder, max_length=max_length, quantize_int8=int8, dtype=dtype.removesuffix("-autocast")
     )
     if dtype.endswith("-autocast"):
         enc.bf16_path = "autocast"
@@ -86,7 +92,7 @@ def _encode_variant(onto, ids, phase: int, dtype: str, int8: bool, batch_size: i
     return vecs, time.perf_counter() - start, sum(len(x) for x in tok.input_ids)
 
 
-def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length):
+def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length, encoder: str):
     """(vectors, seconds, tokens) as :func:`_encode_variant`, with the fp32 encoder's
     transformer exported to ONNX and run by ONNX Runtime on the CPU (2 threads), optionally
     after ONNX Runtime's dynamic int8 quantisation (per channel) of every MatMul but the
@@ -97,7 +103,7 @@ def _encode_onnx(onto, ids, phase: int, int8: bool, batch_size: int, max_length)
     from protgo.encoders.text import load_text_encoder
     from protgo.stores.go_text import GoTextStore
 
-    enc = load_text_encoder(max_length=max_length, dtype="fp32")
+    enc = load_text_encoder(encoder, max_length=max_length, dtype="fp32")
     tok = GoTextStore(onto, GoTextConfig(), ids=ids).update_phase_and_tokenize(phase, enc)
 
     class Hidden(torch.nn.Module):  # the transformer's token states, for the export
@@ -201,11 +207,11 @@ def bench_encode(args, n_terms_out: dict) -> list[dict]:
         for dtype, int8 in variants:
             if dtype.startswith("onnx"):
                 vecs, sec, n_tok = _encode_onnx(
-                    onto, ids, phase, int8, args.batch_size, args.max_length
+                    onto, ids, phase, int8, args.batch_size, args.max_length, args.encoder
                 )
             else:
                 vecs, sec, n_tok = _encode_variant(
-                    onto, ids, phase, dtype, int8, args.batch_size, args.max_length
+                    onto, ids, phase, dtype, int8, args.batch_size, args.max_length, args.encoder
                 )
             ref = vecs if ref is None else ref
             cos = (vecs * ref).sum(1)
