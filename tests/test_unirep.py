@@ -74,6 +74,11 @@ def test_padding_and_chunks_change_nothing(seqs):
         torch.testing.assert_close(a, b)
     toks = torch.tensor([unirep.tokenize(seqs[0])])
     torch.testing.assert_close(enc.model(toks, chunk=7), enc.model(toks), rtol=1e-5, atol=1e-6)
+    # packed passes of 11 positions end between steps where rows of other lengths drop out
+    rows = [unirep.tokenize(s) for s in seqs]
+    for row, got in zip(rows, enc.model.read(rows, chunk=11), strict=True):
+        assert got.shape == (len(row), enc.dim)
+        torch.testing.assert_close(got, enc.model.read([row])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_store_path_and_settings(seqs):
