@@ -21,8 +21,8 @@ def init() -> tuple[int, int]:
     ``WORLD_SIZE`` > 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        # rank 0 validates and runs the term-head stage alone while the others wait at a
-        # barrier: on a CPU that outlasts NCCL's 10-minute default, so wait up to 2 hours
+        # rank 0 runs the term-head stage (a validation each pass) alone while the others
+        # wait at a barrier: that can outlast NCCL's 10-minute default, so wait up to 2 hours
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                 timeout=timedelta(hours=2))  # fmt: skip
     return (dist.get_rank(), world) if world > 1 else (0, 1)
