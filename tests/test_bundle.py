@@ -41,7 +41,7 @@ def test_bundle_scores_equal_the_checkpoints(trained, bundles, tmp_path):
         got = Predictor(path, tmp_path / f"empty-{path.name}", homology=False)
         assert got.go_ids == ref.go_ids and got.folder is None
         # fp16 weights in the bundle: scores within fp16 rounding of the checkpoint's (which
-        # the unseen terms' conditional slope can stretch a little)
+        # the unseen terms' logit mean can stretch a little)
         np.testing.assert_allclose(_scores(got, queries), want, atol=3e-3)
     assert not list((tmp_path / "empty-with").glob("stores/go/*"))  # vectors were in the bundle
     assert list((tmp_path / "empty-plain").glob("stores/go/bundle-plain-*"))  # rebuilt, cached

@@ -10,11 +10,10 @@ from protgo.eval.metrics import average_precision, roc_auc
 from protgo.eval.zeroshot import (
     column_auc,
     complete_term_metrics,
-    fit_conditional,
-    nearest_trained_scores,
+    neighbour_scores,
     zero_shot_table,
 )
-from protgo.go.scoring import parent_scores, text_times_parents
+from protgo.go.scoring import TextNeighbours, parent_scores, zero_shot_scores
 
 
 def test_column_auc_equals_a_per_term_loop_with_ties():
@@ -46,7 +45,7 @@ def test_baselines_read_the_parent_and_the_nearest_trained_term():
     np.testing.assert_array_equal(parent_scores(scores, terms, onto)[:, 0], [0.0, 0.0])  # root
     text = np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 1.0]])  # the new term reads like transport
     trained = np.array([True, True, False])
-    near = nearest_trained_scores(scores, text, trained, np.array(["MF"] * 3))
+    near = neighbour_scores(scores, text, trained, np.array(["MF"] * 3))
     np.testing.assert_array_equal(near[:, 2], scores[:, 1])
     np.testing.assert_array_equal(near[:, 0], scores[:, 1])  # never its own score
 
@@ -87,16 +86,35 @@ def test_zero_shot_table_names_every_method_per_class():
     assert by[("parents", "zero")] == 2 / 3  # the kinase score ranks protein 3 above it
 
 
-def test_text_times_parents_recovers_its_conditional_and_never_exceeds_the_parent():
+def test_text_neighbours_equal_a_plain_loop_and_skip_the_term_itself():
     rng = np.random.default_rng(2)
-    logits = rng.normal(size=(4000, 5))
-    parent = rng.uniform(0.05, 1.0, size=(4000, 5))
-    a, b = 1.5, -0.5
-    truth = rng.random((4000, 5)) < text_times_parents(logits, parent, a, b)
-    got_a, got_b = fit_conditional(logits, parent, truth)
-    assert abs(got_a - a) < 0.2 and abs(got_b - b) < 0.2
-    both = text_times_parents(logits * 50, parent, got_a, got_b)  # even for extreme logits
-    assert np.all(both <= parent)
+    text = rng.normal(size=(40, 8))
+    scores = rng.random((6, 40))
+    cols, donors = np.arange(0, 40, 3), np.arange(1, 40, 2)  # some columns are donors too
+    got = TextNeighbours(text, cols, donors, k=4, temp=0.1, chunk=5).mean(scores)
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    for c, j in enumerate(cols):
+        others = [d for d in donors if d != j]
+        sim = np.array([unit[j] @ unit[d] for d in others])
+        top = np.argsort(-sim)[:4]
+        w = np.exp((sim[top] - sim[top].max()) / 0.1)
+        want = scores[:, [others[i] for i in top]] @ (w / w.sum())
+        np.testing.assert_allclose(got[:, c], want, rtol=1e-5)
+    # a term that is its own only donor has no neighbour, and no NaN
+    alone = TextNeighbours(text, [3], [3], k=5).mean(scores)
+    np.testing.assert_array_equal(alone, np.zeros((6, 1)))
+
+
+def test_zero_shot_score_never_exceeds_the_parent_and_follows_text_and_neighbours():
+    rng = np.random.default_rng(3)
+    own, near = rng.random((500, 7)), rng.random((500, 7))
+    parent = rng.uniform(0.0, 1.0, size=(500, 7))
+    for o, n in ((own, near), (np.ones_like(own), np.ones_like(near))):  # even at the extremes
+        assert np.all(zero_shot_scores(o, n, parent) <= parent)
+    base = zero_shot_scores(own, near, parent)
+    assert np.all(zero_shot_scores(own + 0.1 * (1 - own), near, parent) >= base)
+    assert np.all(zero_shot_scores(own, near + 0.1 * (1 - near), parent) >= base)
+    assert zero_shot_scores(np.array([0.5]), np.array([0.5]), np.array([0.8])) == 0.4
 
 
 def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, capsys, monkeypatch):
@@ -115,6 +133,7 @@ def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, caps
         main()
     assert done.value.code == 0
     table = pd.read_csv(out / "zero_shot.tsv", sep="\t")
-    assert set(table["method"]) == {"protgo", "parents", "nearest-trained", "text×parents"}
+    methods = {"protgo", "parents", "nearest-trained", "text+neighbours×parents"}
+    assert set(table["method"]) == methods
     assert set(table["class"]) == {"zero", "few"} and set(table["aspect"]) == {"MF"}
     assert "complete score matrix" in capsys.readouterr().out

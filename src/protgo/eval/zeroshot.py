@@ -15,10 +15,9 @@ The two baselines read the same matrix, so they cost nothing more:
 
 If the model's zero-shot AUC does not beat both, its text side adds nothing for unseen terms.
 
-``text×parents`` uses both, as ProtBoost scored its untrained terms: a term cannot be more
-likely than its parent, so ``P(term) = P(best parent) x P(term | parent)``, the conditional
-``sigmoid(a * logit + b)`` read from the model's text logit, with (a, b) per aspect fitted by
-maximum likelihood on another split's zero-shot terms (:func:`fit_conditional`).
+``text+neighbours×parents`` is what ``predict`` gives a term without a training positive
+(:func:`protgo.go.scoring.under_parents`): its parent's score times the mean, in logit space,
+of its own text score and its :data:`~protgo.go.scoring.NEIGHBOURS` text neighbours' scores.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from protgo.data.folder import TRAINED_CLASSES
 from protgo.data.ontology import Ontology
 from protgo.eval.metrics import average_precision
 from protgo.go import scoring
-from protgo.go.scoring import parent_scores, text_times_parents
+from protgo.go.scoring import TextNeighbours, parent_scores, zero_shot_scores
 
 BASELINES = ("parents", "nearest-trained")
 
@@ -49,32 +48,18 @@ def column_auc(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-def nearest_trained_scores(
-    scores: np.ndarray, text: np.ndarray, trained: np.ndarray, aspects: np.ndarray
-) -> np.ndarray:
+def neighbour_scores(
+    scores: np.ndarray, text: np.ndarray, trained: np.ndarray, aspects: np.ndarray,
+    k: int = 1, temp: float = scoring.NEIGHBOUR_TEMP,
+) -> np.ndarray:  # fmt: skip
     """(N, T) scores, (T, D) text vectors, (T,) bool trained, (T,) aspect -> (N, T): each
-    term's score taken from the nearest trained term of its aspect by text cosine, itself
-    excluded."""
-    unit = text / np.linalg.norm(text, axis=1, keepdims=True).clip(1e-12)
+    term's score taken from the trained terms of its aspect with the nearest text vectors
+    (:class:`protgo.go.scoring.TextNeighbours`; ``k=1``: the nearest one), itself excluded."""
     out = np.zeros_like(scores)
     for aspect in np.unique(aspects):
         cols = np.flatnonzero(aspects == aspect)
-        donors = cols[trained[cols]]
-        if len(donors) == 0:
-            continue
-        sim = unit[cols] @ unit[donors].T  # (Ta, Td)
-        sim[cols[:, None] == donors[None, :]] = -np.inf  # never a term's own score
-        out[:, cols] = scores[:, donors[sim.argmax(axis=1)]]
+        out[:, cols] = TextNeighbours(text, cols, cols[trained[cols]], k, temp).mean(scores)
     return out
-
-
-def fit_conditional(
-    logits: np.ndarray, parent: np.ndarray, truth: np.ndarray, steps: int = 200
-) -> tuple[float, float]:
-    """(a, b) maximising the likelihood of ``truth`` under ``parent * sigmoid(a * logits + b)``
-    (all (N, T), flattened): how a term's text logit says which of its parent's proteins
-    carry it."""
-    return scoring.fit_sigmoid(logits, truth, ceiling=parent, steps=steps)
 
 
 def complete_term_metrics(
@@ -120,27 +105,23 @@ def aspect_rows(truth: np.ndarray, aspects: np.ndarray, aspect: str) -> np.ndarr
 def zero_shot_table(
     scores: np.ndarray, truth: np.ndarray, terms: Sequence[str], ontology: Ontology,
     term_class: Mapping[str, str], text: np.ndarray, min_positives: int = 1,
-    per_term: list | None = None, logits: np.ndarray | None = None,
-    conditional: Mapping[str, tuple[float, float]] | None = None,
+    per_term: list | None = None, own: np.ndarray | None = None,
 ) -> list[dict]:  # fmt: skip
     """:func:`complete_term_metrics` for the model's propagated ``scores`` and for both
     baselines (:data:`BASELINES`) built from them. ``text`` (T, D): the terms' text vectors.
-    With ``logits`` (N, T, the model's raw term logits) and ``conditional`` ({aspect: (a, b)}
-    from :func:`fit_conditional`), also ``text×parents``."""
+    With ``own`` (N, T, the model's scores before propagation), also
+    ``text+neighbours×parents``, what ``predict`` scores a term without a training positive."""
     aspects = np.array([ontology.aspect(t) for t in terms])
     trained = np.array([term_class.get(t) in TRAINED_CLASSES for t in terms])
     parents = parent_scores(scores, terms, ontology)
     methods = {
         "protgo": scores,
         "parents": parents,
-        "nearest-trained": nearest_trained_scores(scores, text, trained, aspects),
+        "nearest-trained": neighbour_scores(scores, text, trained, aspects),
     }
-    if logits is not None and conditional:
-        both = np.zeros_like(scores)
-        for aspect, (a, b) in conditional.items():
-            cols = aspects == aspect
-            both[:, cols] = text_times_parents(logits[:, cols], parents[:, cols], a, b)
-        methods["text×parents"] = both
+    if own is not None:
+        near = neighbour_scores(scores, text, trained, aspects, k=scoring.NEIGHBOURS)
+        methods["text+neighbours×parents"] = zero_shot_scores(own, near, parents)
     rows = []
     for name, s in methods.items():
         rows += complete_term_metrics(s, truth, terms, term_class, aspects,

@@ -11,10 +11,13 @@ teacher all call these functions, so a score means the same everywhere.
   with a fitted ``sigmoid(a * logit + b)`` per aspect.
 * **Propagation**: a parent scores at least its best descendant over ``is_a`` / ``part_of``
   (:meth:`protgo.data.ontology.Ontology.propagate_matrix`).
-* **Terms without a training positive** (held out, or never annotated): with a fitted
-  conditional (calibration), ``P(term) = P(best direct parent) x sigmoid(a * logit + b)``, as
-  ProtBoost scored its untrained terms: a term is never more likely than its parent, and its
-  text says which of the parent's proteins carry it (:func:`under_parents`).
+* **Terms without a training positive** (held out, or never annotated):
+  ``P(term) = P(best direct parent) x sigmoid((logit(own) + logit(neighbours)) / 2)``, where
+  ``own`` is the term's score from its text and ``neighbours`` the text-similarity-weighted
+  mean score of the :data:`NEIGHBOURS` trained terms of its aspect with the nearest text
+  vectors (:class:`TextNeighbours`). A term is never more likely than its parent (as ProtBoost
+  scored its untrained terms), its text says which of the parent's proteins carry it, and
+  the trained terms that read like it lend it what they learnt (:func:`under_parents`).
 * **Homology transfer** (DeepGOPlus' DiamondScore): ``score(q, t) = sum_h bits_h [t in
   ann(h)] / sum_h bits_h`` over the hits h of q, annotations propagated.
 * **Model selection**: the mean over aspects of the per-aspect Fmax, as every reported table
@@ -31,6 +34,11 @@ import numpy as np
 from protgo.data.ontology import Ontology
 
 ScoreInput = Literal["logit", "cos"]
+# Terms without a training positive borrow from the trained terms with the nearest text: how
+# many, and the softmax temperature over their cosines (chosen on human-exp's valid split;
+# docs/results.md).
+NEIGHBOURS = 5
+NEIGHBOUR_TEMP = 0.05
 
 
 def is_scorable(ontology: Ontology, go_id: str) -> bool:
@@ -88,22 +96,70 @@ def parent_scores(scores: np.ndarray, ids: Sequence[str], ontology: Ontology) ->
     return out
 
 
-def text_times_parents(logits: np.ndarray, parent: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``parent * sigmoid(a * logits + b)``: never above the parent's score."""
-    return parent * (1.0 / (1.0 + np.exp(-(a * logits + b))))
+def zero_shot_scores(own: np.ndarray, neighbours: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """``parent * sigmoid((logit(own) + logit(neighbours)) / 2)``, all (N, T) scores in [0, 1]:
+    never above the parent's score."""
+    z = (_logit(own) + _logit(neighbours)) / 2.0
+    return parent / (1.0 + np.exp(-z))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.log(p / (1.0 - p))
+
+
+class TextNeighbours:
+    """For chosen columns of a term list, the ``k`` donor columns with the nearest text vectors
+    (cosine; a column is never its own donor) and their weights, ``softmax(cosine / temp)``,
+    for a vectorised weighted mean of the donors' scores (:meth:`mean`)."""
+
+    def __init__(self, text: np.ndarray, cols: Sequence[int], donors: Sequence[int],
+                 k: int = NEIGHBOURS, temp: float = NEIGHBOUR_TEMP, chunk: int = 2048):  # fmt: skip
+        self.cols, donors = np.asarray(cols, np.int64), np.asarray(donors, np.int64)
+        k = min(k, len(donors))
+        self._donors = np.zeros((len(self.cols), k), np.int64)
+        self._weights = np.zeros((len(self.cols), k))
+        if not k:
+            return
+        unit = text / np.linalg.norm(text, axis=1, keepdims=True).clip(1e-12)
+        unit = unit.astype(np.float32)
+        pool = unit[donors]
+        for i in range(0, len(self.cols), chunk):  # (chunk, D) similarities at a time
+            part = self.cols[i : i + chunk]
+            sim = unit[part] @ pool.T
+            sim[part[:, None] == donors[None, :]] = -np.inf  # never a term's own score
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            near = np.take_along_axis(sim, top, axis=1)
+            with np.errstate(invalid="ignore"):
+                w = np.exp((near - near.max(axis=1, keepdims=True)) / temp)
+            w[~np.isfinite(near)] = 0.0  # a term that is its own only donor: no neighbour
+            self._donors[i : i + len(part)] = donors[top]
+            total = w.sum(axis=1, keepdims=True)
+            self._weights[i : i + len(part)] = np.divide(w, total, where=total > 0,
+                                                         out=np.zeros_like(w))  # fmt: skip
+
+    def mean(self, scores: np.ndarray) -> np.ndarray:
+        """(N, T) scores -> (N, len(cols)): each column's weighted mean of its donors' scores
+        (0 where there is no donor)."""
+        out = np.zeros((scores.shape[0], len(self.cols)), scores.dtype)
+        for j in range(self._donors.shape[1]):  # (N, C) at a time, not (N, C, k)
+            out += scores[:, self._donors[:, j]] * self._weights[:, j]
+        return out
 
 
 def under_parents(
-    scores: np.ndarray, logits: np.ndarray, ids: list[str], ontology: Ontology,
-    unseen: Mapping[str, tuple[ParentIndex, float, float]],
+    scores: np.ndarray, own: np.ndarray, ids: list[str], ontology: Ontology,
+    unseen: Mapping[str, tuple[ParentIndex, TextNeighbours]],
 ) -> np.ndarray:  # fmt: skip
     """Propagated (N, T) ``scores`` with each unseen term's column (per aspect: its
-    :class:`ParentIndex` and conditional ``(a, b)``) replaced by :func:`text_times_parents` of
-    its raw ``logits`` and its best parent's score, then propagated again."""
+    :class:`ParentIndex` and :class:`TextNeighbours` over the same columns) replaced by
+    :func:`zero_shot_scores` of its ``own`` (unpropagated) score, its neighbours' and its best
+    parent's, then propagated again."""
     out = scores.copy()
-    for index, a, b in unseen.values():
-        parent = index.best(scores)
-        out[:, index.cols] = text_times_parents(logits[:, index.cols], parent, a, b)
+    for parents, neighbours in unseen.values():
+        cols = parents.cols
+        out[:, cols] = zero_shot_scores(own[:, cols], neighbours.mean(scores),
+                                        parents.best(scores))  # fmt: skip
     return propagate(out, ids, ontology)
 
 

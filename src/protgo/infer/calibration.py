@@ -2,9 +2,7 @@
 
 Per aspect, logistic ``sigmoid(a * logit + b)`` (Platt scaling) on the validation split's
 (protein, term) pairs, the threshold that gives the best validation Fmax on the calibrated,
-propagated scores, and the conditional that scores terms without a training positive under
-their parents (:func:`protgo.go.scoring.under_parents`), fitted on the valid proteins of the
-held-out (zero-shot) terms. Stored next to the checkpoint as
+propagated scores. Stored next to the checkpoint as
 ``<checkpoint>.calibration.json``, keyed by the checkpoint's sha256 and the score input, and
 sealed by the sha256 of its own content (``sha256``): a calibration edited or damaged after
 protgo wrote it (a threshold raised, a Platt slope's sign flipped) is refused, in a run folder
@@ -22,7 +20,6 @@ import numpy as np
 
 from protgo.errors import UserError
 from protgo.eval.metrics import annotated_in, fmax_smin, truth_matrix
-from protgo.eval.zeroshot import fit_conditional
 from protgo.go import scoring
 from protgo.io import atomic_write_text, file_sha256
 
@@ -44,8 +41,8 @@ def sealed(cal: dict) -> dict:
 
 def check(cal, where: str, fix: str) -> dict:
     """``cal`` when it is a calibration as protgo wrote it: sealed by its checksum, each
-    aspect a finite Platt ``[a, b]`` with ``a > 0``, a threshold in (0, 1) and, when present,
-    a finite conditional ``[a, b]``; else one UserError naming ``where`` and the ``fix``."""
+    aspect a finite Platt ``[a, b]`` with ``a > 0`` and a threshold in (0, 1); else one
+    UserError naming ``where`` and the ``fix``."""
     problem = None
     if not isinstance(cal, dict) or not isinstance(cal.get("aspects"), dict):
         problem = "is not a calibration (no 'aspects')"
@@ -56,10 +53,8 @@ def check(cal, where: str, fix: str) -> dict:
             ab, tau = fitted.get("platt"), fitted.get("threshold")
             ok_ab = _finite_pair(ab) and ab[0] > 0
             ok_tau = isinstance(tau, int | float) and 0 < tau < 1
-            cond = fitted.get("conditional", [0.0, 0.0])  # optional: zero-shot terms' fit
-            if not (ok_ab and ok_tau and _finite_pair(cond)):
-                problem = (f"holds an impossible fit for {aspect} (platt {ab}, threshold {tau}"
-                           f", conditional {cond})")  # fmt: skip
+            if not (ok_ab and ok_tau):
+                problem = f"holds an impossible fit for {aspect} (platt {ab}, threshold {tau})"
                 break
     if problem:
         raise UserError(f"calibration {where} {problem}: {fix}")
@@ -113,12 +108,6 @@ def fit(pred, max_proteins: int = 2000) -> dict:
         best = fmax_smin(probs, truth)
         result["aspects"][aspect] = {"platt": [a, b], "threshold": best["tau"],
                                      "fmax": best["fmax"], "proteins": len(pids)}  # fmt: skip
-        held_out = pred.folder.term_class  # zero: annotated, but held out of training
-        zero = [k for k, t in enumerate(terms) if held_out.get(t) == "zero"]
-        if zero and truth[:, zero].any():
-            parent = scoring.parent_scores(probs, terms, onto)[:, zero]
-            ab = fit_conditional(logit[:, zero], parent, truth[:, zero])
-            result["aspects"][aspect] |= {"conditional": list(ab), "zero_terms": len(zero)}
     result = sealed(result)
     atomic_write_text(path_for(pred.checkpoint), json.dumps(result, indent=1) + "\n")
     return result

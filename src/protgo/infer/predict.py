@@ -301,31 +301,32 @@ class Predictor:
 
     def scores(self, vecs: torch.Tensor, propagate: bool = True) -> np.ndarray:
         """(N, A) protein vectors -> (N, T) scores in [0, 1] over ``go_ids``; propagated, a
-        term without a training positive scored under its parents where the calibration holds
-        a conditional for its aspect (:func:`protgo.go.scoring.under_parents`)."""
-        logit = self.logits(vecs)
-        out = self.calibrate_logits(logit)
+        term without a training positive scored under its parents and beside its text
+        neighbours (:func:`protgo.go.scoring.under_parents`)."""
+        own = self.calibrate_logits(self.logits(vecs))
         if not propagate:
-            return out
-        out = scoring.propagate(out, self.go_ids, self.ontology)
+            return own
+        out = scoring.propagate(own, self.go_ids, self.ontology)
         unseen = self._unseen_terms()
         if unseen:
-            out = scoring.under_parents(out, logit, self.go_ids, self.ontology, unseen)
+            out = scoring.under_parents(out, own, self.go_ids, self.ontology, unseen)
         return out
 
-    def _unseen_terms(self) -> dict[str, tuple[scoring.ParentIndex, float, float]]:
-        """{aspect: (parents of its terms without a training positive, a, b)} for the aspects
-        whose calibration holds a conditional; built once."""
+    def _unseen_terms(self) -> dict[str, tuple[scoring.ParentIndex, scoring.TextNeighbours]]:
+        """{aspect: (the parents of its terms without a training positive, their trained text
+        neighbours)} for the aspects with both kinds of term; built once."""
         if self._unseen is None:
-            fitted = (self.calibration or {}).get("aspects", {})
             self._unseen = {}
-            for aspect, fit in fitted.items():
-                if fit.get("conditional") is None:
+            text = self.go_text.cpu().numpy()
+            for aspect in np.unique(self.go_aspects):
+                cols = self.columns(aspect)
+                trained = np.array([self.term_class(self.go_ids[j]) in TRAINED_CLASSES
+                                    for j in cols], dtype=bool)  # fmt: skip
+                if trained.all() or not trained.any():
                     continue
-                cols = [j for j in self.columns(aspect)
-                        if self.term_class(self.go_ids[j]) not in TRAINED_CLASSES]  # fmt: skip
-                index = scoring.ParentIndex(self.go_ids, self.ontology, cols)
-                self._unseen[aspect] = (index, *fit["conditional"])
+                index = scoring.ParentIndex(self.go_ids, self.ontology, cols[~trained])
+                near = scoring.TextNeighbours(text, index.cols, cols[trained])
+                self._unseen[str(aspect)] = (index, near)
         return self._unseen
 
     def calibrate_logits(self, logit: np.ndarray) -> np.ndarray:

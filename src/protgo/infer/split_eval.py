@@ -11,7 +11,7 @@ import numpy as np
 from protgo.data.folder import DatasetFolder
 from protgo.data.sequence import clean_sequence
 from protgo.eval.metrics import truth_matrix
-from protgo.eval.zeroshot import aspect_rows, fit_conditional, zero_shot_table
+from protgo.eval.zeroshot import zero_shot_table
 from protgo.go import scoring
 from protgo.infer import bundle
 from protgo.infer.predict import Predictor
@@ -37,62 +37,41 @@ def load_for(model: str | Path, folder: DatasetFolder, data_dir: Path | None) ->
 def complete_scores(
     pred: Predictor, folder: DatasetFolder, split: str, chunk: int = 256, progress: bool = True
 ) -> tuple[list[str], np.ndarray, np.ndarray]:  # fmt: skip
-    """(proteins of ``split``, (N, T) propagated scores, (N, T) raw term logits) over
-    ``pred.go_ids``, float32."""
+    """(proteins of ``split``, (N, T) propagated scores, (N, T) scores before propagation)
+    over ``pred.go_ids``, float32."""
 
     pids = folder.ids(split)
     n, t = len(pids), len(pred.go_ids)
-    scores, logits = np.empty((n, t), np.float32), np.empty((n, t), np.float32)
+    scores, own = np.empty((n, t), np.float32), np.empty((n, t), np.float32)
     with progress_bar(total=n, desc=f"score {split}", unit="protein", disable=not progress) as bar:
         for i in range(0, n, chunk):
             part = pids[i : i + chunk]
             res = pred.residues({p: clean_sequence(p, folder.sequences[p]) for p in part})
             vecs, _ = pred.protein_vectors([res[p] for p in part])
-            raw = pred.logits(vecs)
-            logits[i : i + len(part)] = raw
-            scores[i : i + len(part)] = scoring.propagate(pred.calibrate_logits(raw),
-                                                          pred.go_ids, pred.ontology)  # fmt: skip
+            plain = pred.calibrate_logits(pred.logits(vecs))
+            own[i : i + len(part)] = plain
+            scores[i : i + len(part)] = scoring.propagate(plain, pred.go_ids, pred.ontology)
             bar.update(len(part))
-    return pids, scores, logits
-
-
-def _problem(pred: Predictor, folder: DatasetFolder, split: str, progress: bool):
-    """(terms, scores, logits, truth) of ``split`` over the model's terms that the dataset's
-    ontology holds (a bundle's own ontology may hold more)."""
-    onto = folder.ontology
-    pids, scores, logits = complete_scores(pred, folder, split, progress=progress)
-    keep = [j for j, t in enumerate(pred.go_ids) if t in onto]
-    terms = [pred.go_ids[j] for j in keep]
-    truth = truth_matrix(folder.annotations, pids, terms, onto)
-    return terms, keep, scores[:, keep], logits[:, keep], truth
+    return pids, scores, own
 
 
 def zero_shot_rows(
     model: str | Path, folder: DatasetFolder, split: str, data_dir: Path | None,
     min_positives: int = 1, per_term: list | None = None, progress: bool = True,
-) -> tuple[list[dict], dict]:  # fmt: skip
-    """(rows, conditional): mean per-term AUC / AUPR of zero- and few-shot terms per aspect,
-    from the complete matrix, for the model, both structural baselines and text×parents, whose
-    conditional ({aspect: (a, b)}) is fitted on the other split (valid for test, test for
-    valid)."""
+) -> list[dict]:  # fmt: skip
+    """Mean per-term AUC / AUPR of zero- and few-shot terms per aspect, from the complete
+    matrix of ``split``'s proteins over the model's terms that the dataset's ontology holds (a
+    bundle's own ontology may hold more), for the model, both structural baselines and what
+    ``predict`` scores an unseen term (:mod:`protgo.eval.zeroshot`)."""
     pred = load_for(model, folder, data_dir)
-    onto, cls = folder.ontology, folder.term_class
-    other = "valid" if split == "test" else "test"
-    terms, keep, scores, logits, truth = _problem(pred, folder, other, progress)
-    parents = scoring.parent_scores(scores, terms, onto)
-    aspects = np.array([onto.aspect(t) for t in terms])
-    conditional = {}
-    for aspect in np.unique(aspects):
-        rows = aspect_rows(truth, aspects, aspect)
-        cols = np.flatnonzero((aspects == aspect) & np.array([cls.get(t) == "zero" for t in terms]))
-        if len(rows) and len(cols):
-            sub = np.ix_(rows, cols)
-            conditional[str(aspect)] = fit_conditional(logits[sub], parents[sub], truth[sub])
-    terms, keep, scores, logits, truth = _problem(pred, folder, split, progress)
+    onto = folder.ontology
+    pids, scores, own = complete_scores(pred, folder, split, progress=progress)
+    keep = [j for j, t in enumerate(pred.go_ids) if t in onto]
+    terms = [pred.go_ids[j] for j in keep]
+    truth = truth_matrix(folder.annotations, pids, terms, onto)
     text = pred.go_text.cpu().numpy()[keep]
-    rows = zero_shot_table(scores, truth, terms, onto, cls, text, min_positives, per_term,
-                           logits, conditional)  # fmt: skip
-    return rows, conditional
+    return zero_shot_table(scores[:, keep], truth, terms, onto, folder.term_class, text,
+                           min_positives, per_term, own[:, keep])  # fmt: skip
 
 
 def zero_shot_command(
@@ -106,12 +85,10 @@ def zero_shot_command(
     from protgo.io import atomic_write_text
 
     per_term: list[dict] = []
-    rows, conditional = zero_shot_rows(model, folder, split, data_dir, min_positives, per_term)
+    rows = zero_shot_rows(model, folder, split, data_dir, min_positives, per_term)
     table = pd.DataFrame(rows).sort_values(["class", "aspect", "method"], kind="stable")
     for name, df in (("zero_shot.tsv", table), ("zero_shot_terms.tsv", pd.DataFrame(per_term))):
         atomic_write_text(out / name, df.to_csv(sep="\t", index=False, float_format="%.4f"))
-    fits = ", ".join(f"{a} a={ab[0]:.3f} b={ab[1]:.3f}" for a, ab in conditional.items())
     head = (f"zero- and few-shot terms of '{split}', complete score matrix "
-            f"(terms with >= {min_positives} positives; text×parents fitted on the other "
-            f"split: {fits}):")  # fmt: skip
+            f"(terms with >= {min_positives} positives):")  # fmt: skip
     return head + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
