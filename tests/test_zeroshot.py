@@ -137,3 +137,26 @@ def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, caps
     assert set(table["method"]) == methods
     assert set(table["class"]) == {"zero", "few"} and set(table["aspect"]) == {"MF"}
     assert "complete score matrix" in capsys.readouterr().out
+
+
+def test_a_baseline_matrix_is_read_by_protein_and_term(trained):
+    """A per-term classifier's complete predictions (here the model's own scores, proteins and
+    terms in another order) count on the few-shot terms they score, exactly as the model's."""
+    from protgo.data.folder import DatasetFolder
+    from protgo.eval.predictions import Predictions
+    from protgo.infer.split_eval import complete_scores, load_for, zero_shot_rows
+
+    ckpt, data_dir, _ = trained
+    folder = DatasetFolder.load("tinypred", data_dir)
+    pids, scores, _ = complete_scores(load_for(ckpt, folder, data_dir), folder, "test",
+                                      progress=False)  # fmt: skip
+    pred = load_for(ckpt, folder, data_dir)
+    order, cols = np.arange(len(pids))[::-1], np.arange(len(pred.go_ids))[::-1]
+    other = Predictions([pids[i] for i in order], [pred.go_ids[j] for j in cols],
+                        scores[np.ix_(order, cols)].astype(np.float64))  # fmt: skip
+    rows = zero_shot_rows(ckpt, folder, "test", data_dir, progress=False, others={"mlp": other})
+    by = {(r["method"], r["class"], r["aspect"]): r for r in rows}
+    assert ("mlp", "zero", "MF") not in by  # a per-term classifier has no zero-shot terms
+    mine, its = by[("protgo", "few", "MF")], by[("mlp", "few", "MF")]
+    assert its["terms"] == mine["terms"] > 0
+    assert np.isclose(its["auc"], mine["auc"]) and np.isclose(its["aupr"], mine["aupr"])

@@ -455,7 +455,8 @@ def evaluate(
     per aspect, plus zero-/few-shot term AUC from the files (pairs a file leaves out score 0).
     Writes results.tsv and curves.tsv. With --model, also zero_shot.tsv: zero-/few-shot term
     AUC from the model's complete score matrix, and the same for two baselines that need no
-    text training (a term's best parent; the trained term with the nearest text).
+    text training (a term's best parent; the trained term with the nearest text) and, with
+    --baselines knn or mlp, for theirs on the terms they score (trained terms).
     With --ground-truth (and --obo, optionally --ia): --pred files on your own benchmark."""
     from protgo.config import load_config
     from protgo.data.folder import DatasetFolder
@@ -481,16 +482,19 @@ def evaluate(
                             "--out", folder=True)  # fmt: skip
     if min_positives < 1:
         raise UserError(f"--min-positives must be at least 1, got {min_positives}")
+    made: dict = {}
     if pred or baselines:
         table = evaluate_command(
             folder, split, list(pred or []), baselines, out, valid_pred=valid_pred,
             store=store, threads=threads, knn_k=knn_k, residues=cfg.residues, data_dir=root,
+            made=made,
         )  # fmt: skip
         typer.echo(table)
     elif model is None:
         raise UserError("nothing to evaluate: give --pred files, --baselines and/or --model")
     if model is not None:
-        typer.echo(zero_shot_command(model, folder, split, root, out, min_positives))
+        others = {n: p for n, p in made.items() if n in ("knn", "mlp")}  # per-term classifiers
+        typer.echo(zero_shot_command(model, folder, split, root, out, min_positives, others))
     typer.echo(f"results in {out}")
 
 

@@ -135,16 +135,18 @@ def evaluate_command(
     folder, split: str, preds: list[Path], baselines: str, out: Path,
     valid_pred: Path | None = None, store: Path | None = None, threads: int = 2,
     knn_k: int = 10, residues=None, data_dir: Path | None = None,
+    made: dict[str, Predictions] | None = None,
 ) -> str:  # fmt: skip
     """`protgo evaluate`: run the chosen baselines into ``out/baselines/``, score them with the
-    given prediction files, and return a printable results table (also ``out/results.tsv``)."""
+    given prediction files, and return a printable results table (also ``out/results.tsv``).
+    ``made``, when given, receives the baselines' complete predictions of ``split``."""
     if split not in ("valid", "test"):
         raise UserError(f"--split must be valid or test (baselines train on train), got '{split}'")
     names = _checked_names(baselines, preds, valid_pred)
     emb = None
     if {"knn", "mlp"} & set(names):
         emb = _mean_embeddings(store, residues, data_dir, folder.ids())
-    timings, made = {}, {}
+    timings, made = {}, ({} if made is None else made)
     for name in [n for n in names if n != "blend"]:
         t0 = time.perf_counter()
         made[name] = run_baseline(name, folder, split, emb, threads, knn_k)

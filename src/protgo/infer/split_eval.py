@@ -4,6 +4,7 @@ two baselines that need no text training (:mod:`protgo.eval.zeroshot`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import numpy as np
 from protgo.data.folder import DatasetFolder
 from protgo.data.sequence import clean_sequence
 from protgo.eval.metrics import truth_matrix
-from protgo.eval.zeroshot import zero_shot_table
+from protgo.eval.predictions import Predictions
+from protgo.eval.zeroshot import complete_term_metrics, zero_shot_table
 from protgo.go import scoring
 from protgo.infer import bundle
 from protgo.infer.predict import Predictor
@@ -58,11 +60,14 @@ def complete_scores(
 def zero_shot_rows(
     model: str | Path, folder: DatasetFolder, split: str, data_dir: Path | None,
     min_positives: int = 1, per_term: list | None = None, progress: bool = True,
+    others: Mapping[str, Predictions] | None = None,
 ) -> list[dict]:  # fmt: skip
     """Mean per-term AUC / AUPR of zero- and few-shot terms per aspect, from the complete
     matrix of ``split``'s proteins over the model's terms that the dataset's ontology holds (a
     bundle's own ontology may hold more), for the model, both structural baselines and what
-    ``predict`` scores an unseen term (:mod:`protgo.eval.zeroshot`)."""
+    ``predict`` scores an unseen term (:mod:`protgo.eval.zeroshot`); and for each of
+    ``others`` (a baseline's complete predictions of the split, e.g. the MLP's) over the
+    same terms that it scores."""
     pred = load_for(model, folder, data_dir)
     onto = folder.ontology
     pids, scores, own = complete_scores(pred, folder, split, progress=progress)
@@ -70,13 +75,29 @@ def zero_shot_rows(
     terms = [pred.go_ids[j] for j in keep]
     truth = truth_matrix(folder.annotations, pids, terms, onto)
     text = pred.go_text.cpu().numpy()[keep]
-    return zero_shot_table(scores[:, keep], truth, terms, onto, folder.term_class, text,
+    cls = folder.term_class
+    rows = zero_shot_table(scores[:, keep], truth, terms, onto, cls, text,
                            min_positives, per_term, own[:, keep])  # fmt: skip
+    aspects = np.array([onto.aspect(t) for t in terms])
+    for name, other in (others or {}).items():
+        col = {t: j for j, t in enumerate(other.terms)}
+        row = {p: i for i, p in enumerate(other.pids)}
+        have = [j for j, t in enumerate(terms) if t in col]
+        mat = np.zeros((len(pids), len(have)))
+        found = [i for i, p in enumerate(pids) if p in row]  # a protein it left out scores 0
+        mat[found] = other.scores[np.ix_([row[pids[i]] for i in found],
+                                         [col[terms[j]] for j in have])]  # fmt: skip
+        # (a protein annotated in an aspect carries its trained top terms, so the rows that
+        # count per aspect are the model's)
+        rows += complete_term_metrics(mat, truth[:, have], [terms[j] for j in have], cls,
+                                      aspects[have], ("few",), min_positives, per_term,
+                                      name)  # fmt: skip
+    return rows
 
 
 def zero_shot_command(
     model: str | Path, folder: DatasetFolder, split: str, data_dir: Path | None, out: Path,
-    min_positives: int = 1,
+    min_positives: int = 1, others: Mapping[str, Predictions] | None = None,
 ) -> str:  # fmt: skip
     """Write ``out/zero_shot.tsv`` (per method, aspect and class) and
     ``out/zero_shot_terms.tsv`` (per term); return the first as a printable table."""
@@ -85,7 +106,8 @@ def zero_shot_command(
     from protgo.io import atomic_write_text
 
     per_term: list[dict] = []
-    rows = zero_shot_rows(model, folder, split, data_dir, min_positives, per_term)
+    rows = zero_shot_rows(model, folder, split, data_dir, min_positives, per_term,
+                          others=others)  # fmt: skip
     table = pd.DataFrame(rows).sort_values(["class", "aspect", "method"], kind="stable")
     for name, df in (("zero_shot.tsv", table), ("zero_shot_terms.tsv", pd.DataFrame(per_term))):
         atomic_write_text(out / name, df.to_csv(sep="\t", index=False, float_format="%.4f"))
