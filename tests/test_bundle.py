@@ -230,13 +230,22 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path, capsys, monke
         "proteins": 2000, "mean_length": 600.0, "cpu_count": 2, "cpu": "a CPU", "total_s": 400.0,
         "proteins_per_s": 5.0, "without_homology_s": 300.0, "stage_s": {"residues": 200.0},
         "stage_peak_rss_mb": {"residues": 2048}}))  # fmt: skip
+    zero = tmp_path / "zero_shot.tsv"  # as `evaluate --model` writes it
+    zero.write_text("method\taspect\tclass\tterms\tauc\taupr\n"
+                    "parents\tMF\tzero\t12\t0.7\t0.1\nprotgo\tMF\tzero\t12\t0.8\t0.2\n"
+                    "protgo\tCC\tzero\t3\t0.6\t0.1\n")  # fmt: skip
     code, err = run_cli(["export", "--model", bundles[1], "--out", tmp_path / "noted",
-                         "--results", f"Other species={results}", "--costs", summary],
-                        capsys, monkeypatch)  # fmt: skip
+                         "--results", f"Other species={results}", "--costs", summary,
+                         "--zero-shot", zero], capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
     card = (tmp_path / "noted" / "README.md").read_text()
     assert "## Other species" in card and card.count("| MF | naive | 0.400 |") == 1
     assert "5.0 proteins/s" in card and "residues 100 s" in card and "2.0 GB" in card
+    assert "| zero | protgo | - | 0.800 (12) | 0.600 (3) |" in card  # BP, MF, CC
+    assert "| zero | parents | - | 0.700 (12) | - |" in card
+    code, err = run_cli(["export", "--model", bundles[1], "--out", tmp_path / "bad",
+                         "--zero-shot", results], capsys, monkeypatch)  # fmt: skip
+    assert code != 0 and "lacks the columns class, terms, auc, aupr" in err
 
 
 @pytest.mark.parametrize(

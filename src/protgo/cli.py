@@ -637,6 +637,10 @@ def export(
         Path | None,
         typer.Option(help="With --model: summary.json of benchmarks/proteome.py, for the card."),
     ] = None,
+    zero_shot: Annotated[
+        Path | None,
+        typer.Option(help="With --model: zero_shot.tsv of `evaluate --model`, for the card."),
+    ] = None,
     vectors: Annotated[
         bool,
         typer.Option(help="Ship the GO text vectors (fp16), so predict never encodes GO texts."),
@@ -654,7 +658,7 @@ def export(
     calibration, the homology reference with its blend weights, and provenance, for
     `protgo predict --model DIR` anywhere, offline."""
     from protgo.data.folder import DatasetFolder
-    from protgo.infer.bundle import copy_bundle, read_metrics, resolve_model
+    from protgo.infer.bundle import copy_bundle, read_metrics, read_zero_shot, resolve_model
     from protgo.infer.bundle import export as export_bundle
     from protgo.infer.predict import Predictor
 
@@ -662,14 +666,15 @@ def export(
     if (model is None) == (checkpoint is None):
         raise UserError("give one of --checkpoint (a training run) and --model (a bundle)")
     if model is not None:
-        if dataset is None and not results and costs is None:
+        if dataset is None and not results and costs is None and zero_shot is None:
             raise UserError("--model needs --dataset (the dataset the bundle was trained on), "
-                            "--results and/or --costs")  # fmt: skip
+                            "--results, --costs and/or --zero-shot")  # fmt: skip
         evaluations = [_titled_results(r) for r in results or []]
         summary = _read_json(costs, "--costs") if costs is not None else None
+        table = read_zero_shot(zero_shot) if zero_shot is not None else None
         pred = Predictor(resolve_model(model), root, homology=False)
         folder = DatasetFolder.load(dataset, root) if dataset else None
-        path = copy_bundle(pred, out, folder, evaluations, threads, summary)
+        path = copy_bundle(pred, out, folder, evaluations, threads, summary, table)
     else:
         pred = Predictor(checkpoint, root, homology=False)
         path = export_bundle(pred, out, vectors, read_metrics(metrics) if metrics else None,

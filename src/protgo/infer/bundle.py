@@ -338,13 +338,15 @@ def _finish(stage: Path, out: Path, meta: dict) -> None:
 def copy_bundle(
     predictor, out: Path, folder: DatasetFolder | None = None,
     evaluations: list[dict] | None = None, threads: int = 2, costs: dict | None = None,
+    zero_shot: list[dict] | None = None,
 ) -> Path:  # fmt: skip
     """A copy of the bundle that ``predictor`` loaded, in ``out``: with ``folder`` (the
     dataset the bundle was trained on), a homology reference of its training split, the blend
     chosen on its valid split, and the GO vectors when the bundle shipped none; with
     ``evaluations``, more measured tables for its card (``{"title", "metrics"}`` each, metrics
     as :func:`read_metrics` gives them; one of the same title is replaced); with ``costs``,
-    what ``benchmarks/proteome.py`` measured of ``predict`` with it (its summary.json)."""
+    what ``benchmarks/proteome.py`` measured of ``predict`` with it (its summary.json); with
+    ``zero_shot``, the complete-matrix table of ``evaluate --model`` (:func:`read_zero_shot`)."""
     out = _new_dir(out)
     meta = dict(predictor.bundle_meta)
     vectors = fitted = None
@@ -360,6 +362,8 @@ def copy_bundle(
         meta["provenance"] = {**meta["provenance"], "evaluations": kept + evaluations}
     if costs:
         meta["provenance"] = {**meta["provenance"], "costs": costs}
+    if zero_shot:
+        meta["provenance"] = {**meta["provenance"], "zero_shot": zero_shot}
     with staged_dir(out) as stage:
         shutil.copytree(predictor.checkpoint, stage, dirs_exist_ok=True)
         if vectors:
@@ -382,6 +386,23 @@ def read_metrics(path: Path) -> dict:
         method, aspect = row.pop("method"), row.pop("aspect")
         out.setdefault(method, {})[aspect] = {k: v for k, v in row.items() if pd.notna(v)}
     return out
+
+
+def read_zero_shot(path: Path) -> list[dict]:
+    """``zero_shot.tsv`` of ``protgo evaluate --model`` as its rows (method, aspect, class,
+    terms, auc, aupr)."""
+    import pandas as pd
+
+    cols = ["method", "aspect", "class", "terms", "auc", "aupr"]
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--zero-shot {path} cannot be read ({exc}): give the zero_shot.tsv "
+                        "of `protgo evaluate --model`") from None  # fmt: skip
+    if missing := [c for c in cols if c not in df.columns]:
+        raise UserError(f"--zero-shot {path} lacks the columns {', '.join(missing)}: give the "
+                        "zero_shot.tsv of `protgo evaluate --model`")  # fmt: skip
+    return df[cols].to_dict("records")
 
 
 CARD_COLUMNS = ("fmax", "wfmax", "smin", "coverage", "zero_auc", "few_auc")
@@ -414,9 +435,25 @@ def model_card(name: str, meta: dict) -> str:
     for table in tables:
         if table["metrics"]:
             lines += _metrics_table(table["title"], table["metrics"])
+    if prov.get("zero_shot"):
+        lines += _zero_shot_table(prov["zero_shot"])
     if prov.get("costs"):
         lines += _costs(prov["costs"])
     return "\n".join(lines) + "\n"
+
+
+def _zero_shot_table(rows: list[dict]) -> list[str]:
+    """Mean per-term AUC per class and method (aspects as columns), from ``evaluate --model``."""
+    lines = ["## Zero- and few-shot terms of the test split, complete score matrix "
+             "(`protgo evaluate --model`; mean per-term ROC AUC, terms counted)", "",
+             "| class | method | " + " | ".join(ASPECTS) + " |",
+             "|" + "---|" * (len(ASPECTS) + 2)]  # fmt: skip
+    cell = {(r["class"], r["method"], r["aspect"]): r for r in rows}
+    for cls, method in dict.fromkeys((r["class"], r["method"]) for r in rows):
+        got = [cell.get((cls, method, a)) for a in ASPECTS]
+        cells = [f"{r['auc']:.3f} ({r['terms']})" if r else "-" for r in got]
+        lines.append(f"| {cls} | {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _costs(c: dict) -> list[str]:
