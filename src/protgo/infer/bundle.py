@@ -446,6 +446,8 @@ def _zero_shot_table(rows: list[dict]) -> list[str]:
     """Mean per-term AUC per class and method (aspects as columns), from ``evaluate --model``."""
     lines = ["## Zero- and few-shot terms of the test split, complete score matrix "
              "(`protgo evaluate --model`; mean per-term ROC AUC, terms counted)", "",
+             "`predict` scores a term without a training positive as text+neighbours×parents "
+             "and every other term as protgo.", "",
              "| class | method | " + " | ".join(ASPECTS) + " |",
              "|" + "---|" * (len(ASPECTS) + 2)]  # fmt: skip
     cell = {(r["class"], r["method"], r["aspect"]): r for r in rows}
