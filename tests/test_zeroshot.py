@@ -148,9 +148,8 @@ def test_a_baseline_matrix_is_read_by_protein_and_term(trained):
 
     ckpt, data_dir, _ = trained
     folder = DatasetFolder.load("tinypred", data_dir)
-    pids, scores, _ = complete_scores(load_for(ckpt, folder, data_dir), folder, "test",
-                                      progress=False)  # fmt: skip
     pred = load_for(ckpt, folder, data_dir)
+    pids, scores, _ = complete_scores(pred, folder, "test", progress=False)
     order, cols = np.arange(len(pids))[::-1], np.arange(len(pred.go_ids))[::-1]
     other = Predictions([pids[i] for i in order], [pred.go_ids[j] for j in cols],
                         scores[np.ix_(order, cols)].astype(np.float64))  # fmt: skip

@@ -80,13 +80,9 @@ def zero_shot_rows(
                            min_positives, per_term, own[:, keep])  # fmt: skip
     aspects = np.array([onto.aspect(t) for t in terms])
     for name, other in (others or {}).items():
-        col = {t: j for j, t in enumerate(other.terms)}
-        row = {p: i for i, p in enumerate(other.pids)}
-        have = [j for j, t in enumerate(terms) if t in col]
-        mat = np.zeros((len(pids), len(have)))
-        found = [i for i, p in enumerate(pids) if p in row]  # a protein it left out scores 0
-        mat[found] = other.scores[np.ix_([row[pids[i]] for i in found],
-                                         [col[terms[j]] for j in have])]  # fmt: skip
+        scored = set(other.terms)
+        have = [j for j, t in enumerate(terms) if t in scored]
+        mat = other.aligned(pids, [terms[j] for j in have])  # a protein it left out scores 0
         # (a protein annotated in an aspect carries its trained top terms, so the rows that
         # count per aspect are the model's)
         rows += complete_term_metrics(mat, truth[:, have], [terms[j] for j in have], cls,
