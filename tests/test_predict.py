@@ -46,10 +46,10 @@ def test_predict_scores_every_term_consistently(trained, tmp_path):
 
 
 def test_unseen_terms_are_scored_under_their_parents(trained):
-    """A term without a training positive scores P(best parent) x sigmoid of the mean logit
-    of its own score and its text neighbours' (the trained terms of its aspect with the
-    nearest text vectors); the vectorised path equals a plain loop over the terms, and the
-    result stays DAG-consistent."""
+    """A term without a training positive scores the geometric mean of its parents' scores x
+    sigmoid of the mean logit of its own score and its text neighbours' (the trained terms of
+    its aspect with the nearest text vectors), capped at its least parent; the vectorised
+    path equals a plain loop over the terms, and the result stays DAG-consistent."""
     from protgo.data.folder import TRAINED_CLASSES
     from protgo.go import scoring
     from protgo.infer.predict import Predictor
@@ -76,7 +76,8 @@ def test_unseen_terms_are_scored_under_their_parents(trained):
         near = base[:, [donors[i] for i in top]] @ (w / w.sum())
         logit = lambda p: np.log(p / (1 - p))  # noqa: E731
         z = (logit(own[:, j]) + logit(near)) / 2
-        want[:, j] = base[:, parents].max(axis=1) / (1 + np.exp(-z))
+        joint = np.exp(np.log(base[:, parents]).mean(axis=1))
+        want[:, j] = np.minimum(joint / (1 + np.exp(-z)), base[:, parents].min(axis=1))
     want = scoring.propagate(want, pred.go_ids, pred.ontology)
     assert unseen > 0
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)

@@ -80,7 +80,7 @@ def test_zero_shot_table_names_every_method_per_class():
     text = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     rows = zero_shot_table(scores, truth, terms, onto, cls, text)
     by = {(r["method"], r["class"]): r["auc"] for r in rows}
-    assert set(by) == {(m, c) for m in ("protgo", "parents", "nearest-trained")
+    assert set(by) == {(m, c) for m in ("protgo", "parents", "all-parents", "nearest-trained")
                        for c in ("zero", "few")}  # fmt: skip
     assert by[("protgo", "zero")] == 1.0  # its one positive ranked first
     assert by[("parents", "zero")] == 2 / 3  # the kinase score ranks protein 3 above it
@@ -105,16 +105,38 @@ def test_text_neighbours_equal_a_plain_loop_and_skip_the_term_itself():
     np.testing.assert_array_equal(alone, np.zeros((6, 1)))
 
 
-def test_zero_shot_score_never_exceeds_the_parent_and_follows_text_and_neighbours():
+def test_zero_shot_score_never_exceeds_any_parent_and_follows_text_and_neighbours():
     rng = np.random.default_rng(3)
     own, near = rng.random((500, 7)), rng.random((500, 7))
-    parent = rng.uniform(0.0, 1.0, size=(500, 7))
+    a, b = rng.uniform(0.0, 1.0, size=(2, 500, 7))  # two parents' scores
+    joint, least = np.sqrt(a * b), np.minimum(a, b)
     for o, n in ((own, near), (np.ones_like(own), np.ones_like(near))):  # even at the extremes
-        assert np.all(zero_shot_scores(o, n, parent) <= parent)
-    base = zero_shot_scores(own, near, parent)
-    assert np.all(zero_shot_scores(own + 0.1 * (1 - own), near, parent) >= base)
-    assert np.all(zero_shot_scores(own, near + 0.1 * (1 - near), parent) >= base)
+        got = zero_shot_scores(o, n, joint, least)
+        assert np.all(got <= least)
+    base = zero_shot_scores(own, near, joint, least)
+    assert np.all(zero_shot_scores(own + 0.1 * (1 - own), near, joint, least) >= base)
+    assert np.all(zero_shot_scores(own, near + 0.1 * (1 - near), joint, least) >= base)
     assert zero_shot_scores(np.array([0.5]), np.array([0.5]), np.array([0.8])) == 0.4
+
+
+def test_parent_lookups_equal_a_plain_loop():
+    rng = np.random.default_rng(4)
+    mf = "molecular_function"
+    terms = [Term("GO:0000001", name="root", namespace=mf)]
+    for i in range(2, 30):  # each term under one to three earlier terms
+        ps = sorted({f"GO:{p:07d}" for p in rng.integers(1, i, size=rng.integers(1, 4))})
+        terms.append(Term(f"GO:{i:07d}", name=f"t{i}", namespace=mf, parents={"is_a": ps}))
+    onto = Ontology(terms)
+    ids = [t.id for t in terms[1:]]  # the root is not a column
+    scores = rng.random((5, len(ids)))
+    col = {t: j for j, t in enumerate(ids)}
+    for how, f in (("best", np.max), ("least", np.min),
+                   ("joint", lambda m, axis: np.exp(np.log(m).mean(axis=axis)))):  # fmt: skip
+        got = parent_scores(scores, ids, onto, how)
+        for j, t in enumerate(ids):
+            ps = [col[p] for p in onto.parents(t) if p in col]
+            want = f(scores[:, ps], axis=1) if ps else np.zeros(5)
+            np.testing.assert_allclose(got[:, j], want, rtol=1e-12)
 
 
 def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, capsys, monkeypatch):
@@ -133,7 +155,7 @@ def test_evaluate_model_writes_the_complete_matrix_table(trained, tmp_path, caps
         main()
     assert done.value.code == 0
     table = pd.read_csv(out / "zero_shot.tsv", sep="\t")
-    methods = {"protgo", "parents", "nearest-trained", "text+neighbours×parents"}
+    methods = {"protgo", "parents", "all-parents", "nearest-trained", "text+neighbours×parents"}
     assert set(table["method"]) == methods
     assert set(table["class"]) == {"zero", "few"} and set(table["aspect"]) == {"MF"}
     assert "complete score matrix" in capsys.readouterr().out

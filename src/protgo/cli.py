@@ -454,9 +454,9 @@ def evaluate(
     """Score predictions (and baselines) with cafaeval: Fmax, weighted Fmax, Smin, coverage
     per aspect, plus zero-/few-shot term AUC from the files (pairs a file leaves out score 0).
     Writes results.tsv and curves.tsv. With --model, also zero_shot.tsv: zero-/few-shot term
-    AUC from the model's complete score matrix, and the same for two baselines that need no
-    text training (a term's best parent; the trained term with the nearest text) and, with
-    --baselines knn or mlp, for theirs on the terms they score (trained terms).
+    AUC from the model's complete score matrix, and the same for baselines that need no text
+    training (a term's best parent; all its parents; the trained term with the nearest text)
+    and, with --baselines knn or mlp, for theirs on the terms they score (trained terms).
     With --ground-truth (and --obo, optionally --ia): --pred files on your own benchmark."""
     from protgo.config import load_config
     from protgo.data.folder import DatasetFolder

@@ -6,18 +6,22 @@ scores 0: most zero-shot terms then tie at 0 for most proteins and their AUC sin
 whatever the model knows. Here every (protein, term) pair of an aspect is scored, so the AUC
 says how well a term's proteins are ranked above the others.
 
-The two baselines read the same matrix, so they cost nothing more:
+The baselines read the same matrix, so they cost nothing more:
 
 * ``parents``: a term scored by the best propagated score of its direct ``is_a`` /
   ``part_of`` parents (what the ontology alone says: "if it is a kinase, maybe this kinase");
+* ``all-parents``: by the geometric mean of those scores (a protein with the term carries
+  every parent, so a term with two parents asks for both);
 * ``nearest-trained``: a term scored by the trained term (a training positive, not itself)
   whose text vector is nearest, same aspect (what a lookup of similar names says).
 
-If the model's zero-shot AUC does not beat both, its text side adds nothing for unseen terms.
+If the model's zero-shot AUC does not beat them all, its text side adds nothing for unseen
+terms.
 
 ``text+neighbours×parents`` is what ``predict`` gives a term without a training positive
-(:func:`protgo.go.scoring.under_parents`): its parent's score times the mean, in logit space,
-of its own text score and its :data:`~protgo.go.scoring.NEIGHBOURS` text neighbours' scores.
+(:func:`protgo.go.scoring.under_parents`): its parents' joint score times the mean, in logit
+space, of its own text score and its :data:`~protgo.go.scoring.NEIGHBOURS` text neighbours'
+scores, capped at its least parent's score.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from protgo.eval.metrics import average_precision
 from protgo.go import scoring
 from protgo.go.scoring import TextNeighbours, parent_scores, zero_shot_scores
 
-BASELINES = ("parents", "nearest-trained")
+BASELINES = ("parents", "all-parents", "nearest-trained")
 
 
 def column_auc(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -107,21 +111,23 @@ def zero_shot_table(
     term_class: Mapping[str, str], text: np.ndarray, min_positives: int = 1,
     per_term: list | None = None, own: np.ndarray | None = None,
 ) -> list[dict]:  # fmt: skip
-    """:func:`complete_term_metrics` for the model's propagated ``scores`` and for both
-    baselines (:data:`BASELINES`) built from them. ``text`` (T, D): the terms' text vectors.
+    """:func:`complete_term_metrics` for the model's propagated ``scores`` and for each
+    baseline (:data:`BASELINES`) built from them. ``text`` (T, D): the terms' text vectors.
     With ``own`` (N, T, the model's scores before propagation), also
     ``text+neighbours×parents``, what ``predict`` scores a term without a training positive."""
     aspects = np.array([ontology.aspect(t) for t in terms])
     trained = np.array([term_class.get(t) in TRAINED_CLASSES for t in terms])
-    parents = parent_scores(scores, terms, ontology)
+    joint = parent_scores(scores, terms, ontology, "joint")
     methods = {
         "protgo": scores,
-        "parents": parents,
+        "parents": parent_scores(scores, terms, ontology),
+        "all-parents": joint,
         "nearest-trained": neighbour_scores(scores, text, trained, aspects),
     }
     if own is not None:
         near = neighbour_scores(scores, text, trained, aspects, k=scoring.NEIGHBOURS)
-        methods["text+neighbours×parents"] = zero_shot_scores(own, near, parents)
+        least = parent_scores(scores, terms, ontology, "least")
+        methods["text+neighbours×parents"] = zero_shot_scores(own, near, joint, least)
     rows = []
     for name, s in methods.items():
         rows += complete_term_metrics(s, truth, terms, term_class, aspects,

@@ -12,11 +12,13 @@ teacher all call these functions, so a score means the same everywhere.
 * **Propagation**: a parent scores at least its best descendant over ``is_a`` / ``part_of``
   (:meth:`protgo.data.ontology.Ontology.propagate_matrix`).
 * **Terms without a training positive** (held out, or never annotated):
-  ``P(term) = P(best direct parent) x sigmoid((logit(own) + logit(neighbours)) / 2)``, where
-  ``own`` is the term's score from its text and ``neighbours`` the text-similarity-weighted
-  mean score of the :data:`NEIGHBOURS` trained terms of its aspect with the nearest text
-  vectors (:class:`TextNeighbours`). A term is never more likely than its parent (as ProtBoost
-  scored its untrained terms), its text says which of the parent's proteins carry it, and
+  ``P(term) = P(parents) x sigmoid((logit(own) + logit(neighbours)) / 2)``, capped at its
+  least likely parent, where ``P(parents)`` is the geometric mean of its direct parents'
+  scores (a protein that carries the term carries every parent), ``own`` the term's score from
+  its text and ``neighbours`` the text-similarity-weighted mean score of the
+  :data:`NEIGHBOURS` trained terms of its aspect with the nearest text vectors
+  (:class:`TextNeighbours`). A term is never more likely than any of its parents (as ProtBoost
+  scored its untrained terms), its text says which of the parents' proteins carry it, and
   the trained terms that read like it lend it what they learnt (:func:`under_parents`).
 * **Homology transfer** (DeepGOPlus' DiamondScore): ``score(q, t) = sum_h bits_h [t in
   ann(h)] / sum_h bits_h`` over the hits h of q, annotations propagated.
@@ -65,8 +67,9 @@ def propagate(scores: np.ndarray, ids: list[str], ontology: Ontology) -> np.ndar
 
 class ParentIndex:
     """The direct ``is_a`` / ``part_of`` parents of chosen columns of a term list, for a
-    vectorised best-parent lookup. Parents outside the list (such as a root) are skipped;
-    ``cols`` keeps only the chosen columns with at least one parent inside it."""
+    vectorised lookup of their best, least or joint score. Parents outside the list (such as
+    a root) are skipped; ``cols`` keeps only the chosen columns with at least one parent
+    inside it."""
 
     def __init__(self, ids: Sequence[str], ontology: Ontology, cols: Iterable[int] | None = None):
         col = {t: j for j, t in enumerate(ids)}
@@ -86,21 +89,43 @@ class ParentIndex:
             return np.zeros((scores.shape[0], 0), scores.dtype)
         return np.maximum.reduceat(scores[:, self._flat], self._starts, axis=1)
 
+    def least(self, scores: np.ndarray) -> np.ndarray:
+        """(N, T) scores -> (N, len(cols)): each kept column's least parent score."""
+        if not len(self.cols):
+            return np.zeros((scores.shape[0], 0), scores.dtype)
+        return np.minimum.reduceat(scores[:, self._flat], self._starts, axis=1)
 
-def parent_scores(scores: np.ndarray, ids: Sequence[str], ontology: Ontology) -> np.ndarray:
-    """(N, T) propagated scores -> (N, T): each term's best direct parent's score (0 for a
-    term without a parent in ``ids``)."""
+    def joint(self, scores: np.ndarray) -> np.ndarray:
+        """(N, T) scores -> (N, len(cols)): the geometric mean of each kept column's parent
+        scores, a soft "all of its parents" (between the least and the best)."""
+        if not len(self.cols):
+            return np.zeros((scores.shape[0], 0), scores.dtype)
+        logs = np.log(np.clip(scores[:, self._flat], 1e-12, None))
+        counts = np.diff(np.append(self._starts, len(self._flat)))
+        return np.exp(np.add.reduceat(logs, self._starts, axis=1) / counts)
+
+
+def parent_scores(
+    scores: np.ndarray, ids: Sequence[str], ontology: Ontology,
+    how: Literal["best", "least", "joint"] = "best",
+) -> np.ndarray:  # fmt: skip
+    """(N, T) propagated scores -> (N, T): each term's best direct parent's score, or its
+    least, or their joint score (:meth:`ParentIndex.joint`); 0 for a term without a parent
+    in ``ids``."""
     index = ParentIndex(ids, ontology)
     out = np.zeros_like(scores)
-    out[:, index.cols] = index.best(scores)
+    out[:, index.cols] = getattr(index, how)(scores)
     return out
 
 
-def zero_shot_scores(own: np.ndarray, neighbours: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    """``parent * sigmoid((logit(own) + logit(neighbours)) / 2)``, all (N, T) scores in [0, 1]:
-    never above the parent's score."""
+def zero_shot_scores(
+    own: np.ndarray, neighbours: np.ndarray, parents: np.ndarray, cap: np.ndarray | None = None
+) -> np.ndarray:  # fmt: skip
+    """``parents * sigmoid((logit(own) + logit(neighbours)) / 2)``, all (N, T) scores in
+    [0, 1], capped at ``cap`` (the least parent's score) where given: never above either."""
     z = (_logit(own) + _logit(neighbours)) / 2.0
-    return parent / (1.0 + np.exp(-z))
+    out = parents / (1.0 + np.exp(-z))
+    return out if cap is None else np.minimum(out, cap)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -153,13 +178,13 @@ def under_parents(
 ) -> np.ndarray:  # fmt: skip
     """Propagated (N, T) ``scores`` with each unseen term's column (per aspect: its
     :class:`ParentIndex` and :class:`TextNeighbours` over the same columns) replaced by
-    :func:`zero_shot_scores` of its ``own`` (unpropagated) score, its neighbours' and its best
-    parent's, then propagated again."""
+    :func:`zero_shot_scores` of its ``own`` (unpropagated) score, its neighbours' and its
+    parents' (their joint score, capped at the least), then propagated again."""
     out = scores.copy()
     for parents, neighbours in unseen.values():
         cols = parents.cols
         out[:, cols] = zero_shot_scores(own[:, cols], neighbours.mean(scores),
-                                        parents.best(scores))  # fmt: skip
+                                        parents.joint(scores), parents.least(scores))  # fmt: skip
     return propagate(out, ids, ontology)
 
 

@@ -64,7 +64,7 @@ def zero_shot_rows(
 ) -> list[dict]:  # fmt: skip
     """Mean per-term AUC / AUPR of zero- and few-shot terms per aspect, from the complete
     matrix of ``split``'s proteins over the model's terms that the dataset's ontology holds (a
-    bundle's own ontology may hold more), for the model, both structural baselines and what
+    bundle's own ontology may hold more), for the model, the structural baselines and what
     ``predict`` scores an unseen term (:mod:`protgo.eval.zeroshot`); and for each of
     ``others`` (a baseline's complete predictions of the split, e.g. the MLP's) over the
     same terms that it scores."""
