@@ -62,21 +62,13 @@ def split_problem(pred, folder, split: str) -> dict:
 
 def term_head(pred) -> tuple[np.ndarray, np.ndarray, float]:
     """((T, A) term vectors with their residuals, (T,) biases over the logit scale, the
-    logit scale)."""
+    logit scale), as the model scores them."""
     import torch
 
-    from protgo.model.aligner import MAX_LOGIT_SCALE
-
-    m, rows = pred.model, pred.residual_rows
     with torch.no_grad():
-        bias = m.term_bias(pred.go_text).squeeze(-1)
-        go = pred.go
-        if rows is not None:
-            has = (rows >= 0).to(go.dtype)[:, None]
-            go = go + m.term_residual[rows.clamp(min=0)] * has
-            bias = bias + m.term_offset[rows.clamp(min=0)] * has[:, 0]
-        scale = m.log_bias_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-    return go.numpy().astype(np.float64), (bias / scale).numpy().astype(np.float64), float(scale)
+        go, bias = pred.model.term_head(pred.go, pred.go_text, pred.residual_rows)
+        scale = float(pred.model.bias_scale())
+    return go.numpy().astype(np.float64), bias.numpy().astype(np.float64) / scale, scale
 
 
 def ridge_scores(text: np.ndarray, fit: np.ndarray, apply: np.ndarray, head, vecs):

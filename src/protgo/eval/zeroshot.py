@@ -34,7 +34,7 @@ from protgo.data.folder import TRAINED_CLASSES
 from protgo.data.ontology import Ontology
 from protgo.eval.metrics import average_precision
 from protgo.go import scoring
-from protgo.go.scoring import TextNeighbours, parent_scores, zero_shot_scores
+from protgo.go.scoring import ParentIndex, TextNeighbours, zero_shot_scores
 
 BASELINES = ("parents", "all-parents", "nearest-trained")
 
@@ -117,16 +117,17 @@ def zero_shot_table(
     ``text+neighbours×parents``, what ``predict`` scores a term without a training positive."""
     aspects = np.array([ontology.aspect(t) for t in terms])
     trained = np.array([term_class.get(t) in TRAINED_CLASSES for t in terms])
-    joint = parent_scores(scores, terms, ontology, "joint")
+    index = ParentIndex(terms, ontology)  # built once: every parent baseline reads it
+    joint = index.full(scores, "joint")
     methods = {
         "protgo": scores,
-        "parents": parent_scores(scores, terms, ontology),
+        "parents": index.full(scores, "best"),
         "all-parents": joint,
         "nearest-trained": neighbour_scores(scores, text, trained, aspects),
     }
     if own is not None:
         near = neighbour_scores(scores, text, trained, aspects, k=scoring.NEIGHBOURS)
-        least = parent_scores(scores, terms, ontology, "least")
+        least = index.full(scores, "least")
         methods["text+neighbours×parents"] = zero_shot_scores(own, near, joint, least)
     rows = []
     for name, s in methods.items():

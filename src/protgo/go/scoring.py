@@ -89,6 +89,14 @@ class ParentIndex:
             return np.zeros((scores.shape[0], 0), scores.dtype)
         return np.maximum.reduceat(scores[:, self._flat], self._starts, axis=1)
 
+    def full(
+        self, scores: np.ndarray, how: Literal["best", "least", "joint"] = "best"
+    ) -> np.ndarray:  # fmt: skip
+        """(N, T) scores -> (N, T): each kept column's parent score by ``how`` (0 elsewhere)."""
+        out = np.zeros_like(scores)
+        out[:, self.cols] = getattr(self, how)(scores)
+        return out
+
     def least(self, scores: np.ndarray) -> np.ndarray:
         """(N, T) scores -> (N, len(cols)): each kept column's least parent score."""
         if not len(self.cols):
@@ -112,10 +120,7 @@ def parent_scores(
     """(N, T) propagated scores -> (N, T): each term's best direct parent's score, or its
     least, or their joint score (:meth:`ParentIndex.joint`); 0 for a term without a parent
     in ``ids``."""
-    index = ParentIndex(ids, ontology)
-    out = np.zeros_like(scores)
-    out[:, index.cols] = getattr(index, how)(scores)
-    return out
+    return ParentIndex(ids, ontology).full(scores, how)
 
 
 def zero_shot_scores(

@@ -117,16 +117,30 @@ class ProtGoAligner(nn.Module):
         binary logits ``bias_scale * cos + bias(text)``; plain cosines without a term bias.
         ``rows`` (T,) (:meth:`residual_rows`): add each term's residual and offset (none for
         -1, or when None: text only)."""
+        go, bias = self.term_head(go, go_text, rows)
         cos = protein @ go.T  # (B, T)
-        if self.term_bias is None:
+        if bias is None:
             return cos
+        return self.bias_scale() * cos + bias
+
+    def term_head(
+        self, go: torch.Tensor, go_text: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(T, A) projected GO vectors, (T, Dt) text vectors -> each term's vector and bias
+        as :meth:`term_logits` scores them: with ``rows``, its residual and offset added (none
+        for -1); (go, None) without a term bias."""
+        if self.term_bias is None:
+            return go, None
         bias = self.term_bias(go_text.to(self.term_bias.weight.dtype)).squeeze(-1)  # (T,)
         if self.term_residual is not None and rows is not None and len(self.term_residual):
             has = (rows >= 0).to(go.dtype)[:, None]  # (T, 1)
             go = go + self.term_residual[rows.clamp(min=0)].to(go.dtype) * has
             bias = bias + self.term_offset[rows.clamp(min=0)].to(bias.dtype) * has[:, 0]
-            cos = protein @ go.T
-        return self.log_bias_scale.exp().clamp(max=MAX_LOGIT_SCALE) * cos + bias
+        return go, bias
+
+    def bias_scale(self) -> torch.Tensor:
+        """The scale of the binary logits' cosines (learned, capped)."""
+        return self.log_bias_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(
         self, residues: torch.Tensor, mask: torch.Tensor, go_vectors: torch.Tensor,
