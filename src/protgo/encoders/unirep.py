@@ -65,6 +65,7 @@ LICENCE = (
     "protgo-esm-small, or ESM-2 hub ids (MIT)."
 )
 BATCH_BYTES = 1 << 29  # input projections (positions x 4d fp32) per pass, at most
+OUTPUT_BYTES = 1 << 30  # hidden states (positions x d fp32) of one batch, at most
 _noticed = False
 
 
@@ -177,15 +178,15 @@ class UniRep(nn.Module):
         for b, i in enumerate(order):
             packed[where[b]] = torch.as_tensor(rows[i], dtype=torch.long)
         state = self.init_state(len(rows))
-        parts, t = [], 0
+        out = torch.empty(len(packed), self.dim)
+        t = 0
         while t < len(sizes):  # passes of whole steps, up to ``chunk`` positions
             end = max(t + 1, int(np.searchsorted(starts, starts[t] + chunk, side="right")) - 1)
             x = self.embed(packed[starts[t] : starts[end]])
             for k, layer in enumerate(self.layers):
                 x, state[k] = layer(x, sizes[t:end].tolist(), state[k], mm)
-            parts.append(x)
+            out[starts[t] : starts[end]] = x
             t = end
-        out = torch.cat(parts)
         got = [out[w] for w in where]
         return [got[b] for b in np.argsort(order)]
 
@@ -239,10 +240,12 @@ class UniRepEncoder:
     ) -> Iterator[tuple[int, object, torch.Tensor]]:
         """Yield (sequence index, segment (the whole protein), (L, d) vectors), batches sorted
         by length and holding up to ``batch_tokens`` positions, or more: batches are read
-        packed (no padding), and a recurrent step costs about the same for 8 rows as for 100,
-        so they are as wide as the input projections' memory allows (about 512 MB: 17k
-        positions for unirep-1900, 131k for unirep-256)."""
-        budget = max(batch_tokens, BATCH_BYTES // (16 * self.dim))
+        packed (no padding) in passes that carry the state, and every recurrent step reads
+        the whole weight matrices whatever its number of rows, so a step over many rows costs
+        little more than over a few. Batches are as wide as their hidden states' memory
+        allows (``OUTPUT_BYTES``, 1 GB: 141k positions for unirep-1900, 1M for unirep-256), so
+        that long proteins, too, are read many rows at a time."""
+        budget = max(batch_tokens, OUTPUT_BYTES // (4 * self.dim))
         order = sorted(range(len(cleans)), key=lambda i: len(cleans[i]))
         for batch in pack_by_tokens(order, budget, lambda i: len(cleans[i]) + 1, padded=False):
             for i, vecs in zip(batch, self.forward([cleans[i] for i in batch]), strict=True):
