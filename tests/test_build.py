@@ -92,6 +92,34 @@ def test_build_own_data(tmp_path, tiny_obo, split):
         assert len(set(ds.clusters.values())) == present
 
 
+def test_named_zero_shot_terms_leave_training_with_their_descendants(tmp_path, tiny_obo):
+    """--zero-shot-terms: a published benchmark's unseen terms, held out whatever the draw."""
+    fasta, ann = _family_data(tmp_path)
+    src = sources.user_sources(fasta, ann, tiny_obo)
+    named = tmp_path / "zero.txt"
+    named.write_text("GO:0000004\nGO:0000099\n")  # an inner term; an alt id of GO:0000003
+    terms = build.read_ids(named, "--zero-shot-terms")
+    opts = build.BuildOptions(split="random", zero_shot_frac=0.0, zero_shot_terms=terms)
+    build.build_dataset(tmp_path / "ds", src, opts, "mine")
+    ds = DatasetFolder.load(tmp_path / "ds")
+    zero = {t for t, v in ds.terms.items() if v["held_out"]}
+    # GO:0000006 (is_a GO:0000004, part_of GO:0000003) is annotated: held out with them
+    assert zero == {"GO:0000003", "GO:0000004", "GO:0000006"}
+    onto = ds.ontology
+    train = ds.ids("train")
+    assert train and not any(zero & onto.propagate(ds.annotations[p]) for p in train)
+    assert all(ds.terms[t]["n_train"] == 0 for t in zero)
+    held = (tmp_path / "ds" / HELD_OUT).read_text().splitlines()[1:]
+    assert held and {line.split("\t")[1] for line in held} <= zero
+
+    named.write_text("GO:0000004 GO:9999999\n")
+    opts.zero_shot_terms = build.read_ids(named, "--zero-shot-terms")
+    with pytest.raises(UserError, match="--zero-shot-terms names 1 GO ids.*GO:9999999"):
+        build.build_dataset(tmp_path / "ds2", src, opts, "mine")
+    with pytest.raises(UserError, match="--zero-shot-terms file"):
+        build.read_ids(tmp_path / "absent.txt", "--zero-shot-terms")
+
+
 def test_protein_binding_only_is_not_an_mf_target(tmp_path):
     obo = tmp_path / "pb.obo"
     obo.write_text(

@@ -179,6 +179,13 @@ def data_build(
     zero_shot_frac: Annotated[
         float, typer.Option(help="Share of terms (>=5 proteins) held out as zero-shot.")
     ] = 0.1,
+    zero_shot_terms: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of GO ids also held out as zero-shot, with their annotated "
+            "descendants (a published benchmark's unseen terms, say)."
+        ),  # fmt: skip
+    ] = None,
     keep_protein_binding_only: Annotated[
         bool, typer.Option(help="Keep MF targets whose only MF term is protein binding.")
     ] = False,
@@ -208,8 +215,9 @@ def data_build(
     opts = build.BuildOptions(
         aspects=tuple(_aspects(aspects)),
         max_proteins=max_proteins, seed=seed, split=split or default_split,
-        min_seq_id=min_seq_id, exclude_ids=build.read_exclude_ids(exclude_ids),
+        min_seq_id=min_seq_id, exclude_ids=build.read_ids(exclude_ids, "--exclude-ids"),
         zero_shot_frac=zero_shot_frac,
+        zero_shot_terms=build.read_ids(zero_shot_terms, "--zero-shot-terms"),
         drop_protein_binding_only=not keep_protein_binding_only,
     )  # fmt: skip
     src = sources.select_sources(source or name, root, (fasta, annotations, obo), all_evidence)

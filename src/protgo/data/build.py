@@ -36,12 +36,13 @@ PROTEIN_BINDING = "GO:0005515"
 SPLITS = ("train", "valid", "test")
 
 
-def read_exclude_ids(path: Path | None) -> frozenset[str]:
-    """The protein ids of ``--exclude-ids`` (whitespace-separated), none without a file."""
+def read_ids(path: Path | None, option: str) -> frozenset[str]:
+    """The ids in the file of ``option`` (``--exclude-ids``, ``--zero-shot-terms``;
+    whitespace-separated), none without a file."""
     if path is None:
         return frozenset()
     if not path.is_file():
-        raise UserError(f"--exclude-ids file {path} not found")
+        raise UserError(f"{option} file {path} not found")
     return frozenset(path.read_text().split())
 
 
@@ -57,6 +58,7 @@ class BuildOptions:
     exclude_ids: frozenset[str] = frozenset()
     zero_shot_frac: float = 0.1
     zero_shot_min: int = 5  # zero-shot terms are drawn from terms with this many proteins
+    zero_shot_terms: frozenset[str] = frozenset()  # held out besides the draw
     few_max: int = 10  # terms with 1..few_max training proteins are few-shot
     # CAFA rule: an MF annotation to protein binding alone does not make an MF target.
     drop_protein_binding_only: bool = True
@@ -126,7 +128,7 @@ def build_dataset(out_dir: Path, src: Sources, opts: BuildOptions, name: str) ->
     splits, split_info = _split(pids, src.sequences, opts)
     train_labels = {p: set(labels[p]) for p in pids if splits[p] == "train"}
     ia = onto.information_accretion(train_labels)
-    zero = _pick_zero_shot(onto, labels, splits, opts)
+    zero = _pick_zero_shot(onto, labels, splits, opts) | _named_zero_shot(onto, labels, opts)
     held = ["protein\tterm\taspect\tevidence"]  # training annotations of zero-shot terms
     for p in train_labels:
         for t in sorted(zero & set(labels[p])):
@@ -239,6 +241,24 @@ def _pick_zero_shot(onto: Ontology, labels, splits, opts: BuildOptions) -> set[s
         eligible = [t for t in frequent if t not in has_desc and n_test[t] > 0]
         want = min(len(eligible), round(opts.zero_shot_frac * len(frequent)))
         zero |= set(rng.sample(eligible, want))
+    return zero
+
+
+def _named_zero_shot(onto: Ontology, labels, opts: BuildOptions) -> set[str]:
+    """``--zero-shot-terms``: each named term (alt ids mapped) and every annotated descendant,
+    so that no training protein carries it after propagation either."""
+    unknown = sorted(t for t in opts.zero_shot_terms if onto.canonical(t) is None)
+    if unknown:
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise UserError(
+            f"--zero-shot-terms names {len(unknown)} GO ids this dataset's ontology does not "
+            f"hold (unknown or obsolete): {', '.join(unknown[:5])}{more}; remove them or "
+            "build with the GO release they come from"
+        )
+    annotated = {t for terms in labels.values() for t in terms}
+    zero: set[str] = set()
+    for t in map(onto.canonical, opts.zero_shot_terms):
+        zero |= {t} | (onto.descendants(t) & annotated)
     return zero
 
 
