@@ -27,7 +27,7 @@ from protgo.data.ontology import Ontology, write_obo
 from protgo.data.seqsearch import cluster_sequences
 from protgo.data.sequence import clean_sequence
 from protgo.data.sources import Sources
-from protgo.errors import UserError
+from protgo.errors import UserError, first_few
 from protgo.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,9 @@ def check_residues(sequences: dict[str, str], pids: list[str]) -> None:
         except UserError as err:
             bad.append(str(err).split(";")[0])
     if bad:
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise UserError(
             f"{len(bad)} sequences hold residues the protein encoder cannot read: "
-            f"{'; '.join(bad[:5])}{more}. It accepts the 20 amino acids and X B Z U O "
+            f"{first_few(bad, '; ')}. It accepts the 20 amino acids and X B Z U O "
             "(lowercase allowed, a trailing '*' stripped): fix or remove these records"
         )
 
@@ -249,10 +248,9 @@ def _named_zero_shot(onto: Ontology, labels, opts: BuildOptions) -> set[str]:
     so that no training protein carries it after propagation either."""
     unknown = sorted(t for t in opts.zero_shot_terms if onto.canonical(t) is None)
     if unknown:
-        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
         raise UserError(
             f"--zero-shot-terms names {len(unknown)} GO ids this dataset's ontology does not "
-            f"hold (unknown or obsolete): {', '.join(unknown[:5])}{more}; remove them or "
+            f"hold (unknown or obsolete): {first_few(unknown)}; remove them or "
             "build with the GO release they come from"
         )
     annotated = {t for terms in labels.values() for t in terms}

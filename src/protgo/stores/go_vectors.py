@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from protgo.config import ASPECTS, GoTextConfig
-from protgo.errors import UserError
+from protgo.errors import UserError, first_few
 from protgo.io import atomic_write, atomic_write_text, file_lock
 
 # 2: manifest.json holds the sha256 of vectors.npy and ids.tsv; 3: ids.tsv holds text keys
@@ -57,9 +57,8 @@ def _rows(row: dict[str, int], ids: Iterable[str], what: str) -> np.ndarray:
     ids = list(ids)
     missing = [g for g in ids if g not in row]
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise UserError(
-            f"GO ids not in the {what}: {', '.join(missing[:5])}{more} (they are not in the "
+            f"GO ids not in the {what}: {first_few(missing)} (they are not in the "
             "dataset's ontology or aspects; rebuild with `protgo embed go` for those aspects)"
         )
     return np.fromiter((row[g] for g in ids), dtype=np.int64, count=len(ids))
