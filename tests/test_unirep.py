@@ -127,3 +127,12 @@ def test_missing_package_and_wrong_hash(monkeypatch, tmp_path):
     monkeypatch.setitem(unirep.MODELS, "unirep-64", (64, "0" * 64))
     with pytest.raises(UserError, match="sha256"):
         unirep.weights_path("unirep-64")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_reads_equal_the_cpu(seqs):
+    cpu = protein_encoder(ResiduesConfig(model="unirep-256"))
+    gpu = protein_encoder(ResiduesConfig(model="unirep-256", device="cuda"))
+    for a, b in zip(cpu.forward(seqs), gpu.forward(seqs), strict=True):
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -29,6 +29,9 @@ else in fp32: on a CPU with AVX512-BF16 1.9x faster for unirep-1900 and 1.6x for
 agrees with fp32 to a mean cosine of 0.99988 for unirep-1900, but rounding can tip a gate: the
 worst of 17.9k residues fell to 0.93. unirep-256 and unirep-64 stay above 0.9999. fp32 is the
 default (``dtype: auto`` means fp32 here) and the reference.
+
+The model runs on ``residues.device`` (the CPU, or a GPU); the vectors come back on the CPU,
+and a store's identity does not name the device.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ class MLSTMLayer(nn.Module):
         # stays fp32, as bf16 there drifts over long proteins
         wh = self.wh.to(mm_dtype)
         h, c = state
-        out = torch.empty(x.shape[0], self.dim)
+        out = torch.empty(x.shape[0], self.dim, device=x.device)
         lo = 0
         for n in sizes:
             h, c, hi = h[:n], c[:n], lo + n  # rows that ended drop out of the state
@@ -149,18 +152,24 @@ class UniRep(nn.Module):
         self.embed = nn.Embedding.from_pretrained(torch.from_numpy(z["embedding"]).float())
         n = len({k.split(".")[1] for k in z if k.startswith("mlstm.")})
         self.layers = nn.ModuleList(MLSTMLayer(z, i) for i in range(n))
-        self.dense_w = torch.from_numpy(z["dense.w"]).float()  # (d, 25): tokens 1..25
-        self.dense_b = torch.from_numpy(z["dense.b"]).float()
+        # (d, 25): tokens 1..25; buffers, so that ``.to(device)`` moves them with the weights
+        self.register_buffer("dense_w", torch.from_numpy(z["dense.w"]).float(), persistent=False)
+        self.register_buffer("dense_b", torch.from_numpy(z["dense.b"]).float(), persistent=False)
         self.dim = self.layers[-1].dim
 
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
     def init_state(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.zeros(batch, layer.dim), torch.zeros(batch, layer.dim))
-                for layer in self.layers]  # fmt: skip
+        zeros = lambda layer: torch.zeros(batch, layer.dim, device=self.device)  # noqa: E731
+        return [(zeros(layer), zeros(layer)) for layer in self.layers]
 
     @torch.inference_mode()
     def read(self, rows: Sequence[Sequence[int]], dtype: str = "fp32",
              chunk: int | None = None) -> list[torch.Tensor]:  # fmt: skip
-        """Token rows of any lengths -> each row's (len, d) last-layer states.
+        """Token rows of any lengths -> each row's (len, d) last-layer states, on the CPU
+        whatever the model's device.
 
         The rows are read together, packed time-major with the longest first: step t computes
         only the rows longer than t, so a batch of mixed lengths costs no padding. Read in
@@ -177,8 +186,9 @@ class UniRep(nn.Module):
         where = [torch.from_numpy(starts[:n] + b) for b, n in enumerate(lens)]
         for b, i in enumerate(order):
             packed[where[b]] = torch.as_tensor(rows[i], dtype=torch.long)
+        packed = packed.to(self.device)
         state = self.init_state(len(rows))
-        out = torch.empty(len(packed), self.dim)
+        out = torch.empty(len(packed), self.dim, device=self.device)
         t = 0
         while t < len(sizes):  # passes of whole steps, up to ``chunk`` positions
             end = max(t + 1, int(np.searchsorted(starts, starts[t] + chunk, side="right")) - 1)
@@ -187,6 +197,7 @@ class UniRep(nn.Module):
                 x, state[k] = layer(x, sizes[t:end].tolist(), state[k], mm)
             out[starts[t] : starts[end]] = x
             t = end
+        out = out.cpu()
         got = [out[w] for w in where]
         return [got[b] for b in np.argsort(order)]
 
@@ -208,12 +219,10 @@ class UniRepEncoder:
         global _noticed
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.device != "cpu":
-            raise UserError(f"residues.model={cfg.model} runs on the CPU only: set device=cpu")
         self.cfg = cfg
         weights, self._settings = describe_unirep(cfg)  # checked by sha256 there
         self.dim = self._settings["dim"]
-        self.model = UniRep(weights).eval()
+        self.model = UniRep(weights).to(cfg.device).eval()
         if not _noticed:
             tqdm.write(LICENCE, file=sys.stderr)  # above any progress bar, not inside it
             _noticed = True
