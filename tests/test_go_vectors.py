@@ -28,11 +28,11 @@ def encoder():
     return load_text_encoder(dtype="fp32")
 
 
-def build(tiny_obo, encoder, directory, phase=0, edit=None):
+def build(tiny_obo, encoder, directory, phase=0, edit=None, cfg=None):
     onto = Ontology.from_obo(tiny_obo)
     if edit:
         edit(onto)
-    store = GoTextStore(onto, GoTextConfig())
+    store = GoTextStore(onto, cfg or GoTextConfig())
     store.update_phase_and_tokenize(phase, encoder)
     return load_or_build(store, encoder, directory, progress=False)
 
@@ -96,6 +96,27 @@ def test_a_phase_reuses_the_unchanged_texts_of_another(tiny_obo, encoder, tmp_pa
     given = build(tiny_obo, encoder, other, phase=2)
     assert given.manifest["reused"] == len(given)
     np.testing.assert_array_equal(given.vectors, reused.vectors)
+
+
+def test_caches_are_named_by_their_texts(tiny_obo, encoder, tmp_path):
+    """A config whose phase 0 carries every relation (one text phase) and the default (plain
+    phase 0, every relation at phase 2) never overwrite each other's vectors, and the same
+    texts at another phase number are one cache: switching configs encodes nothing again."""
+    from protgo.stores.go_vectors import cache_dir
+
+    default, one = GoTextConfig(), GoTextConfig(phase_relations=[["is_a", "part_of", "regulates"]])
+    where = lambda cfg, phase: cache_dir(tmp_path, "tiny", cfg, phase, ["MF", "BP", "CC"])  # noqa: E731
+    assert where(default, 0).name == "texts-plain-BPMFCC"
+    assert where(default, 1).name == "texts-is_a-max4-BPMFCC"
+    assert where(one, 0) == where(default, 2) != where(default, 0)
+    plain = build(tiny_obo, encoder, where(default, 0), 0, cfg=default)
+    rich = build(tiny_obo, encoder, where(one, 0), 0, cfg=one)
+    assert not plain.from_disk and not rich.from_disk
+    assert build(tiny_obo, encoder, where(default, 0), 0, cfg=default).from_disk
+    assert build(tiny_obo, encoder, where(default, 2), 2, cfg=default).from_disk
+    np.testing.assert_array_equal(GoVectorCache.load(where(default, 0)).vectors, plain.vectors)
+    with pytest.raises(UserError, match="text phase 3 is not configured"):
+        where(default, 3)
 
 
 def test_lookup_filter_and_errors(tmp_path):
@@ -206,7 +227,7 @@ def test_embed_go_command(tiny_obo, tmp_path):
     args += ["--data-dir", str(tmp_path)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    d = tmp_path / "stores" / "go" / "tiny" / "all-MiniLM-L6-v2" / "phase1-MF"
+    d = tmp_path / "stores" / "go" / "tiny" / "all-MiniLM-L6-v2" / "texts-is_a-max4-MF"
     cache = GoVectorCache.load(d)
     assert cache.ids == ["GO:0000010", "GO:0000011"] and cache.dim == 384
     assert "encoded" in out.output

@@ -427,14 +427,14 @@ def _check_finite(scores: np.ndarray, pids: list[str]) -> None:
 
 def go_text_cache(cfg, phase: int, aspects: list[str], data_dir: Path) -> GoVectorCache:
     """The GO text vectors of ``aspects`` at the checkpoint's phase: the cache written in
-    training when it covers ``aspects``, else encoded now (and cached)."""
+    training when it covers ``aspects`` (its directory names the phase's texts), else encoded
+    now (and cached)."""
     name = Path(cfg.data.dataset).name
     for trained in (cfg.data.aspects, aspects):
         d = cache_dir(data_dir, name, cfg.go_text, phase, trained)
         if set(aspects) <= set(trained) and (d / "manifest.json").is_file():
             cache = GoVectorCache.load(d)
-            if cache.manifest.get("phase") == phase:
-                break
+            break
     else:
         cache, _ = embed_go(cfg.data.dataset, phase, aspects, data_dir, cfg.go_text)
     return cache.filter_aspect(aspects)

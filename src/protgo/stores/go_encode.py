@@ -45,7 +45,7 @@ def _donor_vectors(directory: Path, manifest: dict) -> dict[str, np.ndarray]:
 
     found: dict[str, np.ndarray] = {}
     directory = Path(directory)
-    for other in sorted(directory.parents[2].glob(f"*/{directory.parent.name}/phase*")):
+    for other in sorted(directory.parents[2].glob(f"*/{directory.parent.name}/*")):
         path = other / "manifest.json"
         if other == Path(directory) or not path.is_file():
             continue
@@ -95,7 +95,8 @@ def cache_manifest(store, encoder) -> dict:
 
 
 def _stale_reason(directory: Path, manifest: dict) -> str | None:
-    """None when the cache on disk matches ``manifest``; else what changed."""
+    """None when the cache on disk matches ``manifest``; else what changed. The phase number
+    is not compared: the texts' hash says whether the vectors are this phase's."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         return "no cache yet"
@@ -103,7 +104,7 @@ def _stale_reason(directory: Path, manifest: dict) -> str | None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return "unreadable manifest"
-    changed = [k for k in manifest if old.get(k) != manifest[k]]
+    changed = [k for k in manifest if k != "phase" and old.get(k) != manifest[k]]
     return f"changed: {', '.join(changed)}" if changed else None
 
 

@@ -51,6 +51,26 @@ def base_text(term: Term) -> str:
     return term.name
 
 
+def phase_groups(cfg: GoTextConfig, phase: int) -> tuple[str, ...]:
+    """The relation groups phase ``phase`` of ``go_text.phase_relations`` appends, in the
+    order their tokens are appended."""
+    n = len(cfg.phase_relations)
+    if not 0 <= phase < n:
+        raise UserError(
+            f"text phase {phase} is not configured: go_text.phase_relations has {n} phases "
+            f"(0..{n - 1})"
+        )
+    return tuple(g for g in RELATION_GROUPS if g in cfg.phase_relations[phase])
+
+
+def text_recipe(cfg: GoTextConfig, phase: int) -> str:
+    """What a phase's texts are made of, as a name: ``plain`` (``name: definition``), or the
+    relation groups appended and how many related names each brings (``is_a+part_of-max4``).
+    Phases with the same recipe have the same texts, whatever their number or config."""
+    groups = phase_groups(cfg, phase)
+    return "+".join(groups) + f"-max{cfg.max_related}" if groups else "plain"
+
+
 def term_text(
     ontology: Ontology, go_id: str, relations: Iterable[str], max_related: int = 4
 ) -> str:
@@ -103,13 +123,8 @@ class GoTextStore:
 
     def relations(self, phase: int) -> tuple[str, ...]:
         """The relations (OBO names) whose tokens phase ``phase`` appends."""
-        if not 0 <= phase < self.n_phases:
-            raise UserError(
-                f"text phase {phase} is not configured: go_text.phase_relations has "
-                f"{self.n_phases} phases (0..{self.n_phases - 1})"
-            )
-        groups = self.cfg.phase_relations[phase]
-        return tuple(r for g in RELATION_GROUPS if g in groups for r in RELATION_GROUPS[g])
+        groups = phase_groups(self.cfg, phase)
+        return tuple(r for g in groups for r in RELATION_GROUPS[g])
 
     def relation_tokens(self) -> dict[str, str]:
         """Special token -> init words, for every relation of every configured phase."""

@@ -24,6 +24,7 @@ import torch
 from protgo.config import ASPECTS, GoTextConfig
 from protgo.errors import UserError, first_few
 from protgo.io import atomic_write, atomic_write_text, file_lock
+from protgo.stores.go_text import text_recipe
 
 # 2: manifest.json holds the sha256 of vectors.npy and ids.tsv; 3: ids.tsv holds text keys
 MANIFEST_VERSION = 3
@@ -203,7 +204,10 @@ def _slug(text: str) -> str:
 
 
 def cache_dir(data_dir: Path, dataset: str, cfg: GoTextConfig, phase: int, aspects) -> Path:
-    """``<data_dir>/stores/go/<dataset>/<encoder>/phase<P>-<ASPECTS>[-int8]``."""
+    """``<data_dir>/stores/go/<dataset>/<encoder>/texts-<recipe>-<ASPECTS>[-int8]``, named by
+    what the phase's texts are made of (:func:`protgo.stores.go_text.text_recipe`), not by
+    the phase's number: configs whose phases differ never overwrite each other's vectors, and
+    the same texts at another phase number find the same cache."""
     tag = "".join(a for a in ASPECTS if a in set(aspects))
     tag += "-int8" if cfg.quantize_int8 else ""
     return (
@@ -212,7 +216,7 @@ def cache_dir(data_dir: Path, dataset: str, cfg: GoTextConfig, phase: int, aspec
         / "go"
         / _slug(dataset)
         / _slug(cfg.encoder)
-        / f"phase{phase}-{tag}"
+        / f"texts-{text_recipe(cfg, phase)}-{tag}"
     )
 
 
