@@ -47,7 +47,9 @@ def test_cache_hit_and_invalidation(tiny_obo, encoder, tmp_path):
     np.testing.assert_array_equal(again.vectors, first.vectors)
 
     phase1 = build(tiny_obo, encoder, d, phase=1)  # changed phase: rebuilt
-    assert not phase1.from_disk and json.loads((d / "manifest.json").read_text())["phase"] == 1
+    on_disk = json.loads((d / "manifest.json").read_text())["text_hash"]
+    assert not phase1.from_disk and on_disk == phase1.manifest["text_hash"]
+    assert on_disk != first.manifest["text_hash"]
     root, child = phase1.rows(["GO:0000001", "GO:0000006"])
     assert np.allclose(phase1.vectors[root], first.vectors[root], atol=1e-5)  # same text
     assert not np.allclose(phase1.vectors[child], first.vectors[child], atol=1e-3)

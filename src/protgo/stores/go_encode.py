@@ -84,19 +84,18 @@ def encode_missing(
 
 
 def cache_manifest(store, encoder) -> dict:
-    """What the vectors depend on: the encoder's identity, the phase and the texts' hash."""
+    """What the vectors depend on: the encoder's identity and the texts' hash (not the phase
+    number: phases of other configs with the same texts share the cache)."""
     return {
         "version": MANIFEST_VERSION,
         "encoder": encoder.identity(),
-        "phase": store.phase,
         "text_hash": store.text_hash(),
         "aspects": sorted(set(store.aspects())),
     }
 
 
 def _stale_reason(directory: Path, manifest: dict) -> str | None:
-    """None when the cache on disk matches ``manifest``; else what changed. The phase number
-    is not compared: the texts' hash says whether the vectors are this phase's."""
+    """None when the cache on disk matches ``manifest``; else what changed."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         return "no cache yet"
@@ -104,7 +103,7 @@ def _stale_reason(directory: Path, manifest: dict) -> str | None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return "unreadable manifest"
-    changed = [k for k in manifest if k != "phase" and old.get(k) != manifest[k]]
+    changed = [k for k in manifest if old.get(k) != manifest[k]]
     return f"changed: {', '.join(changed)}" if changed else None
 
 

@@ -1,12 +1,12 @@
 """GO vectors: the text-space cache on disk and its lookup wrapper.
 
-* :class:`GoVectorCache`: one L2-normalised float32 vector per GO term for one text phase and
-  one encoder, with id<->row maps. On disk (``<data_dir>/stores/go/<dataset>/<encoder>/
-  phase<P>-<aspects>/``): ``vectors.npy`` (N, D), ``ids.tsv`` (id, aspect, text key: a hash
-  of the term's token ids) and ``manifest.json`` (encoder identity, phase, text hash), written
-  last so a crash mid-write never leaves a cache that looks complete; stored as fp32, or as
-  fp16 / int8 (:func:`quantize`) where size matters (bundles). Encoding is
-  :mod:`protgo.stores.go_encode`.
+* :class:`GoVectorCache`: one L2-normalised float32 vector per GO term for one phase's texts
+  and one encoder, with id<->row maps. On disk (``<data_dir>/stores/go/<dataset>/<encoder>/
+  texts-<recipe>-<aspects>/``, :func:`cache_dir`): ``vectors.npy`` (N, D), ``ids.tsv`` (id,
+  aspect, text key: a hash of the term's token ids) and ``manifest.json`` (encoder identity,
+  text hash), written last so a crash mid-write never leaves a cache that looks complete;
+  stored as fp32, or as fp16 / int8 (:func:`quantize`) where size matters (bundles).
+  Encoding is :mod:`protgo.stores.go_encode`.
 * :class:`GoLookupCache`: torch access to a cache (``vectors(ids)``, ``rows(ids)``).
 """
 
