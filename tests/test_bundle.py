@@ -137,6 +137,8 @@ def test_a_bundle_names_the_shared_vectors_and_refuses_other_ones(trained, bundl
 
     ckpt, data_dir, seqs = trained
     meta = json.loads((bundles[1] / "bundle.json").read_text())
+    recipe = f"all-MiniLM-L6-v2-phase{meta['phase']}-{meta['recipe']['text_hash']}"
+    assert meta["go_vectors"]["name"] == recipe  # the name protgo ships them under
     shared = tmp_path / "shipped" / meta["go_vectors"]["name"]
     shutil.copytree(bundles[1] / "go_vectors", shared)
     monkeypatch.setattr(bundle_mod, "shared_vectors_dir", lambda name: tmp_path / "shipped" / name)

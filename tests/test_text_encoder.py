@@ -162,3 +162,23 @@ def test_a_checkpoint_with_a_dense_module_is_refused(tmp_path):
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(UserError, match="Dense module"):
         read_pooling(str(tmp_path))
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_tuned_top_layers_start_as_the_frozen_encoder(encoder, k):
+    """Lower states stored in bf16, then the top k layers: the encoder's own vectors."""
+    from protgo.encoders.text_top import TextTop, lower_states
+
+    ids = encoder.tokenize(TEXTS).input_ids
+    lower = lower_states(encoder, ids, k, batch_size=4, progress=False)
+    assert lower.lengths().tolist() == [len(x) for x in ids]
+    ours = TextTop(encoder, k).encode(lower, batch_size=4)
+    ref = encoder.encode_ids(ids, batch_size=4, progress=False)
+    assert (ours * ref).sum(1).min() > 0.9999
+
+
+def test_tuned_top_layers_refuse_more_layers_than_the_encoder_has(encoder):
+    from protgo.encoders.text_top import TextTop
+
+    with pytest.raises(UserError, match="tune_layers=7.*has 6 layers"):
+        TextTop(encoder, 7)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from protgo.config import load_config
+from protgo.errors import UserError
 from protgo.train.phases import RELOAD_ORDER
 
 CONFIGS = Path(__file__).parent.parent / "src" / "protgo" / "configs"
@@ -182,3 +184,48 @@ def test_head_stage_keeps_the_best_pass_and_runs_once(tiny_world, tmp_path):
     assert not moved[few].any() and moved[common].any() == best["head_done"]
     Trainer(cfg, progress=False).fit(resume=run)
     assert len(read_metrics(run, "valid")) == len(valid)
+
+
+def test_tuned_text_layers_train_resume_exactly_and_skip_zero_shot(tiny_world, tmp_path):
+    """``go_text.tune_layers=1``: the top text layer trains (the texts' vectors move off the
+    frozen encoder's), a resume mid-epoch gives the uninterrupted run's weights and losses,
+    and no zero-shot term's text ever runs through the tuned layers."""
+    from protgo.train.tracking import read_metrics
+    from protgo.train.trainer import Trainer
+
+    more = ("train.epochs=2", "train.checkpoint_every_steps=5", "train.log_every_steps=1",
+            "phases.start_epochs=[0,1]", "go_text.tune_layers=1", "go_text.tune_lr=1e-4",
+            "go_text.tune_max_texts=12")  # fmt: skip
+    straight = Trainer(_cfg(tiny_world, tmp_path / "a", *more), progress=False)
+    base = {k: v.clone() for k, v in straight.text_top.state_dict().items()}
+    straight.fit()
+    moved = [k for k, v in straight.text_top.state_dict().items() if not torch.equal(v, base[k])]
+    assert moved, "the tuned text layer did not train"
+    phases = straight.phases
+    cos = (phases.cache.matrix * torch.from_numpy(phases.frozen.vectors)).sum(1)
+    assert cos.min() < 0.9999  # the vectors mining and scoring use are the tuned ones
+    # a tuned checkpoint scores with its own vectors; its bundle must ship them
+    from protgo.infer.bundle import export
+    from protgo.infer.predict import Predictor
+
+    pred = Predictor(tmp_path / "a" / "checkpoints" / "final.pt", tiny_world[0], homology=False)
+    rows = phases.cache.rows(pred.text_cache.ids)
+    np.testing.assert_allclose(pred.text_cache.vectors, phases.cache.matrix[rows], atol=1e-6)
+    with pytest.raises(UserError, match="must ship its GO vectors"):
+        export(pred, tmp_path / "bundle", with_vectors=False, with_homology=False)
+    cfg_b = _cfg(tiny_world, tmp_path / "b", *more)
+    Trainer(cfg_b, progress=False).fit(max_steps=10)
+    resumed = Trainer(cfg_b, progress=False)
+    resumed.fit(resume=tmp_path / "b")
+    for a, b in ((straight.model, resumed.model), (straight.text_top, resumed.text_top)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6, msg=name)
+    ma, mb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
+    assert [r["total"] for r in ma] == pytest.approx([r["total"] for r in mb], rel=1e-5)
+    ids = phases.cache.ids[:6]
+    phases.zero = frozenset(ids[:1])  # as a split that holds ids[0] out makes it
+    batch = {"go_ids": ids, "pos_ids": [[ids[0], ids[3]]], "go_rows": phases.cache.rows(ids)}
+    live = phases.live_texts(batch)
+    assert live["index"].tolist() == [3, 1, 2, 4, 5]  # the positive first, the zero-shot never
+    states, mask = phases.lower.batch(batch["go_rows"][[3, 1, 2, 4, 5]])
+    torch.testing.assert_close(live["states"], states)

@@ -119,6 +119,13 @@ class GoTextConfig(Section):
         ["is_a", "part_of", "regulates"],
     ]
     max_related: Pos = 4  # at most this many related names per relation, so texts stay short
+    # Fine-tune the encoder's top layers on the alignment (0: frozen). Their input states are
+    # computed once per text phase; a step runs them for up to tune_max_texts of the batch's
+    # texts (its positives first; zero-shot terms never), the others come from the vectors
+    # re-encoded with the tuned layers at the end of each epoch.
+    tune_layers: Annotated[int, Field(ge=0)] = 0
+    tune_lr: Annotated[float, Field(gt=0.0)] = 2e-5
+    tune_max_texts: Pos = 256
 
 
 class MiningConfig(Section):

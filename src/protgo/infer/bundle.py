@@ -106,6 +106,12 @@ class Bundle:
         shipped = self.shipped_vectors()
         if ontology is None and shipped is not None:
             return shipped.filter_aspect(aspects)
+        if self.cfg.go_text.tune_layers:
+            raise UserError(
+                f"bundle {self.path} was trained with tuned text layers (go_text.tune_layers), "
+                "which it does not carry: it scores only the GO terms it ships vectors for"
+                + ("; leave out --obo" if ontology is not None else "; export it again")
+            )
         onto = ontology or self.ontology
         tag = self.meta["recipe"]["text_hash"] if ontology is None else "obo"
         name = f"bundle-{self.path.name}-{tag}"
@@ -153,9 +159,11 @@ def shared_vectors_dir(name: str) -> Path:
 
 
 def vectors_name(recipe: dict) -> str:
-    """The shared name of a text recipe's vectors: encoder, phase and the texts' hash."""
+    """The shared name of a text recipe's vectors: encoder, phase and the texts' hash (and
+    the tuned text layers' hash, ``go_text.tune_layers``)."""
     encoder = "".join(c if c.isalnum() or c in "-." else "-" for c in recipe["encoder"]["name"])
-    return f"{encoder}-phase{recipe['phase']}-{recipe['text_hash']}"
+    tuned = f"-tuned-{recipe['text_top']}" if recipe.get("text_top") else ""
+    return f"{encoder}-phase{recipe['phase']}-{recipe['text_hash']}{tuned}"
 
 
 def load(path: Path) -> Bundle:
@@ -254,6 +262,11 @@ def export(
     thresholds chosen on the valid split (:mod:`protgo.infer.homology`)."""
     from safetensors.torch import save_file
 
+    if not with_vectors and predictor.cfg.go_text.tune_layers:
+        raise UserError(
+            f"checkpoint {predictor.checkpoint} was trained with tuned text layers "
+            "(go_text.tune_layers): its bundle must ship its GO vectors; leave out --no-vectors"
+        )
     out = _new_dir(out)
     folder: DatasetFolder = predictor.folder
     if with_vectors:

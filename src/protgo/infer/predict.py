@@ -43,7 +43,7 @@ from protgo.io import progress_bar
 from protgo.model.aligner import ProtGoAligner, residual_terms
 from protgo.model.checkpoints import load_checkpoint, resolve_checkpoint
 from protgo.model.pooling import BATCH_RESIDUES, length_batches, pad_residues
-from protgo.stores.go_encode import embed_go
+from protgo.stores.go_encode import embed_go, tuned_text_cache
 from protgo.stores.go_vectors import GoVectorCache, cache_dir
 from protgo.stores.projection import Projection, resolve_project_dim
 from protgo.stores.residues import ResidueStore
@@ -121,6 +121,9 @@ class Predictor:
         self.trained_ids = set(self.ontology.terms)
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
         cache = go_text_cache(self.cfg, self.phase, self.aspects, self.data_dir)
+        if state.get("text_top_at_encode") is not None:  # trained with go_text.tune_layers
+            cache = tuned_text_cache(self.ontology, self.phase, self.cfg.go_text, cache,
+                                     state["text_top_at_encode"])  # fmt: skip
         self._load_model(state.get("model"), cache)
         self.calibration = calibration.read(self.checkpoint, self.logit_input)
 
@@ -177,7 +180,10 @@ class Predictor:
     def set_text_vectors(self, cache: GoVectorCache) -> None:
         """Score against the GO text vectors of ``cache`` (its terms that can be scored)."""
         self.text_cache = cache
-        self.text_recipe = {k: cache.manifest.get(k) for k in ("encoder", "phase", "text_hash")}
+        self.text_recipe = {"encoder": cache.manifest.get("encoder"), "phase": self.phase,
+                            "text_hash": cache.manifest.get("text_hash")}  # fmt: skip
+        if "text_top" in cache.manifest:  # tuned text layers (go_text.tune_layers)
+            self.text_recipe["text_top"] = cache.manifest["text_top"]
         keep = scoring.scorable_columns(self.ontology, cache.ids)
         self.go_ids = [cache.ids[i] for i in keep]
         self.go_aspects = np.array([cache.aspects[i] for i in keep])

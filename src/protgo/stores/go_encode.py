@@ -20,6 +20,7 @@ import numpy as np
 from protgo.config import GoTextConfig
 from protgo.data.folder import DatasetFolder
 from protgo.encoders.text import load_text_encoder
+from protgo.encoders.text_top import LowerStates, TextTop, lower_states
 from protgo.errors import UserError
 from protgo.stores.go_text import GoTextStore
 from protgo.stores.go_vectors import MANIFEST_VERSION, GoVectorCache, cache_dir
@@ -171,10 +172,49 @@ def encode_ontology(
     """The GO vector cache of ``ontology``'s terms of ``aspects`` at ``phase`` in
     ``directory`` (:func:`cache_dir`), and the text store behind it; ``donors``: vectors to
     copy from where a text is the same (:func:`encode_missing`)."""
+    encoder, store = phase_texts(ontology, phase, aspects, cfg)
+    cache = load_or_build(store, encoder, directory, cfg.batch_size, force, progress, donors)
+    return cache, store
+
+
+def phase_texts(ontology, phase: int, aspects: Iterable[str], cfg: GoTextConfig):
+    """The text encoder of ``cfg`` and the texts of ``ontology``'s terms of ``aspects`` at
+    ``phase``, tokenised by it (its relation tokens added)."""
     encoder = load_text_encoder(
         cfg.encoder, cfg.max_length, cfg.quantize_int8, cfg.device, cfg.dtype
     )
     store = GoTextStore(ontology, cfg, aspects=list(aspects))
     store.update_phase_and_tokenize(phase, encoder)
-    cache = load_or_build(store, encoder, directory, cfg.batch_size, force, progress, donors)
-    return cache, store
+    return encoder, store
+
+
+def tuned_lower_states(ontology, phase: int, aspects, cfg: GoTextConfig, ids, progress=True):
+    """(the encoder, the token states entering its ``cfg.tune_layers`` tuned layers) for every
+    text of ``phase``, rows as ``ids`` (the phase's vector cache)."""
+    encoder, store = phase_texts(ontology, phase, aspects, cfg)
+    if store.ids != list(ids):
+        raise ValueError("the phase's texts and its vector cache hold other GO ids")
+    ids = store.tokenized.input_ids
+    return encoder, lower_states(encoder, ids, cfg.tune_layers, cfg.batch_size, progress)
+
+
+def tuned_cache(frozen: GoVectorCache, lower: LowerStates, top: TextTop, batch_size: int = 64):
+    """``frozen`` (the frozen encoder's cache of the same texts) with every vector re-encoded
+    by the tuned layers ``top``; the manifest names them by a hash of their weights."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, value in top.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().float().cpu().numpy().tobytes())
+    vectors = top.encode(lower, batch_size)
+    manifest = frozen.manifest | {"text_top": h.hexdigest()}
+    return GoVectorCache(frozen.ids, frozen.aspects, vectors, manifest, frozen.text_keys)
+
+
+def tuned_text_cache(ontology, phase: int, cfg: GoTextConfig, frozen: GoVectorCache, weights):
+    """The vectors of a checkpoint trained with ``go_text.tune_layers``: ``frozen``'s texts
+    (of its aspects) re-encoded by the tuned layers with ``weights``."""
+    aspects = sorted(set(frozen.aspects))
+    encoder, lower = tuned_lower_states(ontology, phase, aspects, cfg, frozen.ids)
+    top = TextTop(encoder, cfg.tune_layers)
+    top.load_state_dict(weights)
+    return tuned_cache(frozen, lower, top, cfg.batch_size)

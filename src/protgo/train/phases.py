@@ -13,26 +13,40 @@ written to the run log with its reason:
 
 Between epochs :meth:`PhaseManager.refresh_bank` re-projects the rows of the GO ids seen in
 the last epoch (``phases.partial_refresh``).
+
+With ``go_text.tune_layers`` the vectors are the tuned top layers' (:mod:`protgo.encoders.
+text_top`) over token states computed once per phase: each step runs the layers for the
+batch's texts (:meth:`PhaseManager.live_texts`), and between epochs :meth:`PhaseManager.
+retune` re-encodes every text with them and rebuilds steps 2 to 5.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from protgo.config import Config
+from protgo.encoders.text_top import LowerStates, TextTop
 from protgo.mining.batch_builder import BatchBuilder
 from protgo.model.checkpoints import rng_state, set_rng_state
-from protgo.stores.go_encode import embed_go
-from protgo.stores.go_vectors import GoLookupCache
+from protgo.stores.go_encode import embed_go, tuned_cache, tuned_lower_states
+from protgo.stores.go_vectors import GoLookupCache, GoVectorCache
 from protgo.stores.memory_bank import MemoryBank
 from protgo.stores.vector_resources import VectorResources
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
 _GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go
+_LOWER: dict[tuple, LowerStates] = {}  # the same key -> the phase's states under tuned layers
+
+
+def _key(c: Config, data_dir: Path, phase: int) -> tuple:
+    return (c.data.dataset, phase, tuple(c.data.aspects), str(Path(data_dir).resolve()),
+            c.go_text.model_dump_json())  # fmt: skip
 
 
 def go_cache(cfg: Config, data_dir: Path, phase: int):
@@ -40,8 +54,7 @@ def go_cache(cfg: Config, data_dir: Path, phase: int):
     loads the text encoder and tokenises every text (seconds), and a run asks for the same
     phase several times (model size, start, resume)."""
     c = cfg
-    key = (c.data.dataset, phase, tuple(c.data.aspects), str(Path(data_dir).resolve()),
-           c.go_text.model_dump_json())  # fmt: skip
+    key = _key(c, data_dir, phase)
     if key not in _GO_CACHES:
         # Loading the encoder draws random numbers (weight init before the weights load);
         # keep the run's random streams as if the cache had been in memory.
@@ -52,16 +65,33 @@ def go_cache(cfg: Config, data_dir: Path, phase: int):
     return _GO_CACHES[key]
 
 
+def phase_lower_states(cfg: Config, data_dir: Path, ontology, phase: int, ids) -> LowerStates:
+    """The token states entering the tuned layers for every text of ``phase`` (rows as
+    ``ids``, the phase's cache), remembered for the process like :func:`go_cache`."""
+    key = _key(cfg, data_dir, phase)
+    if key not in _LOWER:
+        state = rng_state()
+        _LOWER[key] = tuned_lower_states(ontology, phase, cfg.data.aspects, cfg.go_text, ids,
+                                         progress=False)[1]  # fmt: skip
+        set_rng_state(state)
+    return _LOWER[key]
+
+
 class PhaseManager:
     """Owns ``cache``, ``bank``, ``resources`` and ``builder`` for the current text phase."""
 
     def __init__(
         self, cfg: Config, data_dir: Path, ontology,
         project: Callable[[torch.Tensor], torch.Tensor],
-        tracker, zero: frozenset[str] = frozenset(), seed: int = 0,
+        tracker, zero: frozenset[str] = frozenset(), seed: int = 0, text_top: TextTop | None = None,
     ):  # fmt: skip
+        """``text_top``: the tuned text layers (``go_text.tune_layers``), None when frozen."""
         self.cfg, self.data_dir, self.ontology = cfg, Path(data_dir), ontology
         self.project, self.tracker, self.zero, self.seed = project, tracker, zero, seed
+        self.text_top = text_top
+        self.lower: LowerStates | None = None
+        self.frozen: GoVectorCache | None = None  # the phase's cache from the frozen encoder
+        self.top_at_encode: dict | None = None  # the tuned layers' weights behind self.cache
         self.phase: int | None = None
         self.cache: GoLookupCache | None = None
         self.bank: MemoryBank | None = None
@@ -89,13 +119,38 @@ class PhaseManager:
         return True
 
     def load_phase(
-        self, phase: int, reason: str, step: int, rebuild_loaders: Callable[[], None] | None
-    ) -> None:
+        self, phase: int, reason: str, step: int, rebuild_loaders: Callable[[], None] | None,
+        top_weights: dict | None = None,
+    ) -> None:  # fmt: skip
+        """The phase's texts and everything built on them; with tuned layers, the vectors
+        come from them (``top_weights``, else their current weights)."""
         self.phase = phase
+        cache, directory = go_cache(self.cfg, self.data_dir, phase)
+        if self.text_top is not None:
+            self.frozen = cache
+            self.lower = phase_lower_states(self.cfg, self.data_dir, self.ontology, phase,
+                                            cache.ids)  # fmt: skip
+            cache = self._tuned_cache(top_weights)
+        self._install(cache, reason, step, rebuild_loaders, phase=phase, cache=str(directory))
+
+    def retune(self, reason: str, step: int, rebuild_loaders, top_weights: dict | None = None):
+        """Re-encode every text of the phase with the tuned layers (``top_weights``, else
+        their current weights) and rebuild the resources on the new vectors."""
+        self._install(self._tuned_cache(top_weights), reason, step, rebuild_loaders,
+                      phase=self.phase, tuned=True)  # fmt: skip
+
+    def _tuned_cache(self, top_weights: dict | None) -> GoVectorCache:
+        top = self.text_top
+        if top_weights is not None:
+            top = copy.deepcopy(top)
+            top.load_state_dict(top_weights)
+        self.top_at_encode = {k: v.detach().clone() for k, v in top.state_dict().items()}
+        return tuned_cache(self.frozen, self.lower, top, self.cfg.go_text.batch_size)
+
+    def _install(self, vectors: GoVectorCache, reason, step, rebuild_loaders, **info) -> None:
         c = self.cfg
-        cache, directory = go_cache(c, self.data_dir, phase)
-        self.cache = GoLookupCache(cache)
-        self._done("go_texts", reason, step, phase=phase, terms=len(cache), cache=str(directory))
+        self.cache = GoLookupCache(vectors)
+        self._done("go_texts", reason, step, terms=len(vectors), **info)
         resources = VectorResources(self.cache, None, c.mining, source="cache")
         if c.mining.index != "torch" and resources.index is None:
             self.tracker.event("faiss_fallback", "FAISS index build failed; exact search on "
@@ -132,6 +187,23 @@ class PhaseManager:
         """(U, Dt) GO text vectors of cache ``rows``."""
         return self.cache.matrix[rows]
 
+    def live_texts(self, batch: dict) -> dict | None:
+        """With tuned text layers, the batch's texts a step runs through them: ``index``
+        (S,) positions in ``go_ids``, the positives first, at most ``go_text.tune_max_texts``,
+        never a zero-shot term; ``states`` (S, L, D) and ``mask`` (S, L) their lower states.
+        None when the text encoder is frozen."""
+        if self.text_top is None:
+            return None
+        position = {g: u for u, g in enumerate(batch["go_ids"])}
+        first = [position[g] for ids in batch["pos_ids"] for g in ids if g in position]
+        order = dict.fromkeys([*first, *range(len(position))])
+        keep = [u for u in order if batch["go_ids"][u] not in self.zero]
+        keep = keep[: self.cfg.go_text.tune_max_texts]
+        if not keep:
+            return None
+        states, mask = self.lower.batch(np.asarray(batch["go_rows"])[keep])
+        return {"index": torch.tensor(keep), "states": states, "mask": mask}
+
     def after_step(self, ids: list[str], vectors: torch.Tensor) -> None:
         """Momentum update of the bank with the step's GO vectors (all ranks' ids)."""
         self.bank.update(ids, vectors)
@@ -143,11 +215,13 @@ class PhaseManager:
             "phase": self.phase, "bank": self.bank.state_dict(),
             "builder_rng": self.builder.rng.bit_generator.state,
             "search_matrix": self.resources.matrix if self.searches_bank else None,
+            "text_top_at_encode": self.top_at_encode,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict, reason: str, step: int, rebuild_loaders) -> None:
         """Rebuild the phase's resources as :meth:`state_dict` saw them."""
-        self.load_phase(state["phase"], reason, step, rebuild_loaders)
+        self.load_phase(state["phase"], reason, step, rebuild_loaders,
+                        state.get("text_top_at_encode"))  # fmt: skip
         if self.searches_bank:
             # Mining searched the bank as it was at the start of the epoch: rebuild the index
             # from that copy, then restore the bank as saved (momentum updates since).

@@ -35,6 +35,8 @@ from protgo import compute
 from protgo.config import Config
 from protgo.data.folder import TRAINED_CLASSES, DatasetFolder
 from protgo.data.seqsearch import DiamondOptions, diamond_hits
+from protgo.encoders.text import load_text_encoder
+from protgo.encoders.text_top import TextTop
 from protgo.errors import UserError
 from protgo.eval.metrics import evaluate_fast, truth_matrix
 from protgo.eval.predictions import Predictions
@@ -57,7 +59,7 @@ from protgo.model.pooling import length_batches, pad_residues
 from protgo.stores.residues import ResidueStore
 from protgo.train import distributed
 from protgo.train.head import refit_term_head
-from protgo.train.optim import adamw
+from protgo.train.optim import adamw, param_groups
 from protgo.train.phases import PhaseManager, go_cache
 from protgo.train.schedule import warmup_cosine
 from protgo.train.tracking import Tracker
@@ -90,12 +92,16 @@ class StepLoss(torch.nn.Module):
     several methods (pooling, GO head, term logits, the attribution pass), and
     ``DistributedDataParallel`` needs all of them inside the forward it wraps."""
 
-    def __init__(self, model: ProtGoAligner, criterion: AlignmentLoss):
+    def __init__(self, model: ProtGoAligner, criterion: AlignmentLoss, text_top=None):
         super().__init__()
-        self.model, self.criterion = model, criterion
+        self.model, self.criterion, self.text_top = model, criterion, text_top
 
-    def forward(self, batch, go_text, pairs, lambda_attr, teacher, bce_terms):
-        """-> (loss, logged parts, the aligner's outputs)."""
+    def forward(self, batch, go_text, live, pairs, lambda_attr, teacher, bce_terms):
+        """-> (loss, logged parts, the aligner's outputs). ``live``: the texts whose vectors
+        the tuned text layers give in this step (:meth:`PhaseManager.live_texts`), or None."""
+        if live is not None:
+            fresh = self.text_top(live["states"], live["mask"]).to(go_text.dtype)
+            go_text = go_text.index_put((live["index"],), fresh)
         out = self.model(batch["residues"], batch["mask"], go_text, batch["cand_idx"])
         loss, parts = self.criterion(
             self.model, out, batch, go_text, pairs, lambda_attr, teacher, bce_terms=bce_terms
@@ -126,12 +132,18 @@ class Trainer:
         # changes how much random state the steps above used.
         _seed_everything(cfg.train.seed)
         self.model = ProtGoAligner(cfg.model, store.dim, cache0.dim, trained).to(self.device)
+        self.text_top = self._text_top()
         self.criterion = AlignmentLoss(cfg.loss)
         self.step_loss = distributed.wrap(
-            StepLoss(self.model, self.criterion), self.world, self.device,
+            StepLoss(self.model, self.criterion, self.text_top), self.world, self.device,
             unused_params=cfg.model.term_bias and cfg.loss.lambda_bce == 0,
         )  # fmt: skip
         self.optimizer = adamw(self.model, cfg.train.lr, cfg.train.weight_decay)
+        if self.text_top is not None:  # the tuned text layers at their own learning rate
+            for group in param_groups(self.text_top, cfg.train.weight_decay):
+                self.optimizer.add_param_group(group | {"lr": cfg.go_text.tune_lr})
+        self.trained_params = [*self.model.parameters(),
+                               *(self.text_top.parameters() if self.text_top else ())]  # fmt: skip
         self.sampler = RankSlices(
             FewShotBatchSampler.for_dataset(
                 self.train_ds, cfg.train.batch_size * self.world, seed=cfg.train.seed
@@ -199,6 +211,16 @@ class Trainer:
         train_ann = {p: self.annotations[p] for p in self.train_ds.pids}
         return HomologyTeacher(hits, train_ann, self.ontology)
 
+    def _text_top(self) -> TextTop | None:
+        """The text encoder's top ``go_text.tune_layers`` layers, trainable; None when 0."""
+        c = self.cfg.go_text
+        if c.tune_layers == 0:
+            return None
+        state = rng_state()  # loading draws random numbers (weight init before the load)
+        encoder = load_text_encoder(c.encoder, c.max_length, c.quantize_int8, c.device, c.dtype)
+        set_rng_state(state)
+        return TextTop(encoder, c.tune_layers).to(self.device)
+
     def _project(self, text: torch.Tensor) -> torch.Tensor:
         """GO text vectors -> aligned space with the current head, dropout off (bank rows)."""
         was = self.model.training
@@ -251,6 +273,7 @@ class Trainer:
             self.tracker,
             self.train_ds.fewzero.zero,
             self.cfg.train.seed,
+            self.text_top,
         )
         if saved is not None:
             self._resume(saved, resume)
@@ -327,10 +350,13 @@ class Trainer:
             batch = self.mine(batch, params)  # 2. mine negatives
         with self._timed("forward"):
             go_text = self.phases.text_vectors(batch["go_rows"]).to(self.device)  # (U, Dt)
+            live = self.phases.live_texts(batch)  # tuned text layers: texts they run for
+            if live is not None:
+                live = {k: v.to(self.device) for k, v in live.items()}
             teacher, terms = self._teacher_logits(batch, go_text), self._bce_terms(batch)
             with compute.autocast(self.dtype, self.device):
                 loss, parts, out = self.step_loss(  # 3. forward and 4. total loss
-                    batch, go_text, dag_pairs(batch["go_ids"], self.ontology),
+                    batch, go_text, live, dag_pairs(batch["go_ids"], self.ontology),
                     params.lambda_attr, teacher, terms,
                 )  # fmt: skip
         with self._timed("backward"):
@@ -338,9 +364,7 @@ class Trainer:
             loss.backward()  # 5. backward (DDP: gradients averaged over the ranks)
         with self._timed("optimizer"):
             if self.cfg.train.grad_clip:  # 6. clip
-                norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), self.cfg.train.grad_clip
-                )
+                norm = torch.nn.utils.clip_grad_norm_(self.trained_params, self.cfg.train.grad_clip)
                 parts["grad_norm"] = norm.detach()
             self.optimizer.step()  # 7. optimiser and LR schedule
             self.lr_schedule.step()
@@ -441,12 +465,17 @@ class Trainer:
 
     # ---- epoch end ----------------------------------------------------------------------
     def _end_epoch(self) -> dict:
-        self.phases.refresh_bank(self.seen, self.step, self.epoch)  # bank refresh
+        if self.text_top is None:  # tuned text layers: every row is re-projected below
+            self.phases.refresh_bank(self.seen, self.step, self.epoch)  # bank refresh
         self.seen.clear()
         self.epoch += 1
         self.batch_in_epoch = 0
-        if self.epoch < self.cfg.train.epochs:  # phase check for the next epoch
+        new_phase = self.epoch < self.cfg.train.epochs and (  # phase check for the next epoch
             self.phases.maybe_refresh_phase_resources(self.epoch, self.step, self._rebuild_loaders)
+        )
+        if self.text_top is not None and not new_phase:  # texts re-encoded by the tuned layers
+            self.phases.retune(f"end of epoch {self.epoch - 1}: texts re-encoded by the tuned "
+                               "text layers", self.step, self._rebuild_loaders)  # fmt: skip
         metrics = self.validate()  # validation
         self.tracker.log(metrics, self.step, kind="valid")
         if self.rank == 0:  # checkpoint
@@ -476,6 +505,9 @@ class Trainer:
             return None
         last_epoch = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(state["model"])
+        if self.text_top is not None:  # the texts as the best epoch's tuned layers encode them
+            self.phases.retune("term-head stage: the best epoch's text vectors", self.step,
+                               None, state["text_top_at_encode"])  # fmt: skip
         self.model.eval()
         cache = self.phases.cache
         rows = self.model.residual_rows(cache.ids)
@@ -515,6 +547,9 @@ class Trainer:
             self.model.load_state_dict(kept)
             self.checkpoints.save(self.state(), "best")
         self.model.load_state_dict(last_epoch)
+        if self.text_top is not None:
+            self.phases.retune("end of the term-head stage: the last epoch's text vectors",
+                               self.step, None)  # fmt: skip
         self.model.train()
         return records[-1] if records else None
 
@@ -579,6 +614,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "global_batch": self.cfg.train.batch_size * self.world,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "text_top": self.text_top.state_dict() if self.text_top is not None else None,
             "lr_schedule": self.lr_schedule.state_dict(),
             **self.phases.state_dict(),
             "teacher": self.teacher.state_dict() if isinstance(self.teacher, EmaTeacher) else None,
@@ -607,6 +643,12 @@ class Trainer:
                 f"checkpoint {path} does not hold this model's weights ({len(odd)} keys differ, "
                 f"e.g. {odd[0]}): resume from a checkpoint of this run"
             )
+        tuned = state["config"].get("go_text", {}).get("tune_layers", 0)
+        if tuned != self.cfg.go_text.tune_layers:
+            raise UserError(
+                f"checkpoint {path} was trained with go_text.tune_layers={tuned}, this run asks "
+                f"for {self.cfg.go_text.tune_layers}: resume with the same setting, or start anew"
+            )
         train = state["config"].get("train", {})
         for key in ("lr", "weight_decay"):  # the optimiser's state carries them on
             now = getattr(self.cfg.train, key)
@@ -627,6 +669,8 @@ class Trainer:
 
     def _resume(self, state: dict, path: Path) -> None:
         self.model.load_state_dict(state["model"])
+        if self.text_top is not None:
+            self.text_top.load_state_dict(state["text_top"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.epoch = state["step"], state["epoch"]
