@@ -41,7 +41,7 @@ from protgo.stores.vector_resources import VectorResources
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
 _GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go
-_LOWER: dict[tuple, LowerStates] = {}  # the same key -> the phase's states under tuned layers
+_LOWER: dict[tuple, LowerStates] = {}  # the same key -> the states under the tuned layers
 
 
 def _key(c: Config, data_dir: Path, phase: int) -> tuple:
@@ -67,9 +67,11 @@ def go_cache(cfg: Config, data_dir: Path, phase: int):
 
 def phase_lower_states(cfg: Config, data_dir: Path, ontology, phase: int, ids) -> LowerStates:
     """The token states entering the tuned layers for every text of ``phase`` (rows as
-    ``ids``, the phase's cache), remembered for the process like :func:`go_cache`."""
+    ``ids``, the phase's cache), remembered for the process like :func:`go_cache`, one phase
+    at a time (all of GO's texts take about 2 GB)."""
     key = _key(cfg, data_dir, phase)
     if key not in _LOWER:
+        _LOWER.clear()
         state = rng_state()
         _LOWER[key] = tuned_lower_states(ontology, phase, cfg.data.aspects, cfg.go_text, ids,
                                          progress=False)[1]  # fmt: skip
