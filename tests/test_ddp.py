@@ -61,8 +61,9 @@ def _rank_main(rank: int, world: int, port: int, cfg, max_steps, out: Path) -> N
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))  # fmt: skip
     torch.set_num_threads(1)
     trainer, saves, _ = _run(cfg, max_steps)
+    top = trainer.text_top.state_dict() if trainer.text_top is not None else None
     state = {"model": trainer.model.state_dict(), "bank": trainer.phases.bank.matrix,
-             "step": trainer.step, "saves": saves}  # fmt: skip
+             "step": trainer.step, "saves": saves, "text_top": top}  # fmt: skip
     torch.save(state, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -124,3 +125,18 @@ def test_ddp_with_a_parameter_that_takes_no_gradient(tiny_world, tmp_path):
     assert ranks[0]["step"] == ranks[1]["step"] == 2
     for k, v in ranks[0]["model"].items():
         assert torch.equal(v, ranks[1]["model"][k]), k
+
+
+def test_ddp_trains_tuned_text_layers_alike_on_every_rank(tiny_world, tmp_path):
+    """``go_text.tune_layers=1``: the text layers' gradients are averaged like the model's."""
+    from protgo.encoders.text import load_text_encoder
+
+    cfg = _cfg(tiny_world, tmp_path / "ddp", RANK_BATCH, "go_text.tune_layers=1",
+               "go_text.tune_lr=1e-3")  # fmt: skip
+    ranks = _spawn(cfg, 2, tmp_path)
+    top = load_text_encoder().model.encoder.layer[-1].state_dict()
+    assert ranks[0]["text_top"].keys() == {f"layers.0.{k}" for k in top}
+    for k, v in ranks[0]["text_top"].items():
+        assert torch.equal(v, ranks[1]["text_top"][k]), k
+    assert any(not torch.equal(v, top[k.removeprefix("layers.0.")])
+               for k, v in ranks[0]["text_top"].items())  # fmt: skip

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from protgo.stores.go_encode import embed_go, tuned_cache, tuned_lower_states
 from protgo.stores.go_vectors import GoLookupCache, GoVectorCache
 from protgo.stores.memory_bank import MemoryBank
 from protgo.stores.vector_resources import VectorResources
+
+log = logging.getLogger(__name__)
 
 RELOAD_ORDER = ("go_texts", "faiss_index", "memory_bank", "vector_resources", "dataloaders")
 _GO_CACHES: dict[tuple, tuple] = {}  # (dataset, phase, aspects, data dir, go_text) -> embed_go
@@ -72,6 +75,8 @@ def phase_lower_states(cfg: Config, data_dir: Path, ontology, phase: int, ids) -
     key = _key(cfg, data_dir, phase)
     if key not in _LOWER:
         _LOWER.clear()
+        log.info("text phase %d: token states below the tuned text layers for %d texts (a "
+                 "pass of the encoder's lower layers)", phase, len(ids))  # fmt: skip
         state = rng_state()
         _LOWER[key] = tuned_lower_states(ontology, phase, cfg.data.aspects, cfg.go_text, ids,
                                          progress=False)[1]  # fmt: skip

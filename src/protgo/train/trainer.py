@@ -136,7 +136,9 @@ class Trainer:
         self.criterion = AlignmentLoss(cfg.loss)
         self.step_loss = distributed.wrap(
             StepLoss(self.model, self.criterion, self.text_top), self.world, self.device,
-            unused_params=cfg.model.term_bias and cfg.loss.lambda_bce == 0,
+            # a step may run no text through tuned text layers (no texts of the batch allowed)
+            unused_params=(cfg.model.term_bias and cfg.loss.lambda_bce == 0)
+            or cfg.go_text.tune_layers > 0,
         )  # fmt: skip
         self.optimizer = adamw(self.model, cfg.train.lr, cfg.train.weight_decay)
         if self.text_top is not None:  # the tuned text layers at their own learning rate
