@@ -207,10 +207,22 @@ def test_tuned_text_layers_train_resume_exactly_and_skip_zero_shot(tiny_world, t
     # a tuned checkpoint scores with its own vectors; its bundle must ship them
     from protgo.infer.bundle import export
     from protgo.infer.predict import Predictor
+    from protgo.stores.go_encode import _donor_vectors
+    from protgo.stores.go_vectors import GoVectorCache
 
     pred = Predictor(tmp_path / "a" / "checkpoints" / "final.pt", tiny_world[0], homology=False)
     rows = phases.cache.rows(pred.text_cache.ids)
     np.testing.assert_allclose(pred.text_cache.vectors, phases.cache.matrix[rows], atol=1e-6)
+    tuned_dirs = list((tiny_world[0] / "stores" / "go").glob("*/*/*-tuned-*"))
+    assert len(tuned_dirs) == 1  # written once, then read
+    again = Predictor(tmp_path / "a" / "checkpoints" / "final.pt", tiny_world[0], homology=False)
+    np.testing.assert_array_equal(again.text_cache.vectors, pred.text_cache.vectors)
+    # tuned vectors never stand in for the frozen encoder's when a cache is (re)encoded
+    frozen = GoVectorCache.load(str(tuned_dirs[0]).split("-tuned-")[0])
+    donors = _donor_vectors(tuned_dirs[0].parent / "texts-new", frozen.manifest)
+    keys = [k for k in frozen.text_keys if k in donors]
+    assert keys and all(np.array_equal(donors[k], frozen.vectors[frozen.text_keys.index(k)])
+                        for k in keys)  # fmt: skip
     with pytest.raises(UserError, match="must ship its GO vectors"):
         export(pred, tmp_path / "bundle", with_vectors=False, with_homology=False)
     cfg_b = _cfg(tiny_world, tmp_path / "b", *more)

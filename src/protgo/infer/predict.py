@@ -122,8 +122,10 @@ class Predictor:
         self.aspects = _check_aspects(aspects, self.cfg.data.aspects)
         cache = go_text_cache(self.cfg, self.phase, self.aspects, self.data_dir)
         if state.get("text_top_at_encode") is not None:  # trained with go_text.tune_layers
+            where = cache_dir(self.data_dir, Path(self.cfg.data.dataset).name, self.cfg.go_text,
+                              self.phase, self.aspects)  # fmt: skip
             cache = tuned_text_cache(self.ontology, self.phase, self.cfg.go_text, cache,
-                                     state["text_top_at_encode"])  # fmt: skip
+                                     state["text_top_at_encode"], where)  # fmt: skip
         self._load_model(state.get("model"), cache)
         self.calibration = calibration.read(self.checkpoint, self.logit_input)
 

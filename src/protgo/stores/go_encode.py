@@ -52,8 +52,8 @@ def _donor_vectors(directory: Path, manifest: dict) -> dict[str, np.ndarray]:
             continue
         try:
             old = json.loads(path.read_text())
-            if base(old.get("encoder", {})) != base(manifest["encoder"]):
-                continue
+            if base(old.get("encoder", {})) != base(manifest["encoder"]) or "text_top" in old:
+                continue  # another encoder, or vectors of tuned text layers
             cache = GoVectorCache.load(other)
         except (json.JSONDecodeError, UserError):
             continue  # unreadable or damaged: nothing to reuse from it
@@ -198,23 +198,44 @@ def tuned_lower_states(ontology, phase: int, aspects, cfg: GoTextConfig, ids, pr
     return encoder, lower_states(encoder, ids, cfg.tune_layers, cfg.batch_size, progress)
 
 
-def tuned_cache(frozen: GoVectorCache, lower: LowerStates, top: TextTop, batch_size: int = 64):
-    """``frozen`` (the frozen encoder's cache of the same texts) with every vector re-encoded
-    by the tuned layers ``top``; the manifest names them by a hash of their weights."""
+def weights_hash(weights: dict) -> str:
+    """A short hash of a state dict (names and values): what names tuned text layers."""
     h = hashlib.blake2b(digest_size=8)
-    for name, value in top.state_dict().items():
+    for name, value in weights.items():
         h.update(name.encode())
         h.update(value.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def tuned_cache(frozen: GoVectorCache, lower: LowerStates, top: TextTop, batch_size: int = 64):
+    """``frozen`` (the frozen encoder's cache of the same texts) with every vector re-encoded
+    by the tuned layers ``top``; the manifest names them by :func:`weights_hash`."""
     vectors = top.encode(lower, batch_size)
-    manifest = frozen.manifest | {"text_top": h.hexdigest()}
+    manifest = frozen.manifest | {"text_top": weights_hash(top.state_dict())}
     return GoVectorCache(frozen.ids, frozen.aspects, vectors, manifest, frozen.text_keys)
 
 
-def tuned_text_cache(ontology, phase: int, cfg: GoTextConfig, frozen: GoVectorCache, weights):
+def tuned_text_cache(
+    ontology, phase: int, cfg: GoTextConfig, frozen: GoVectorCache, weights: dict,
+    directory: Path,
+) -> GoVectorCache:  # fmt: skip
     """The vectors of a checkpoint trained with ``go_text.tune_layers``: ``frozen``'s texts
-    (of its aspects) re-encoded by the tuned layers with ``weights``."""
+    (of its aspects) re-encoded by the tuned layers with ``weights``, cached in
+    ``<directory>-tuned-<weights hash>`` (``directory``: the frozen cache's folder)."""
+    where = Path(f"{directory}-tuned-{weights_hash(weights)}")
+    want = frozen.manifest | {"text_top": weights_hash(weights)}
+    if _stale_reason(where, want) is None:
+        try:
+            cache = GoVectorCache.load(where)
+        except UserError as err:  # damaged on disk: encode it again
+            log.warning("%s; encoding it again", err)
+        else:
+            if cache.ids == frozen.ids:
+                return cache
     aspects = sorted(set(frozen.aspects))
     encoder, lower = tuned_lower_states(ontology, phase, aspects, cfg, frozen.ids)
     top = TextTop(encoder, cfg.tune_layers)
     top.load_state_dict(weights)
-    return tuned_cache(frozen, lower, top, cfg.batch_size)
+    cache = tuned_cache(frozen, lower, top, cfg.batch_size)
+    cache.save(where)
+    return cache
