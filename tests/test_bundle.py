@@ -251,7 +251,7 @@ def test_model_card_tables_the_evaluate_results(bundles, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize(
-    ("name", "encoder"), [("protgo-human", "unirep-256"), ("protgo-human-esm8m", "protgo-esm-8m")]
+    ("name", "encoder"), [("protgo-human", "unirep-1900"), ("protgo-human-esm8m", "protgo-esm-8m")]
 )
 def test_the_shipped_model_loads_from_its_name(name, encoder):
     """The shipped bundles are package data: found by name, readable without a dataset, and

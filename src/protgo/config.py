@@ -79,9 +79,9 @@ class DataConfig(Section):
 class ResiduesConfig(Section):
     # unirep-1900 | unirep-256 | unirep-64 (weights CC BY-NC 4.0), or an ESM checkpoint: a model
     # shipped with protgo (protgo-esm-small, protgo-esm-8m), a local directory or a hub id.
-    # unirep-256 won on full human-exp (README "UniRep": protgo and every baseline, all three
-    # aspects).
-    model: str = "unirep-256"
+    # unirep-1900 (stored projected to 512 dims) won on full human-exp: protgo and every
+    # baseline, all three aspects (docs/results.md); unirep-256 is the faster choice.
+    model: str = "unirep-1900"
     layer: int = -1  # hidden layer to store; -1 is the last
     win_size: int | None = None  # None: the model's own window (1022 residues for ESM-2)
     win_stride: int | None = None  # None: three quarters of the window
