@@ -222,8 +222,9 @@ def tuned_text_cache(
     """The vectors of a checkpoint trained with ``go_text.tune_layers``: ``frozen``'s texts
     (of its aspects) re-encoded by the tuned layers with ``weights``, cached in
     ``<directory>-tuned-<weights hash>`` (``directory``: the frozen cache's folder)."""
-    where = Path(f"{directory}-tuned-{weights_hash(weights)}")
-    want = frozen.manifest | {"text_top": weights_hash(weights)}
+    name = weights_hash(weights)
+    where = Path(f"{directory}-tuned-{name}")
+    want = frozen.manifest | {"text_top": name}
     if _stale_reason(where, want) is None:
         try:
             cache = GoVectorCache.load(where)
